@@ -1,0 +1,396 @@
+"""Typed configuration: SLO, price catalog, model profile, Lambda function and scenario.
+
+Defaults are data files in `hybridserve/data/` with their provenance; a scenario YAML overrides
+any field. Every validation error names the file and the field path and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Market = Literal["on_demand", "spot"]
+LAMBDA_MB_PER_VCPU = 1769.0  # AWS: a function gets one full vCPU at 1,769 MB.
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names file, field and what is allowed."""
+
+
+class Strict(BaseModel):
+    """Base model: unknown fields are errors (a typo must not be ignored silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SLO(Strict):
+    """Latency objective: `target` of requests finish within `latency_ms`."""
+
+    latency_ms: float = Field(300.0, gt=0, le=60_000)
+    target: float = Field(0.99, gt=0, lt=1)
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency_ms / 1000.0
+
+
+class InstanceType(Strict):
+    """One EC2 instance type with its list prices and launch delay (boot + model load)."""
+
+    family: str
+    vcpus: int = Field(gt=0)
+    memory_gib: float = Field(gt=0)
+    gpus: int = Field(0, ge=0)
+    gpu: str | None = None
+    on_demand_usd_h: float = Field(gt=0)
+    spot_usd_h: float | None = Field(None, gt=0)
+    launch_delay_s: float = Field(90.0, ge=0)
+
+    def price_usd_h(self, market: Market) -> float:
+        if market == "spot":
+            if self.spot_usd_h is None:
+                raise ConfigError(f"instance type {self.family}: no spot price in the catalog")
+            return self.spot_usd_h
+        return self.on_demand_usd_h
+
+
+class LambdaPricing(Strict):
+    usd_per_gb_s: float = Field(gt=0)
+    usd_per_request: float = Field(ge=0)
+
+
+class Catalog(Strict):
+    """Price catalog of one region, with the date and source of its prices."""
+
+    region: str
+    prices_date: str
+    source: str
+    instances: dict[str, InstanceType]
+    lambda_: dict[Literal["x86_64", "arm64"], LambdaPricing] = Field(alias="lambda")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ReferenceProfile(Strict):
+    """Service time per batch size of one model-server worker on the reference machine."""
+
+    vcpus: int = Field(gt=0)
+    threads: int = Field(gt=0)
+    batch_ms: dict[int, float]
+
+    @field_validator("batch_ms")
+    @classmethod
+    def _batches(cls, v: dict[int, float]) -> dict[int, float]:
+        if not v:
+            raise ValueError("needs at least one batch size")
+        if any(b < 1 for b in v) or any(t <= 0 for t in v.values()):
+            raise ValueError("batch sizes must be >= 1 and service times > 0 ms")
+        return dict(sorted(v.items()))
+
+
+class GpuProfile(Strict):
+    """Measured service times per batch on one GPU instance type (one worker per GPU)."""
+
+    batch_ms: dict[int, float]
+    provenance: str
+
+
+class LambdaModelProfile(Strict):
+    cold_start_s: float = Field(gt=0)
+    invoke_overhead_ms: float = Field(ge=0)
+
+
+class ModelProfile(Strict):
+    """How fast the model serves, with where the numbers came from."""
+
+    name: str
+    provenance: str
+    reference: ReferenceProfile
+    gpu_profiles: dict[str, GpuProfile] = {}
+    lambda_: LambdaModelProfile = Field(alias="lambda")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LambdaFunction(Strict):
+    """The spill function: memory, lifecycle and limits (service times derive from the profile)."""
+
+    arch: Literal["x86_64", "arm64"] = "x86_64"
+    memory_mb: int = Field(2048, ge=128, le=10240)
+    keep_alive_s: float = Field(600.0, ge=0)
+    concurrency_limit: int = Field(1000, ge=1)
+    scale_up_per_10s: int = Field(1000, ge=1)
+    bill_init: bool = True
+    cold_start_s: float | None = Field(None, gt=0)
+
+    @property
+    def vcpus(self) -> float:
+        return min(6.0, self.memory_mb / LAMBDA_MB_PER_VCPU)
+
+
+class ReactiveOptions(Strict):
+    """EC2/SageMaker-style target tracking (VM-only)."""
+
+    target_utilisation: float = Field(0.7, gt=0, le=1)
+    scale_out_after_s: float = Field(180, ge=0)
+    cooldown_s: float = Field(300, ge=0)
+    scale_in_after_s: float = Field(900, ge=0)
+
+
+class PlannerOptions(Strict):
+    """Knobs of the exact planner; none is specific to one trace."""
+
+    lambda_levels: int = Field(6, ge=1, le=20)
+    resolve_tolerance: float = Field(
+        0.25,
+        ge=0,
+        description="re-solve when demand moved by this fraction of the smallest instance",
+    )
+    max_plan_age_steps: int = Field(8, ge=1)
+    instance_epsilon: float = Field(1e-6, ge=0)
+
+
+class SpotOptions(Strict):
+    interruptions_per_hour: float = Field(0.005, ge=0)
+    notice_s: float = Field(120, ge=0)
+
+
+class Scenario(Strict):
+    """Everything one simulation or deployment plans against."""
+
+    name: str = "default"
+    slo: SLO = SLO()
+    control_interval_s: int = Field(60, ge=1, le=3600)
+    horizon_steps: int = Field(15, ge=1, le=120)
+    instance_types: list[str] = Field(
+        default_factory=lambda: [
+            "c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge",
+            "c6i.large", "c6i.xlarge", "c6i.2xlarge", "c6i.4xlarge",
+            "c7i.large", "c7i.xlarge", "c7i.2xlarge", "c7i.4xlarge",
+            "m5.large", "m5.xlarge", "m5.2xlarge",
+            "g4dn.xlarge", "g5.xlarge", "inf2.xlarge",
+        ]
+    )  # fmt: skip
+    markets: list[Market] = Field(default_factory=lambda: ["on_demand"])
+    batch_latency_fraction: float = Field(0.5, gt=0, le=1)
+    lambda_: LambdaFunction = Field(LambdaFunction(), alias="lambda")
+    reactive: ReactiveOptions = ReactiveOptions()
+    planner: PlannerOptions = PlannerOptions()
+    spot: SpotOptions = SpotOptions()
+    catalog: Catalog
+    model: ModelProfile
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _known_types(self) -> Scenario:
+        unknown = [t for t in self.instance_types if t not in self.catalog.instances]
+        if unknown:
+            raise ValueError(
+                f"instance_types: {unknown} not in the catalog; allowed: "
+                f"{sorted(self.catalog.instances)}"
+            )
+        if not self.markets:
+            raise ValueError("markets: needs at least one of on_demand, spot")
+        return self
+
+    @cached_property
+    def pools(self) -> list[Pool]:
+        """Eligible (type, market) pools with their serving point at this SLO."""
+        return serving_pools(self)
+
+    @property
+    def lambda_pricing(self) -> LambdaPricing:
+        return self.catalog.lambda_[self.lambda_.arch]
+
+
+class Pool(Strict):
+    """An instance type in one market, at the batch size that maximises throughput in the SLO."""
+
+    instance_type: str
+    market: Market
+    price_usd_s: float
+    capacity_rps: float
+    latency_s: float
+    batch: int
+    workers: int
+    launch_delay_s: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.instance_type}/{self.market}"
+
+    @property
+    def usd_per_request(self) -> float:
+        """Cost per request at full capacity: what ranks pools."""
+        return self.price_usd_s / self.capacity_rps
+
+
+def operating_point(batch_ms: dict[int, float], budget_s: float) -> tuple[int, float] | None:
+    """Batch size of highest throughput whose service time fits `budget_s`; None if none fits."""
+    best: tuple[int, float] | None = None
+    for b, ms in batch_ms.items():
+        s = ms / 1000.0
+        if s <= budget_s and (best is None or b / s > best[0] / best[1]):
+            best = (b, s)
+    return best
+
+
+def serving_pools(sc: Scenario) -> list[Pool]:
+    """Pools of every eligible type and market; CPU types scale by workers, GPUs need a profile."""
+    budget = sc.slo.latency_s * sc.batch_latency_fraction
+    pools: list[Pool] = []
+    for name in sc.instance_types:
+        it = sc.catalog.instances[name]
+        if it.gpus:
+            gp = sc.model.gpu_profiles.get(name)
+            if gp is None:
+                continue
+            point, workers = operating_point(gp.batch_ms, budget), it.gpus
+        else:
+            point = operating_point(sc.model.reference.batch_ms, budget)
+            workers = max(1, it.vcpus // sc.model.reference.vcpus)
+        if point is None:
+            continue
+        batch, svc = point
+        for market in sc.markets:
+            if market == "spot" and it.spot_usd_h is None:
+                continue
+            pools.append(
+                Pool(
+                    instance_type=name,
+                    market=market,
+                    price_usd_s=it.price_usd_h(market) / 3600.0,
+                    capacity_rps=workers * batch / svc,
+                    latency_s=svc,
+                    batch=batch,
+                    workers=workers,
+                    launch_delay_s=it.launch_delay_s,
+                )
+            )
+    if not pools:
+        raise ConfigError(
+            f"no instance type can serve within the SLO ({sc.slo.latency_ms} ms): the profile's "
+            f"batch-1 time exceeds {budget * 1000:.0f} ms (batch_latency_fraction × SLO)"
+        )
+    return pools
+
+
+def lambda_service_s(sc: Scenario, batch: int = 1) -> float:
+    """Warm Lambda time for a batch: the worker's time scaled by the function's vCPU share."""
+    ref = sc.model.reference
+    times = ref.batch_ms
+    b = min((k for k in times if k >= batch), default=max(times))
+    ms = times[b] * (batch / b if batch > b else 1.0)
+    scale = max(1.0, ref.threads / max(sc.lambda_.vcpus, 1e-9))
+    return (ms * scale + sc.model.lambda_.invoke_overhead_ms) / 1000.0
+
+
+def lambda_cold_start_s(sc: Scenario) -> float:
+    return sc.lambda_.cold_start_s or sc.model.lambda_.cold_start_s
+
+
+def lambda_usd_per_request(sc: Scenario, service_s: float | None = None) -> float:
+    """Warm cost of one invocation: memory × billed ms (rounded up to 1 ms) + request charge."""
+    s = lambda_service_s(sc) if service_s is None else service_s
+    billed_ms = math.ceil(round(s * 1000.0, 6))
+    p = sc.lambda_pricing
+    return sc.lambda_.memory_mb / 1024.0 * billed_ms / 1000.0 * p.usd_per_gb_s + p.usd_per_request
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _data(name: str) -> dict[str, Any]:
+    text = resources.files("hybridserve.data").joinpath(name).read_text()
+    return yaml.safe_load(text)
+
+
+def default_catalog() -> Catalog:
+    return Catalog.model_validate(_data("catalog-us-east-1.yaml"))
+
+
+def default_profile() -> ModelProfile:
+    return ModelProfile.model_validate(_data("profile-distilbert-int8.yaml"))
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: `file: field a.b: message (got X)`."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: field {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scenario>") -> Scenario:
+    """Scenario from the built-in catalog and profile plus `overrides` (a parsed YAML mapping).
+
+    `catalog` and `model` in the overrides may be a path (relative to the scenario file) or a
+    mapping merged over the built-in data.
+    """
+    over = dict(overrides or {})
+    base_dir = Path(source).parent if source != "<scenario>" else Path.cwd()
+    parts: dict[str, dict[str, Any]] = {}
+    for key, fname in (
+        ("catalog", "catalog-us-east-1.yaml"),
+        ("model", "profile-distilbert-int8.yaml"),
+    ):
+        val = over.pop(key, None)
+        data = _data(fname)
+        if isinstance(val, str):
+            p = base_dir / val
+            try:
+                data = yaml.safe_load(p.read_text())
+            except OSError as e:
+                raise ConfigError(f"{source}: field {key}: cannot read {p}: {e.strerror}") from e
+            if not isinstance(data, dict):
+                raise ConfigError(f"{source}: field {key}: {p} is not a YAML mapping")
+            if key == "model":
+                data = _merge(_data(fname), data)
+        elif isinstance(val, dict):
+            data = _merge(data, val)
+        elif val is not None:
+            raise ConfigError(f"{source}: field {key}: expected a file path or a mapping")
+        parts[key] = data
+    try:
+        return Scenario.model_validate({**over, **parts})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_scenario(path: str | Path | None = None, **overrides: Any) -> Scenario:
+    """Load a scenario YAML (or the built-in default when `path` is None); kwargs override."""
+    data: dict[str, Any] = {}
+    source = "<scenario>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read scenario: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a YAML mapping of scenario fields at the top level")
+    return build_scenario(
+        _merge(data, {k: v for k, v in overrides.items() if v is not None}), source
+    )

@@ -1,0 +1,114 @@
+"""Demand per plan step as a small discrete distribution of per-second arrival rates.
+
+The planner needs more than the forecast of a step's mean rate: within a minute the per-second
+rate varies (bursts), and every second above fleet capacity is spilled to Lambda. So the demand of
+step h is the product of (a) the forecast distribution of the step's mean rate and (b) the recent
+distribution of per-second rate / interval mean ("burst profile"). The product is compressed to J
+levels with probability bins that are finer in the upper tail, where the spill lives. A forecast
+that knows the future (the oracle) gives the per-second arrivals directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridserve.forecast import Forecast
+
+# Mean-rate discretisation: representative probabilities and the width of their bins.
+_RATE_P = np.array([0.1, 0.3, 0.5, 0.7, 0.85, 0.94, 0.99])
+_RATE_W = np.array([0.2, 0.2, 0.2, 0.2, 0.1, 0.08, 0.02])
+_BURST_GRID = (np.arange(24) + 0.5) / 24  # equal-probability points of the burst profile
+
+
+def tail_edges(levels: int) -> np.ndarray:
+    """Cumulative-probability bin edges, halving the remaining mass towards the upper tail."""
+    if levels == 1:
+        return np.array([0.0, 1.0])
+    upper = 1.0 - 0.5 ** np.arange(1, levels) * 0.9 ** np.arange(levels - 1)
+    edges = np.concatenate([[0.0], np.sort(upper)[: levels - 1], [1.0]])
+    return edges
+
+
+@dataclass(frozen=True)
+class Demand:
+    """Per step h: per-second rates `levels[h, j]` with probabilities `weights[h, j]` (rows sum to 1)."""
+
+    levels: np.ndarray
+    weights: np.ndarray
+    mean: np.ndarray
+
+    @property
+    def horizon(self) -> int:
+        return self.levels.shape[0]
+
+    def expected_excess(self, capacity: np.ndarray) -> np.ndarray:
+        """E[(rate - capacity)+] per step (req/s): the expected spill rate for that capacity."""
+        cap = np.asarray(capacity, dtype=float).reshape(-1, 1)
+        return np.sum(self.weights * np.maximum(self.levels - cap, 0.0), axis=1)
+
+
+class BurstProfile:
+    """Quantile function of per-second rate / interval mean over the last `window` intervals."""
+
+    def __init__(self, window: int = 30) -> None:
+        self.rows = np.ones((window, len(_BURST_GRID)))
+        self.n = 0
+
+    def observe(self, counts: np.ndarray) -> None:
+        m = float(np.mean(counts))
+        if m <= 0:
+            return  # a gap tells nothing about burstiness
+        s = np.sort(np.asarray(counts, dtype=float)) / m
+        pos = _BURST_GRID * (len(s) - 1)
+        self.rows[self.n % len(self.rows)] = np.interp(pos, np.arange(len(s)), s)
+        self.n += 1
+
+    def ratios(self) -> np.ndarray:
+        k = min(self.n, len(self.rows))
+        return self.rows[:k].mean(axis=0) if k else np.ones(len(_BURST_GRID))
+
+
+def _compress(
+    values: np.ndarray, probs: np.ndarray, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted points per row -> conditional mean and mass in each probability bin.
+
+    The partial mean M(q) = E[X; F(X) <= q] is piecewise linear in q between sorted points; the
+    level of bin (e0, e1] is (M(e1) - M(e0)) / (e1 - e0). All rows at once: offsetting row i's
+    cumulative probabilities by i makes one sorted array for a single interpolation.
+    """
+    rows, n = values.shape
+    order = np.argsort(values, axis=1)
+    v = np.take_along_axis(values, order, axis=1)
+    p = np.take_along_axis(probs, order, axis=1)
+    p = p / p.sum(axis=1, keepdims=True)
+    cp = np.concatenate([np.zeros((rows, 1)), np.cumsum(p, axis=1)], axis=1)
+    cv = np.concatenate([np.zeros((rows, 1)), np.cumsum(v * p, axis=1)], axis=1)
+    off = np.arange(rows)[:, None] * 2.0  # rows kept apart: cp spans [0, 1]
+    q = (off + edges[None, :]).ravel()
+    m_at = np.interp(q, (off + cp).ravel(), cv.ravel()).reshape(rows, len(edges))
+    mass = np.broadcast_to(np.diff(edges), (rows, len(edges) - 1))
+    level = np.diff(m_at, axis=1) / np.maximum(mass, 1e-12)
+    return level, np.array(mass)
+
+
+def build_demand(forecast: Forecast, burst: BurstProfile | None, levels: int = 6) -> Demand:
+    """Discrete per-second demand per step from a forecast and the recent burst profile."""
+    edges = tail_edges(levels)
+    if forecast.per_second is not None:
+        ps = np.asarray(forecast.per_second, dtype=float)
+        vals, probs = ps, np.full(ps.shape, 1.0 / ps.shape[1])
+    else:
+        rate = forecast.quantile(_RATE_P).T  # (H, R)
+        ratios = burst.ratios() if burst is not None else np.ones(1)
+        vals = (rate[:, :, None] * ratios[None, None, :]).reshape(len(rate), -1)
+        probs = np.repeat(
+            (_RATE_W[:, None] * np.full((1, len(ratios)), 1.0 / len(ratios))).reshape(1, -1),
+            len(rate),
+            axis=0,
+        )
+    lv, w = _compress(vals, probs, edges)
+    mean = np.sum(lv * w, axis=1)
+    return Demand(levels=lv, weights=w, mean=mean)

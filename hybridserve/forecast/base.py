@@ -1,0 +1,173 @@
+"""The Forecaster interface, the Forecast it returns, and conformal quantiles from residuals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from scipy.special import ndtri
+
+DEFAULT_QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Load ahead, one entry per control step: mean and quantiles of the step's mean rate (req/s).
+
+    `per_second` is set only by forecasters that know the future exactly (the oracle): the
+    per-second arrivals of each step, shape (horizon, interval_s).
+    """
+
+    mean: np.ndarray
+    quantiles: dict[float, np.ndarray]
+    per_second: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def horizon(self) -> int:
+        return len(self.mean)
+
+    def quantile(self, p: float | np.ndarray) -> np.ndarray:
+        """Quantile(s) at probability p, shape (len(p), horizon): interpolated between the known
+        levels in normal-score space; below the median mirrored around it (floored at 0)."""
+        ps = np.atleast_1d(np.asarray(p, dtype=float))
+        levels = sorted(self.quantiles)
+        if 0.5 not in self.quantiles:
+            raise ValueError("a Forecast needs the 0.5 quantile")
+        qs = np.stack([self.quantiles[q] for q in levels])  # (L, H)
+        z = ndtri(np.asarray(levels))
+        upper = ps >= 0.5
+        zp = ndtri(np.where(upper, ps, 1.0 - ps))
+        out = np.empty((len(ps), self.horizon))
+        for i, (zz, up) in enumerate(zip(zp, upper, strict=True)):
+            j = np.searchsorted(z, zz)
+            if j <= 0:
+                row = qs[0]
+            elif j >= len(z):
+                # beyond the last level: extend the last segment's slope in z
+                if len(z) >= 2:
+                    row = qs[-1] + (qs[-1] - qs[-2]) / (z[-1] - z[-2]) * (zz - z[-1])
+                else:
+                    row = qs[-1]
+            else:
+                w = (zz - z[j - 1]) / (z[j] - z[j - 1])
+                row = qs[j - 1] + w * (qs[j] - qs[j - 1])
+            med = self.quantiles[0.5]
+            out[i] = row if up else 2 * med - row
+        return np.maximum(out, 0.0)
+
+
+class Forecaster(Protocol):
+    """What the Controller needs from a load model."""
+
+    name: str
+
+    def observe(self, counts: np.ndarray) -> None:
+        """Arrivals per second of the control interval that just ended."""
+
+    def forecast(self, horizon: int) -> Forecast:
+        """Mean and quantiles of the mean rate for each of the next `horizon` intervals."""
+
+
+class ResidualQuantiles:
+    """Split-conformal quantiles from the residuals of the last `window` forecasts, per lead.
+
+    A point forecaster records each forecast it makes; when the actual step arrives, the residual
+    `(actual - forecast) / level` of every lead that matured is stored in a ring buffer, `level`
+    being a slow EWMA of the rate (about an hour) at the time of the forecast. Scaling by a slow
+    level keeps the quantiles proportional to the load without letting a forecast of zero (after
+    a capture gap) turn one miss into a ratio of 65x. Quantile = forecast + q(residual) * level.
+    Quantiles per lead are refreshed every `refresh` steps (sorting is the only costly part).
+    """
+
+    def __init__(
+        self,
+        max_horizon: int = 60,
+        window: int = 1440,
+        refresh: int = 30,
+        levels: tuple[float, ...] = DEFAULT_QUANTILES,
+        min_samples: int = 20,
+    ) -> None:
+        self.max_horizon = max_horizon
+        self.levels = levels
+        self.refresh = refresh
+        self.min_samples = min_samples
+        self._made = np.full((max_horizon + 1, max_horizon), np.nan)  # forecasts by issue step
+        self._made_level = np.ones(max_horizon + 1)
+        self.level: float | None = None
+        self.level_alpha = 1.0 / 60.0
+        self._res = np.full((window, max_horizon), np.nan)
+        self._n = 0  # residual rows written
+        self._step = 0  # actual steps seen
+        self._q = np.zeros((len(levels), max_horizon))
+        self._ready = False
+
+    def record_actual(self, actual: float) -> None:
+        """The actual mean rate of step `self._step`; scores forecasts issued 1..H steps before."""
+        t = self._step
+        leads = np.arange(self.max_horizon)
+        issued = t - 1 - leads
+        ok = issued >= 0
+        row = np.full(self.max_horizon, np.nan)
+        if ok.any():
+            slots = issued[ok] % (self.max_horizon + 1)
+            f = self._made[slots, leads[ok]]
+            row[ok] = (actual - f) / self._made_level[slots]
+        a = self.level_alpha
+        self.level = actual if self.level is None else (1 - a) * self.level + a * actual
+        self._res[self._n % len(self._res)] = row
+        self._made[t % (self.max_horizon + 1)] = np.nan  # slot of the forecast issued next
+        self._n += 1
+        self._step += 1
+        if self._n % self.refresh == 0:
+            self._refit()
+
+    def record_forecast(self, mean: np.ndarray) -> None:
+        """Forecast issued after the latest actual (for steps t+1..t+H)."""
+        slot = (self._step - 1) % (self.max_horizon + 1)
+        self._made[slot] = np.nan
+        self._made[slot, : len(mean)] = mean[: self.max_horizon]
+        self._made_level[slot] = max(self.level or 0.0, 1.0)
+
+    def _refit(self) -> None:
+        res = np.sort(self._res[: min(self._n, len(self._res))], axis=0)  # NaNs sort last
+        counts = np.sum(~np.isnan(res), axis=0)
+        if counts[0] < self.min_samples:
+            return
+        lv = np.asarray(self.levels)[:, None]
+        idx = np.clip(np.round(lv * (counts[None, :] - 1)).astype(int), 0, len(res) - 1)
+        q = np.take_along_axis(res, idx, axis=0)  # (L, H), nearest-rank quantiles
+        # leads without enough samples borrow the deepest lead that has them
+        good = counts >= self.min_samples
+        last = np.flatnonzero(good)[-1]
+        q[:, ~good] = q[:, [last]]
+        self._q = np.sort(q, axis=0)  # levels must not cross
+        self._ready = True
+
+    def make(self, mean: np.ndarray) -> Forecast:
+        """Forecast around `mean` with the residual quantiles (a point forecast until calibrated)."""
+        self.record_forecast(mean)
+        h = len(mean)
+        if not self._ready:
+            return Forecast(
+                mean=mean, quantiles={lv: mean.copy() for lv in self.levels} | {0.5: mean}
+            )
+        qs = {}
+        for i, lv in enumerate(self.levels):
+            qs[lv] = np.maximum(mean + self._q[i, :h] * max(self.level or 0.0, 1.0), 0.0)
+        if 0.5 not in qs:
+            qs[0.5] = mean
+        return Forecast(mean=mean, quantiles=qs)
+
+
+def check_counts(counts: np.ndarray) -> np.ndarray:
+    """Validate one interval of per-second counts: finite and non-negative."""
+    a = np.asarray(counts, dtype=float)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(
+            f"counts: expected a non-empty 1-D array of per-second arrivals, got shape {a.shape}"
+        )
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        bad = int(np.flatnonzero(~np.isfinite(a) | (a < 0))[0])
+        raise ValueError(f"counts[{bad}] = {a[bad]!r}: arrivals must be finite and >= 0")
+    return a

@@ -1,0 +1,187 @@
+"""Exact planner: a small MILP per decision (scipy.optimize.milp, HiGHS).
+
+Variables, per pool p and step h of the horizon: x[p,h] instances serving (integer), y[p,h]
+launches (the launch delay is billed before the instance serves), and per step and demand level
+j a continuous Lambda rate l[h,j] >= D[h,j] - sum_p mu_p x[p,h]. Minimise
+
+    sum price_p * interval * x + sum price_p * delay_p * y + sum c_L * interval * w[h,j] * l[h,j]
+
+i.e. EC2 cost plus the expected Lambda cost of the demand left over, with instances that cannot
+be ready in time fixed to what is already there (x[p,h] <= base[p,h] for h < lead_p). Retiring
+is free in the model, so the solver retires only when that saves money over the horizon, and a
+retire-then-relaunch pays the launch again. The receding horizon applies the counts up to each
+pool's lead time; the solution is reused while demand and fleet stay where they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from hybridserve.config import PlannerOptions, Pool
+from hybridserve.planner.base import Plan, PlanInput, prune_dominated
+
+
+@dataclass
+class _Solved:
+    step: int
+    keys: tuple[str, ...]
+    levels: np.ndarray
+    counts: np.ndarray
+    target: dict[str, int]
+    objective: float
+
+
+@lru_cache(maxsize=32)
+def _structure(n_pools: int, horizon: int, levels: int, mu: tuple[float, ...]) -> sp.csr_matrix:
+    """Constraint matrix: demand rows (H*J) then launch rows (P*H); fixed for a shape."""
+    P, H, J = n_pools, horizon, levels
+    nx = P * H
+    rows, cols, vals = [], [], []
+    r = 0
+    for h in range(H):
+        for j in range(J):
+            for p in range(P):
+                rows.append(r)
+                cols.append(p * H + h)
+                vals.append(mu[p])
+            rows.append(r)
+            cols.append(2 * nx + h * J + j)
+            vals.append(1.0)
+            r += 1
+    for p in range(P):
+        for h in range(H):
+            rows += [r, r]
+            cols += [nx + p * H + h, p * H + h]
+            vals += [1.0, -1.0]
+            if h > 0:
+                rows.append(r)
+                cols.append(p * H + h - 1)
+                vals.append(1.0)
+            r += 1
+    return sp.csr_matrix((vals, (rows, cols)), shape=(r, 2 * nx + H * J))
+
+
+def solve_plan(inp: PlanInput, pools: list[Pool], eps: float = 1e-6) -> tuple[np.ndarray, float]:
+    """Solve the MILP for `pools`; returns planned serving counts (pools, horizon) and the cost."""
+    dem = inp.demand
+    P, H, J = len(pools), dem.horizon, dem.levels.shape[1]
+    dt = inp.interval_s
+    mu = np.array([p.capacity_rps for p in pools])
+    price = np.array([p.price_usd_s for p in pools])
+    delay = np.array([p.launch_delay_s for p in pools])
+    base = _base_for(inp, pools)
+    lead = np.array([inp.lead_steps(p) for p in pools])
+    c_l = inp.lambda_usd_per_request
+    if c_l is None:
+        raise ValueError("the exact planner needs Lambda (lambda_usd_per_request) to price spill")
+    nx = P * H
+    c = np.concatenate(
+        [
+            np.repeat(price * dt + eps, H),
+            np.repeat(price * delay, H),
+            (c_l * dt * dem.weights).ravel(),
+        ]
+    )
+    A = _structure(P, H, J, tuple(mu.tolist()))
+    lb_rows = np.concatenate([dem.levels.ravel(), -np.diff(base, axis=1, prepend=0).ravel()])
+    ub_x = np.full((P, H), np.inf)
+    fixed = np.arange(H)[None, :] < lead[:, None]
+    ub_x[fixed] = base[fixed]
+    ub = np.concatenate([ub_x.ravel(), np.full(nx, np.inf), np.full(H * J, np.inf)])
+    integrality = np.concatenate([np.ones(nx), np.zeros(nx + H * J)])
+    res = milp(
+        c,
+        constraints=LinearConstraint(A, lb_rows, np.inf),
+        integrality=integrality,
+        bounds=Bounds(0, ub),
+        options={"mip_rel_gap": 1e-4},
+    )
+    if res.x is None:
+        raise RuntimeError(f"planner MILP failed: {res.message}")
+    x = np.round(res.x[:nx]).reshape(P, H)
+    return x, float(res.fun)
+
+
+def _base_for(inp: PlanInput, pools: list[Pool]) -> np.ndarray:
+    return replace(inp, pools=pools).base_counts()
+
+
+def target_from_counts(
+    inp: PlanInput, pools: list[Pool], x: np.ndarray, shift: int = 0
+) -> dict[str, int]:
+    """Receding horizon: keep for each pool the most it needs up to its lead time."""
+    H = x.shape[1]
+    target = {}
+    for i, p in enumerate(pools):
+        lead = inp.lead_steps(p)
+        hi = min(H - 1, lead + shift)
+        lo = min(shift, hi)
+        n = int(np.max(x[i, lo : hi + 1]))
+        if n or inp.fleet.get(p.key).total:
+            target[p.key] = n
+    for key in inp.fleet.totals():
+        target.setdefault(key, 0)  # pools pruned from the plan are retired
+    return target
+
+
+class ExactPlanner:
+    """MILP planner with re-solve gating (state: the last solution and the demand it saw)."""
+
+    name = "exact"
+
+    def __init__(self, options: PlannerOptions | None = None) -> None:
+        self.opt = options or PlannerOptions()
+        self.last: _Solved | None = None
+        self.step = 0
+        self.solves = 0
+
+    def _reuse(self, inp: PlanInput, pools: list[Pool]) -> Plan | None:
+        s = self.last
+        if s is None or s.keys != tuple(p.key for p in pools):
+            return None
+        shift = self.step - s.step
+        H = inp.demand.horizon
+        if (
+            shift >= self.opt.max_plan_age_steps
+            or shift + max(inp.lead_steps(p) for p in pools) >= H
+        ):
+            return None
+        if inp.fleet.totals() != {k: v for k, v in s.target.items() if v}:
+            return None  # the fleet moved (a loss, a failed launch, an outside change)
+        # the cost of reusing is bounded by the probability-weighted change of demand per step
+        tol = self.opt.resolve_tolerance * min(p.capacity_rps for p in pools)
+        overlap = s.levels[shift:]
+        dem = inp.demand
+        moved = np.sum(
+            dem.weights[: len(overlap)] * np.abs(dem.levels[: len(overlap)] - overlap), axis=1
+        )
+        if np.max(moved) > tol:
+            return None
+        target = target_from_counts(inp, pools, s.counts, shift)
+        return Plan(
+            target=target, counts=s.counts[:, shift:], solved=False, objective_usd=s.objective
+        )
+
+    def plan(self, inp: PlanInput) -> Plan:
+        keep = {k for k, v in inp.fleet.totals().items() if v}
+        pools = prune_dominated(inp.pools, keep)
+        try:
+            reused = self._reuse(inp, pools)
+            if reused is not None:
+                if reused.target != self.last.target:
+                    self.last.target = reused.target
+                return reused
+            x, obj = solve_plan(inp, pools, self.opt.instance_epsilon)
+            self.solves += 1
+            target = target_from_counts(inp, pools, x)
+            self.last = _Solved(
+                self.step, tuple(p.key for p in pools), inp.demand.levels.copy(), x, target, obj
+            )
+            return Plan(target=target, counts=x, solved=True, objective_usd=obj)
+        finally:
+            self.step += 1

@@ -1,0 +1,88 @@
+"""Planners of the VM-only and Lambda-only baselines."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hybridserve.config import Pool, ReactiveOptions
+from hybridserve.planner.base import Plan, PlanInput
+
+
+class StaticPlanner:
+    """A fixed fleet, whatever the load (`static-peak` provisions it for the trace's peak)."""
+
+    name = "static"
+
+    def __init__(self, target: dict[str, int]) -> None:
+        self.target = dict(target)
+
+    @classmethod
+    def for_rate(cls, pool: Pool, rate: float) -> StaticPlanner:
+        return cls({pool.key: max(1, math.ceil(rate / pool.capacity_rps - 1e-9))})
+
+    def plan(self, inp: PlanInput) -> Plan:
+        target = dict(self.target)
+        for key in inp.fleet.totals():
+            target.setdefault(key, 0)
+        return Plan(target=target)
+
+
+class NoFleetPlanner:
+    """Lambda-only: no instances at all."""
+
+    name = "none"
+
+    def plan(self, inp: PlanInput) -> Plan:
+        return Plan(target=dict.fromkeys(inp.fleet.totals(), 0))
+
+
+@dataclass
+class ReactiveState:
+    above_s: float = 0.0
+    below_s: float = 0.0
+    last_scale_out_s: float = -math.inf
+
+
+class ReactivePlanner:
+    """EC2 / SageMaker target tracking on one pool: utilisation = arrival rate / fleet capacity.
+
+    Scale out when utilisation stayed above target for `scale_out_after_s` and the cooldown since
+    the last scale-out has passed; scale in after `scale_in_after_s` below target. The new count
+    brings utilisation back to the target (what target tracking computes).
+    """
+
+    name = "reactive"
+
+    def __init__(self, pool: Pool, options: ReactiveOptions | None = None) -> None:
+        self.pool = pool
+        self.opt = options or ReactiveOptions()
+        self.state = ReactiveState()
+
+    def plan(self, inp: PlanInput) -> Plan:
+        o, s, dt = self.opt, self.state, inp.interval_s
+        n = inp.fleet.get(self.pool.key).total
+        want = max(
+            1, math.ceil(inp.observed_rate / (o.target_utilisation * self.pool.capacity_rps))
+        )
+        util = inp.observed_rate / (n * self.pool.capacity_rps) if n else math.inf
+        if util > o.target_utilisation:
+            s.above_s += dt
+            s.below_s = 0.0
+        else:
+            s.below_s += dt
+            s.above_s = 0.0
+        target = n
+        if n == 0:
+            target = want
+        elif s.above_s >= o.scale_out_after_s and inp.now_s - s.last_scale_out_s >= o.cooldown_s:
+            target = max(n, want)
+            s.last_scale_out_s = inp.now_s
+            s.above_s = 0.0
+        elif s.below_s >= o.scale_in_after_s and want < n:
+            target = want
+            s.below_s = 0.0
+        plan = {self.pool.key: target}
+        for key in inp.fleet.totals():
+            plan.setdefault(key, 0)
+        return Plan(target=plan)

@@ -1,0 +1,76 @@
+"""Policies: each is a Controller configuration (forecaster + planner + whether Lambda may take
+spill), never a second simulator. `oracle` and `static-peak` need hindsight of the trace and so
+exist only offline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridserve.config import Scenario, lambda_usd_per_request
+from hybridserve.forecast import Forecaster, make_forecaster
+from hybridserve.forecast.hindsight import HindsightForecaster
+from hybridserve.planner import (
+    ExactPlanner,
+    GreedyPlanner,
+    NoFleetPlanner,
+    Planner,
+    ReactivePlanner,
+    StaticPlanner,
+)
+from hybridserve.planner.base import cheapest_pool, prune_dominated
+
+POLICIES: dict[str, str] = {
+    "static-peak": "VM-only fleet sized for the trace's peak second, never changed",
+    "reactive": "VM-only target tracking (scale out after 3 min above target, 300 s cooldown, in after 15 min)",
+    "lambda-only": "every request its own Lambda invocation",
+    "mark": "MArk: point forecast + greedy cheapest-per-request fill + spill to Lambda",
+    "hybrid": "quantile forecast + exact MILP planner + spill to Lambda (the default)",
+    "oracle": "exact planner fed the true future arrivals: the best a controller could do",
+}
+HINDSIGHT = {"static-peak", "oracle"}
+
+
+@dataclass
+class PolicySpec:
+    name: str
+    forecaster: Forecaster
+    planner: Planner
+    spill: bool  # may the router send requests to Lambda?
+
+    def lambda_usd_per_request(self, sc: Scenario) -> float | None:
+        return lambda_usd_per_request(sc) if self.spill else None
+
+
+def make_policy(
+    name: str,
+    sc: Scenario,
+    *,
+    forecaster: str = "last-value",
+    hindsight: np.ndarray | None = None,
+    clock: Callable[[], float] | None = None,
+) -> PolicySpec:
+    """Build a policy by name; hindsight policies need the trace's counts and the backend clock."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    if name in HINDSIGHT and hindsight is None:
+        raise ValueError(f"policy {name!r} needs the whole trace in advance (offline only)")
+    on_demand = [p for p in sc.pools if p.market == "on_demand"] or sc.pools
+    fc = make_forecaster(forecaster, interval_s=sc.control_interval_s, max_horizon=sc.horizon_steps)
+    if name == "static-peak":
+        pool = cheapest_pool(prune_dominated(on_demand))
+        return PolicySpec(name, fc, StaticPlanner.for_rate(pool, float(np.max(hindsight))), False)
+    if name == "reactive":
+        pool = cheapest_pool(prune_dominated(on_demand))
+        return PolicySpec(name, fc, ReactivePlanner(pool, sc.reactive), False)
+    if name == "lambda-only":
+        return PolicySpec(name, fc, NoFleetPlanner(), True)
+    if name == "mark":
+        return PolicySpec(name, fc, GreedyPlanner(), True)
+    if name == "hybrid":
+        return PolicySpec(name, fc, ExactPlanner(sc.planner), True)
+    assert clock is not None, "oracle needs the backend clock"
+    oracle_fc = HindsightForecaster(hindsight, sc.control_interval_s, clock)
+    return PolicySpec(name, oracle_fc, ExactPlanner(sc.planner), True)

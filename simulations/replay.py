@@ -1,0 +1,189 @@
+"""Trace replay: drive the real Controller on a simulated clock, then the data plane.
+
+The Controller acts on arrivals only (what the router measures), never on the data plane's
+outcome, so the control pass runs first over the whole trace and records every instance's life in
+the simulated backend; the data plane then replays the arrivals through that timeline in
+vectorised day-sized chunks.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hybridserve.backends import SimulatedBackend
+from hybridserve.config import Scenario
+from hybridserve.controller import Controller
+from hybridserve.policies import make_policy
+from simulations import dataplane
+from simulations.traces import Trace
+
+
+@dataclass
+class Timeline:
+    """Per control interval: arrivals, mean fleet capacity (req/s), spilled and SLO-met requests."""
+
+    interval_s: int
+    arrivals: np.ndarray
+    capacity_rps: np.ndarray
+    spilled: np.ndarray
+    met: np.ndarray
+    fleet_size: np.ndarray
+
+
+@dataclass
+class PolicyResult:
+    policy: str
+    cost_usd: float
+    cost_breakdown: dict[str, float]
+    requests: int
+    slo_attainment: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    lambda_fraction: float
+    instance_hours: dict[str, float]
+    cold_starts: int
+    sim_wall_s: float
+    cost_lower_bound_usd: float | None = None
+    throttled: int = 0
+    plans_solved: int | None = None
+    timeline: Timeline | None = field(default=None, repr=False)
+    instances: list = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict:
+        def num(x: float) -> float | None:
+            return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+        return {
+            "policy": self.policy,
+            "cost_usd": round(self.cost_usd, 4),
+            "cost_lower_bound_usd": None
+            if self.cost_lower_bound_usd is None
+            else round(self.cost_lower_bound_usd, 4),
+            "cost_breakdown": {k: round(v, 4) for k, v in self.cost_breakdown.items()},
+            "requests": self.requests,
+            "slo_attainment": round(self.slo_attainment, 6),
+            "latency_p50_ms": num(self.latency_p50_ms),
+            "latency_p95_ms": num(self.latency_p95_ms),
+            "latency_p99_ms": num(self.latency_p99_ms),
+            "lambda_fraction": round(self.lambda_fraction, 6),
+            "instance_hours": {k: round(v, 3) for k, v in sorted(self.instance_hours.items())},
+            "cold_starts": self.cold_starts,
+            "sim_wall_s": round(self.sim_wall_s, 3),
+        }
+
+
+def control_pass(
+    trace: Trace,
+    sc: Scenario,
+    policy: str,
+    *,
+    seed: int = 0,
+    forecaster: str = "last-value",
+    progress=None,
+):
+    """Run the Controller over the trace; returns (backend with the instance timeline, spec, fleet sizes)."""
+    counts = trace.counts
+    dt = sc.control_interval_s
+    pools = sc.pools
+    backend = SimulatedBackend(pools, spot=sc.spot, seed=seed, warm_start=True)
+    spec = make_policy(policy, sc, forecaster=forecaster, hindsight=counts, clock=backend.now)
+    ctl = Controller(
+        spec.forecaster,
+        spec.planner,
+        backend,
+        pools,
+        interval_s=dt,
+        horizon=sc.horizon_steps,
+        lambda_usd_per_request=spec.lambda_usd_per_request(sc),
+        demand_levels=sc.planner.lambda_levels,
+    )
+    n_steps = -(-len(counts) // dt)
+    sizes = np.zeros(n_steps, dtype=np.int32)
+    # warm start: the first interval stands in for the history before the trace
+    ctl.step(_interval(counts, 0, dt))
+    for k in range(n_steps):
+        sizes[k] = sum(s.total for s in backend.observe().pools.values())
+        backend.advance(min((k + 1) * dt, len(counts)))
+        ctl.step(_interval(counts, k, dt))
+        if progress is not None and k % 1440 == 0:
+            progress(0)
+    return backend, spec, sizes
+
+
+def _interval(counts: np.ndarray, k: int, dt: int) -> np.ndarray:
+    seg = counts[k * dt : (k + 1) * dt]
+    return seg if len(seg) else np.zeros(1)
+
+
+def run_policy(
+    trace: Trace,
+    sc: Scenario,
+    policy: str,
+    *,
+    seed: int = 0,
+    forecaster: str = "last-value",
+    progress=None,
+    keep_timeline: bool = True,
+) -> PolicyResult:
+    """Replay `trace` under `policy`: cost, attainment, latency and Lambda figures."""
+    t0 = time.perf_counter()
+    backend, spec, sizes = control_pass(
+        trace, sc, policy, seed=seed, forecaster=forecaster, progress=progress
+    )
+    pools = {p.key: p for p in sc.pools}
+    tot = dataplane.replay(
+        trace.counts, backend.instances, pools, sc, spill=spec.spill, progress=progress
+    )
+    ec2, hours = dataplane.ec2_bill(backend.instances, pools, float(len(trace.counts)))
+    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc)
+    breakdown = {
+        "ec2_on_demand": ec2["on_demand"],
+        "ec2_spot": ec2["spot"],
+        "lambda_requests": l_req,
+        "lambda_compute": l_cmp,
+    }
+    requests = int(trace.requests)
+    timeline = None
+    if keep_timeline:
+        timeline = Timeline(
+            interval_s=sc.control_interval_s,
+            arrivals=np.concatenate(tot.interval_arrivals),
+            capacity_rps=np.concatenate(tot.interval_capacity),
+            spilled=np.concatenate(tot.interval_spill),
+            met=np.concatenate(tot.interval_met),
+            fleet_size=sizes,
+        )
+    planner = spec.planner
+    return PolicyResult(
+        policy=policy,
+        cost_usd=sum(breakdown.values()),
+        cost_breakdown=breakdown,
+        requests=requests,
+        slo_attainment=tot.met / tot.requests if tot.requests else 1.0,
+        latency_p50_ms=tot.hist.percentile(50) * 1000,
+        latency_p95_ms=tot.hist.percentile(95) * 1000,
+        latency_p99_ms=tot.hist.percentile(99) * 1000,
+        lambda_fraction=tot.spilled / tot.requests if tot.requests else 0.0,
+        instance_hours=hours,
+        cold_starts=int(round(tot.cold_starts)),
+        throttled=int(round(tot.throttled)),
+        sim_wall_s=time.perf_counter() - t0,
+        plans_solved=getattr(planner, "solves", None),
+        timeline=timeline,
+        instances=backend.instances,
+    )
+
+
+def peak_memory_mb(fn, *args, **kwargs):
+    """Run fn and return (result, peak traced MB) — for benchmarks."""
+    tracemalloc.start()
+    try:
+        out = fn(*args, **kwargs)
+        return out, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
