@@ -10,8 +10,15 @@ Model (the same one the per-request discrete-event mode in `des.py` simulates ex
 - Per second, backlog follows Lindley's recursion with a cap: b[t] = min(Q, max(0, b[t-1] + a[t] -
   mu)). Each step is a clamp x -> min(H, max(L, x + D)); clamps compose into clamps, so the whole
   recursion is one associative prefix scan in numpy (log2(n) passes), exact for the fluid model.
-- Within a second, arrivals are spread evenly (fluid); waits then ramp linearly between the
-  second's start and end backlog, which gives attainment per second in closed form.
+- Within a second, the fluid part spreads arrivals evenly: waits ramp linearly between the
+  second's start and end backlog. On top comes the queueing that Poisson arrivals cause even
+  below capacity: with c instances, a request waits with the Erlang-C probability, for an
+  exponential time of mean 1 / (2 (mu - a)) (M/D/c: half of M/M/c), capped at the typical
+  excursion of the second's arrivals given their count (a Brownian bridge: 0.5 sqrt(a) / mu).
+  Only requests that find the fluid queue empty get it (the bias comes from the reflection at
+  zero; behind a backlog the noise shifts waits both ways), and none in seconds at or over
+  capacity, where the fluid queue already holds the excess. Attainment per second stays in closed form; under spill, the
+  requests that this wait would push past the SLO go to Lambda, as the router would send them.
 - Lambda: spilled requests are served warm in s_L, or cold (cold start + s_L) when the warm pool
   is short. Needed concurrency per second is the Poisson-peaked busy count c + 3 sqrt(c),
   c = spill * s_L; the pool keeps each container for keep-alive after last use (a trailing max),
@@ -35,7 +42,16 @@ from hybridserve.config import (
 )
 
 MIN_BILL_S = 60.0
-HIST_EDGES = np.geomspace(1e-4, 1e6, 2001)  # seconds; ~1.2% wide bins
+
+
+def histogram_edges(slo_s: float) -> np.ndarray:
+    """Latency bin edges (s), ~1% wide, with the SLO itself an edge so requests served exactly at
+    the SLO are not reported above it. Bins are right-closed: (e_k, e_k+1]."""
+    below = np.geomspace(1e-4, slo_s, 1000)
+    above = np.geomspace(slo_s, 1e6, 1200)[1:]
+    return np.concatenate([below, above])
+
+
 _RAMP_POINTS = (np.arange(8) + 0.5) / 8
 
 
@@ -43,7 +59,11 @@ _RAMP_POINTS = (np.arange(8) + 0.5) / 8
 class LatencyHistogram:
     """Counts of requests by latency bin; the last bin collects failures and unbounded waits."""
 
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(len(HIST_EDGES)))
+    edges: np.ndarray = field(default_factory=lambda: histogram_edges(0.3))
+    counts: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(len(self.edges))
 
     def add_points(self, lat_s: np.ndarray, n: np.ndarray) -> None:
         lat = np.asarray(lat_s, dtype=float)
@@ -51,11 +71,10 @@ class LatencyHistogram:
         ok = w > 0
         if not ok.any():
             return
-        idx = np.searchsorted(HIST_EDGES, lat[ok], side="right") - 1
-        idx = np.where(
-            np.isfinite(lat[ok]), np.clip(idx, 0, len(HIST_EDGES) - 2), len(HIST_EDGES) - 1
-        )
-        self.counts += np.bincount(idx, weights=w[ok], minlength=len(HIST_EDGES))
+        e = self.edges
+        idx = np.searchsorted(e, lat[ok] - 1e-12, side="left") - 1
+        idx = np.where(np.isfinite(lat[ok]), np.clip(idx, 0, len(e) - 2), len(e) - 1)
+        self.counts += np.bincount(idx, weights=w[ok], minlength=len(e))
 
     def add_ramps(self, lo: np.ndarray, hi: np.ndarray, n: np.ndarray) -> None:
         """Requests spread uniformly over [lo, hi] per entry (8 quantile points each)."""
@@ -72,11 +91,11 @@ class LatencyHistogram:
             return float("nan")
         cum = np.cumsum(self.counts)
         k = int(np.searchsorted(cum, q / 100.0 * total))
-        if k >= len(HIST_EDGES) - 1:
+        if k >= len(self.edges) - 1:
             return float("inf")
         prev = cum[k - 1] if k else 0.0
         frac = (q / 100.0 * total - prev) / max(self.counts[k], 1e-12)
-        lo, hi = HIST_EDGES[k], HIST_EDGES[k + 1]
+        lo, hi = self.edges[k], self.edges[k + 1]
         return float(lo * (hi / lo) ** np.clip(frac, 0, 1))
 
 
@@ -102,12 +121,13 @@ def clamp_scan(d: np.ndarray, hi: np.ndarray, x0: float) -> np.ndarray:
 
 def fleet_capacity(
     instances: list, pools: dict[str, Pool], start: int, length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per second in [start, start+length): fleet rate mu and sum of mu_k * s_k over ready instances.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per second in [start, start+length): fleet rate mu, sum of mu_k * s_k and instance count.
 
     An instance serves whole seconds from ceil(ready) to floor(end)."""
     mu = np.zeros(length + 1)
     mus = np.zeros(length + 1)
+    cnt = np.zeros(length + 1)
     for inst in instances:
         p = pools[inst.pool]
         a = int(np.ceil(inst.ready_at - 1e-9)) - start
@@ -120,7 +140,48 @@ def fleet_capacity(
         mu[b] -= p.capacity_rps
         mus[a] += p.capacity_rps * p.latency_s
         mus[b] -= p.capacity_rps * p.latency_s
-    return np.cumsum(mu)[:length], np.cumsum(mus)[:length]
+        cnt[a] += 1
+        cnt[b] -= 1
+    return np.cumsum(mu)[:length], np.cumsum(mus)[:length], np.rint(np.cumsum(cnt)[:length])
+
+
+def poisson_wait(
+    a: np.ndarray, mu: np.ndarray, servers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of waiting (Erlang C) and mean conditional wait (s) per second, M/D/c-style."""
+    c = np.maximum(servers, 1.0)
+    safe_mu = np.where(mu > 0, mu, 1.0)
+    rho = np.clip(a / safe_mu, 0.0, 1.0)
+    load = rho * c  # offered load in servers
+    b = np.ones_like(load)  # Erlang B by recursion, each row stopping at its own c
+    for k in range(1, int(c.max()) + 1):
+        nb = load * b / (k + load * b)
+        b = np.where(k <= c, nb, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pw = np.where(rho < 1.0, b / (1.0 - rho * (1.0 - b)), 1.0)
+        mean = np.minimum(
+            0.5 / np.maximum(safe_mu - a, 1e-9), 0.5 * np.sqrt(np.maximum(a, 1.0)) / safe_mu
+        )
+    ok = (mu > 0) & (a > 0) & (a < mu)  # at or over capacity the fluid queue already holds it
+    return np.where(ok, np.clip(pw, 0.0, 1.0), 0.0), np.where(ok, mean, 0.0)
+
+
+def _exp_tail(
+    pw: np.ndarray, rate: np.ndarray, thr: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Fraction of requests with fluid wait w ~ U[lo, hi] (a point if lo == hi) and extra wait X
+    (0 w.p. 1-pw, else Exp(rate)) whose total stays within thr."""
+    u = np.minimum(hi, thr)
+    width = hi - lo
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        e_u = np.exp(-rate * np.maximum(thr - u, 0.0))
+        e_lo = np.exp(-rate * np.maximum(thr - lo, 0.0))
+        ramp = ((u - lo) - pw * (e_u - e_lo) / rate) / np.where(width > 0, width, 1.0)
+        point = 1.0 - pw * e_lo
+    frac = np.where(
+        width > 1e-12, np.where(u > lo, ramp, 0.0), np.where(lo <= thr + 1e-12, point, 0.0)
+    )
+    return np.clip(frac, 0.0, 1.0)
 
 
 @dataclass
@@ -137,6 +198,7 @@ def fleet_seconds(
     a: np.ndarray,
     mu: np.ndarray,
     mus: np.ndarray,
+    servers: np.ndarray,
     slo_s: float,
     spill: bool,
     b0: float,
@@ -171,23 +233,54 @@ def fleet_seconds(
         spilled = np.where(serving, spilled, a)
     thr = slo_s - svc
     lo, hi = np.minimum(wA0, wA1), np.maximum(wA0, wA1)
-    width = hi - lo
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fracA = np.where(
-            width > 0,
-            np.clip((thr - lo) / np.where(width > 0, width, 1.0), 0.0, 1.0),
-            (lo <= thr + 1e-12) * 1.0,
-        )
+    pw, mean_w = poisson_wait(a, mu, servers)
+    rate = 1.0 / np.maximum(mean_w, 1e-12)
+    # noise only biases waits upward where the fluid queue is empty (reflection at zero);
+    # behind a backlog it shifts waits both ways and averages out
+    pw = np.where(up, 0.0, pw)
+    fracA = _exp_tail(np.zeros_like(pw), rate, thr, lo, hi)
+    fracB = _exp_tail(pw, rate, thr, wB, wB)
     metA = nA * fracA
-    metB = nB * (wB <= thr + 1e-12)
+    metB = nB * fracB
+    if spill:
+        # the router sends the requests whose wait would break the SLO to Lambda instead
+        spilled = spilled + (nA - metA) + (nB - metB)
+        nA, nB = metA, metB
     met = np.where(serving, metA + metB, 0.0)
     admitted = nA + nB
     if hist is not None:
-        latA0 = np.where(serving, lo + svc, np.inf)
-        latA1 = np.where(serving, hi + svc, np.inf)
-        hist.add_ramps(latA0, latA1, nA)
-        hist.add_points(np.where(serving, wB + svc, np.inf), nB)
+        _add_fleet_latencies(
+            hist, serving, svc, lo, hi, nA, wB, nB, pw, mean_w, thr if spill else None
+        )
     return FleetSeconds(b_end=b_end, spill=spilled, met=met, admitted=admitted)
+
+
+_EXP_POINTS = -np.log1p(-(np.arange(6) + 0.5) / 6)  # quantile points of a unit exponential
+
+
+def _add_fleet_latencies(hist, serving, svc, lo, hi, nA, wB, nB, pw, mean_w, cap) -> None:
+    """Histogram of fleet latencies: fluid ramp/point times (1 - pw) plus pw spread over an
+    exponential; with spill, mass past the SLO was sent away and is dropped (cap per second)."""
+    ramp = (np.arange(4) + 0.5) / 4
+    base = np.concatenate([lo[:, None] + (hi - lo)[:, None] * ramp[None, :], wB[:, None]], axis=1)
+    wts = np.concatenate([np.repeat((nA / 4)[:, None], 4, axis=1), nB[:, None]], axis=1)
+    extra = np.concatenate([[0.0], _EXP_POINTS])[None, :] * mean_w[:, None]  # (n, 7)
+    probs = np.concatenate([(1 - pw)[:, None], np.repeat((pw / 6)[:, None], 6, axis=1)], axis=1)
+    lat = base[:, :, None] + svc[:, None, None] + np.zeros((1, 1, 7))
+    lat[:, 4, :] += extra  # the empty-queue point gets the exponential spread
+    w = wts[:, :, None] * np.concatenate(
+        [np.repeat(np.eye(1, 7)[None], 4, axis=1)[0][None].repeat(len(pw), 0), probs[:, None, :]],
+        axis=1,
+    )
+    lat = np.where(serving[:, None, None], lat, np.inf)
+    if cap is not None:
+        keep = lat <= (cap + svc)[:, None, None] + 1e-12
+        kept = np.where(keep, w, 0.0)
+        # renormalise per second: the admitted counts already exclude what spilled
+        tot_k = kept.sum(axis=(1, 2))
+        tot_w = nA + nB
+        w = kept * np.where(tot_k > 0, tot_w / np.where(tot_k > 0, tot_k, 1.0), 0.0)[:, None, None]
+    hist.add_points(lat.ravel(), w.ravel())
 
 
 @dataclass
@@ -253,7 +346,7 @@ def replay(
     cold_s = lambda_cold_start_s(sc)
     interval = sc.control_interval_s
     chunk_s = max(interval, chunk_s // interval * interval)
-    tot = DataPlaneTotals()
+    tot = DataPlaneTotals(hist=LatencyHistogram(histogram_edges(slo)))
     b = 0.0
     prior = np.zeros(0)
     by_start = sorted(instances, key=lambda i: i.ready_at)
@@ -264,8 +357,8 @@ def replay(
             i for i in by_start
             if i.ready_at < start + n and (i.ended_at is None or i.ended_at > start)
         ]  # fmt: skip
-        mu, mus = fleet_capacity(live, pools, start, n)
-        fs = fleet_seconds(a, mu, mus, slo, spill, b, tot.hist)
+        mu, mus, servers = fleet_capacity(live, pools, start, n)
+        fs = fleet_seconds(a, mu, mus, servers, slo, spill, b, tot.hist)
         b = float(fs.b_end[-1])
         ls = lambda_seconds(fs.spill, sc, prior)
         prior = np.concatenate([prior, ls.needed])[-int(sc.lambda_.keep_alive_s) - 1 :]

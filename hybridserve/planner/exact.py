@@ -107,6 +107,31 @@ def solve_plan(inp: PlanInput, pools: list[Pool], eps: float = 1e-6) -> tuple[np
     return x, float(res.fun)
 
 
+def evaluate_plan(inp: PlanInput, pools: list[Pool], x: np.ndarray) -> float:
+    """The MILP's objective for given serving counts x (pools, horizon), launches implied.
+
+    Raises ValueError when x is infeasible (more instances than can be ready in time)."""
+    x = np.asarray(x, dtype=float)
+    dt = inp.interval_s
+    base = _base_for(inp, pools)
+    H = inp.horizon
+    for i, p in enumerate(pools):
+        lead = min(inp.lead_steps(p), H)
+        if np.any(x[i, :lead] > base[i, :lead] + 1e-9):
+            raise ValueError(
+                f"plan infeasible: {p.key} cannot serve more than {base[i, :lead]} before step {lead}"
+            )
+    prev = np.concatenate([np.zeros((len(pools), 1)), x[:, :-1]], axis=1)
+    arrivals = np.diff(base, axis=1, prepend=0)
+    launches = np.maximum(x - prev - arrivals, 0.0)
+    price = np.array([p.price_usd_s for p in pools])[:, None]
+    delay = np.array([p.launch_delay_s for p in pools])[:, None]
+    mu = np.array([p.capacity_rps for p in pools])
+    ec2 = float(np.sum(price * dt * x) + np.sum(price * delay * launches))
+    spill = inp.demand.expected_excess(mu @ x)
+    return ec2 + float(inp.lambda_usd_per_request * dt * np.sum(spill))
+
+
 def _base_for(inp: PlanInput, pools: list[Pool]) -> np.ndarray:
     return replace(inp, pools=pools).base_counts()
 
