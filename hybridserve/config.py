@@ -198,6 +198,10 @@ class Scenario(Strict):
             )
         if not self.markets:
             raise ValueError("markets: needs at least one of on_demand, spot")
+        try:
+            serving_pools(self)
+        except ConfigError as e:
+            raise ValueError(f"slo.latency_ms: {e}") from None
         return self
 
     @cached_property
@@ -296,12 +300,18 @@ def lambda_cold_start_s(sc: Scenario) -> float:
     return sc.lambda_.cold_start_s or sc.model.lambda_.cold_start_s
 
 
+def billed_ms(seconds: float) -> int:
+    """Lambda bills duration in whole milliseconds, rounded up (float noise is not a millisecond)."""
+    return math.ceil(round(seconds * 1000.0, 6))
+
+
 def lambda_usd_per_request(sc: Scenario, service_s: float | None = None) -> float:
     """Warm cost of one invocation: memory × billed ms (rounded up to 1 ms) + request charge."""
     s = lambda_service_s(sc) if service_s is None else service_s
-    billed_ms = math.ceil(round(s * 1000.0, 6))
     p = sc.lambda_pricing
-    return sc.lambda_.memory_mb / 1024.0 * billed_ms / 1000.0 * p.usd_per_gb_s + p.usd_per_request
+    return (
+        sc.lambda_.memory_mb / 1024.0 * billed_ms(s) / 1000.0 * p.usd_per_gb_s + p.usd_per_request
+    )
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from scipy.ndimage import maximum_filter1d
 from hybridserve.config import (
     Pool,
     Scenario,
+    billed_ms,
     lambda_cold_start_s,
     lambda_service_s,
     lambda_usd_per_request,
@@ -385,13 +386,18 @@ def replay(
 def ec2_bill(
     instances: list, pools: dict[str, Pool], end_s: float
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """USD per market and billed instance-hours per type: per second, at least 60 s each."""
+    """USD per market and billed instance-hours per type: per second, at least 60 s each.
+
+    A spot instance that EC2 itself interrupts within its first hour is not charged (AWS's rule
+    for Spot; one the user stops is billed to the second)."""
     usd = {"on_demand": 0.0, "spot": 0.0}
     hours: dict[str, float] = {}
     for inst in instances:
         p = pools[inst.pool]
         stop = end_s if inst.ended_at is None else min(inst.ended_at, end_s)
         billed = max(MIN_BILL_S, stop - inst.launched_at)
+        if inst.end_reason == "spot-interruption" and stop - inst.launched_at < 3600.0:
+            billed = 0.0
         usd[p.market] += billed * p.price_usd_s
         hours[p.instance_type] = hours.get(p.instance_type, 0.0) + billed / 3600.0
     return usd, hours
@@ -405,10 +411,6 @@ def lambda_bill(served: float, cold: float, sc: Scenario) -> tuple[float, float]
     if sc.lambda_.bill_init:
         gb = sc.lambda_.memory_mb / 1024.0
         init = (
-            cold
-            * gb
-            * np.ceil(lambda_cold_start_s(sc) * 1000.0)
-            / 1000.0
-            * sc.lambda_pricing.usd_per_gb_s
+            cold * gb * billed_ms(lambda_cold_start_s(sc)) / 1000.0 * sc.lambda_pricing.usd_per_gb_s
         )
     return served * per_req, served * compute_per_req + init

@@ -110,8 +110,10 @@ def control_pass(
         sizes[k] = sum(s.total for s in backend.observe().pools.values())
         backend.advance(min((k + 1) * dt, len(counts)))
         ctl.step(_interval(counts, k, dt))
-        if progress is not None and k % 1440 == 0:
-            progress(0)
+        if progress is not None and (k + 1) % 1440 == 0:
+            progress(1440 * dt)
+    if progress is not None:
+        progress(len(counts) - (n_steps // 1440) * 1440 * dt)
     return backend, spec, sizes
 
 

@@ -30,6 +30,7 @@ from hybridserve.planner.base import Plan, PlanInput, prune_dominated
 class _Solved:
     step: int
     keys: tuple[str, ...]
+    lambda_price: float | None
     levels: np.ndarray
     counts: np.ndarray
     target: dict[str, int]
@@ -169,6 +170,8 @@ class ExactPlanner:
         s = self.last
         if s is None or s.keys != tuple(p.key for p in pools):
             return None
+        if s.lambda_price != inp.lambda_usd_per_request:
+            return None
         shift = self.step - s.step
         H = inp.demand.horizon
         if (
@@ -205,7 +208,13 @@ class ExactPlanner:
             self.solves += 1
             target = target_from_counts(inp, pools, x)
             self.last = _Solved(
-                self.step, tuple(p.key for p in pools), inp.demand.levels.copy(), x, target, obj
+                self.step,
+                tuple(p.key for p in pools),
+                inp.lambda_usd_per_request,
+                inp.demand.levels.copy(),
+                x,
+                target,
+                obj,
             )
             return Plan(target=target, counts=x, solved=True, objective_usd=obj)
         finally:

@@ -1,0 +1,193 @@
+"""`hybridserve` command line. Errors go to stderr with a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from hybridserve.config import ConfigError, load_scenario
+from hybridserve.policies import POLICIES
+
+EXIT_USAGE = 2
+
+
+class UserError(click.ClickException):
+    exit_code = EXIT_USAGE
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@contextmanager
+def user_errors():
+    """Turn expected failures (bad trace, config, arguments) into one-line errors."""
+    from simulations.traces import TraceError
+
+    try:
+        yield
+    except (TraceError, ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        raise UserError(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hybridserve")
+def main() -> None:
+    """Serve ML models on AWS at the lowest cost that meets a latency SLO."""
+
+
+@main.command()
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(dir_okay=False),
+    help="Trace file (default: embedded synthetic trace).",
+)
+@click.option(
+    "--trace-format",
+    type=click.Choice(["auto", "counts", "requests", "periods"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--timestamp-column",
+    default="TIMESTAMP",
+    show_default=True,
+    help="Timestamp column of a per-request CSV.",
+)
+@click.option(
+    "--rate-scale", type=float, default=1.0, show_default=True, help="Multiply the arrival rate."
+)
+@click.option(
+    "--start",
+    default="0",
+    show_default=True,
+    help="Skip this much of the trace (e.g. 2d, 6h, 90s).",
+)
+@click.option("--duration", default=None, help="Replay only this much (e.g. 1d).")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    type=click.Choice(list(POLICIES)),
+    help="Repeatable; default all.",
+)
+@click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False), help="Scenario YAML.")
+@click.option(
+    "--slo-ms", type=float, default=None, help="Latency SLO in ms (overrides the scenario)."
+)
+@click.option(
+    "--slo-target", type=float, default=None, help="Fraction of requests within the SLO, e.g. 0.99."
+)
+@click.option(
+    "--forecaster", default="last-value", show_default=True, help="Forecaster of mark and hybrid."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--days",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Length of the embedded synthetic trace.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="Write load/capacity/spill and cost plots (PNG).",
+)
+@click.option(
+    "--timeline",
+    "timeline_path",
+    type=click.Path(dir_okay=False),
+    help="Write the per-interval timeline (CSV).",
+)
+def simulate(**kw: Any) -> None:
+    """Replay a request trace through every policy and compare cost and SLO attainment."""
+    with user_errors():
+        _simulate(**kw)
+
+
+def _simulate(
+    trace_path: str | None,
+    trace_format: str,
+    timestamp_column: str,
+    rate_scale: float,
+    start: str,
+    duration: str | None,
+    policies: tuple[str, ...],
+    scenario_path: str | None,
+    slo_ms: float | None,
+    slo_target: float | None,
+    forecaster: str,
+    seed: int,
+    days: float,
+    as_json: bool,
+    plot_path: str | None,
+    timeline_path: str | None,
+) -> None:
+    from simulations.report import compare, format_table, write_timeline
+    from simulations.synthetic import synthetic_trace
+    from simulations.traces import load_trace
+
+    slo = {k: v for k, v in (("latency_ms", slo_ms), ("target", slo_target)) if v is not None}
+    sc = load_scenario(scenario_path, slo=slo or None)
+    if trace_path:
+        trace = load_trace(
+            trace_path,
+            trace_format,
+            timestamp_column=timestamp_column,
+            rate_scale=rate_scale,
+            start=start,
+            duration=duration,
+            seed=seed,
+        )
+    else:
+        if days <= 0:
+            raise ValueError(f"--days must be > 0, got {days}")
+        trace = synthetic_trace(days=days, seed=seed)
+        if start not in ("0", "") or duration is not None:
+            from hybridserve.units import parse_duration
+
+            trace = trace.slice(
+                parse_duration(start, field="--start"),
+                None if duration is None else parse_duration(duration, field="--duration"),
+            )
+        if rate_scale != 1.0:
+            trace = trace.scaled(rate_scale, seed)
+    if trace.requests == 0:
+        raise ValueError(f"{trace.name}: the trace has no requests in the selected range")
+    names = list(policies) or list(POLICIES)
+    with _progress(2 * trace.seconds * len(names)) as tick:
+        cmp = compare(trace, sc, names, seed=seed, forecaster=forecaster, progress=tick)
+    if as_json:
+        click.echo(cmp.to_json())
+    else:
+        click.echo(format_table(cmp))
+    if plot_path:
+        from simulations.plots import plot_comparison
+
+        plot_comparison(cmp, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
+    if timeline_path:
+        write_timeline(cmp, timeline_path)
+        click.echo(f"timeline written to {timeline_path}", err=True)
+
+
+@contextmanager
+def _progress(total: int):
+    """A progress bar on stderr when it is a terminal; silent otherwise (CI logs, pipes)."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with click.progressbar(length=total, label="replaying", file=sys.stderr, show_eta=True) as bar:
+        tick: Callable[[int], None] = bar.update
+        yield tick
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,164 @@
+"""Run several policies on one trace and present the results (table, JSON, timeline CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hybridserve.config import Scenario
+from hybridserve.policies import POLICIES
+from simulations.bounds import cost_lower_bound
+from simulations.replay import PolicyResult, run_policy
+from simulations.traces import Trace
+
+
+@dataclass
+class Comparison:
+    trace: Trace
+    scenario: Scenario
+    results: list[PolicyResult]
+
+    def as_json(self) -> dict:
+        return {
+            "trace": {
+                "name": self.trace.name,
+                "seconds": self.trace.seconds,
+                "requests": self.trace.requests,
+            },
+            "slo": {"latency_ms": self.scenario.slo.latency_ms, "target": self.scenario.slo.target},
+            "results": [r.as_json() for r in self.results],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_json(), indent=2, allow_nan=False)
+
+    def by_policy(self, name: str) -> PolicyResult | None:
+        return next((r for r in self.results if r.policy == name), None)
+
+
+def compare(
+    trace: Trace,
+    sc: Scenario,
+    policies: Sequence[str] = tuple(POLICIES),
+    *,
+    seed: int = 0,
+    forecaster: str = "last-value",
+    progress: Callable[[int], None] | None = None,
+) -> Comparison:
+    """Replay the trace under each policy; the oracle also gets the cost floor."""
+    results = []
+    for name in policies:
+        r = run_policy(trace, sc, name, seed=seed, forecaster=forecaster, progress=progress)
+        if name == "oracle":
+            r.cost_lower_bound_usd = cost_lower_bound(trace.counts, sc)
+        results.append(r)
+    return Comparison(trace, sc, results)
+
+
+def _ms(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "inf"
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.1f}"
+
+
+def format_table(cmp: Comparison) -> str:
+    """Human table: one row per policy, with cost relative to the oracle when it ran."""
+    sc = cmp.scenario
+    oracle = cmp.by_policy("oracle")
+    head = (
+        f"trace {cmp.trace.name}: {cmp.trace.seconds:,} s, {cmp.trace.requests:,} requests, "
+        f"mean {cmp.trace.mean_rate:.1f}/s, peak {cmp.trace.peak}/s   "
+        f"SLO: {sc.slo.target:.1%} within {sc.slo.latency_ms:g} ms"
+    )
+    cols = [
+        "policy",
+        "cost $",
+        "x oracle",
+        "attain",
+        "SLO",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "lambda",
+        "cold",
+        "inst-h",
+        "wall s",
+    ]
+    rows = []
+    for r in cmp.results:
+        rel = f"{r.cost_usd / oracle.cost_usd:.3f}" if oracle and oracle.cost_usd > 0 else "-"
+        rows.append(
+            [
+                r.policy,
+                f"{r.cost_usd:,.2f}",
+                rel,
+                f"{r.slo_attainment:.4%}",
+                "met" if r.slo_attainment >= sc.slo.target else "MISSED",
+                _ms(r.latency_p50_ms),
+                _ms(r.latency_p95_ms),
+                _ms(r.latency_p99_ms),
+                f"{r.lambda_fraction:.2%}",
+                f"{r.cold_starts:,}",
+                f"{sum(r.instance_hours.values()):,.0f}",
+                f"{r.sim_wall_s:.1f}",
+            ]
+        )
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = "  ".join(
+        c.ljust(w) if i == 0 else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+    )
+    out = [head, "", line, "-" * len(line)]
+    for row in rows:
+        out.append(
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    if oracle and oracle.cost_lower_bound_usd is not None:
+        out.append("")
+        out.append(
+            f"cost floor (LP relaxation of the oracle's plan): ${oracle.cost_lower_bound_usd:,.2f}"
+            " - no policy meeting the SLO can cost less"
+        )
+    return "\n".join(out)
+
+
+def write_timeline(cmp: Comparison, path: str) -> None:
+    """Per control interval and policy: arrivals, capacity, spill, SLO-met requests, fleet size."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "policy",
+                "interval",
+                "start_s",
+                "arrivals",
+                "capacity_rps",
+                "spilled",
+                "met",
+                "fleet_size",
+            ]
+        )
+        for r in cmp.results:
+            tl = r.timeline
+            if tl is None:
+                continue
+            for k in range(len(tl.arrivals)):
+                size = int(tl.fleet_size[k]) if k < len(tl.fleet_size) else 0
+                w.writerow(
+                    [
+                        r.policy,
+                        k,
+                        k * tl.interval_s,
+                        int(round(tl.arrivals[k])),
+                        round(float(tl.capacity_rps[k]), 3),
+                        round(float(tl.spilled[k]), 3),
+                        round(float(tl.met[k]), 3),
+                        size,
+                    ]
+                )

@@ -1,0 +1,122 @@
+"""The `hybridserve simulate` command as a user runs it: a subprocess, stdout, stderr, exit code."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hybridserve.policies import POLICIES
+
+RESULT_KEYS = {
+    "policy",
+    "cost_usd",
+    "cost_lower_bound_usd",
+    "cost_breakdown",
+    "requests",
+    "slo_attainment",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "lambda_fraction",
+    "instance_hours",
+    "cold_starts",
+    "sim_wall_s",
+}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hybridserve.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def default_json():
+    p = run("simulate", "--days", "0.3", "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_json_schema(default_json):
+    out = default_json
+    assert set(out) == {"trace", "slo", "results"}
+    assert set(out["trace"]) == {"name", "seconds", "requests"}
+    assert set(out["slo"]) == {"latency_ms", "target"}
+    assert [r["policy"] for r in out["results"]] == list(POLICIES)
+    for r in out["results"]:
+        assert set(r) == RESULT_KEYS
+        assert set(r["cost_breakdown"]) == {
+            "ec2_on_demand",
+            "ec2_spot",
+            "lambda_requests",
+            "lambda_compute",
+        }
+        assert r["cost_usd"] == pytest.approx(sum(r["cost_breakdown"].values()), abs=1e-3)
+        assert r["requests"] == out["trace"]["requests"]
+        assert 0 <= r["slo_attainment"] <= 1 and 0 <= r["lambda_fraction"] <= 1
+        assert (r["cost_lower_bound_usd"] is None) == (r["policy"] != "oracle")
+
+
+def test_table_and_options(tmp_path):
+    counts = tmp_path / "tiny.txt.gz"
+    with gzip.open(counts, "wt") as f:
+        f.write(" ".join(["50"] * 3600 + ["200"] * 600 + ["40"] * 3000))
+    plot = tmp_path / "out.png"
+    timeline = tmp_path / "tl.csv"
+    p = run(
+        "simulate", "--trace", str(counts), "--policy", "hybrid", "--policy", "oracle",
+        "--slo-ms", "250", "--slo-target", "0.98", "--start", "10m", "--duration", "1h30m",
+        "--plot", str(plot), "--timeline", str(timeline),
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "hybrid" in p.stdout and "oracle" in p.stdout and "mark" not in p.stdout
+    assert "5,400 s" in p.stdout and "98.0% within 250 ms" in p.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = timeline.read_text().splitlines()
+    assert lines[0].startswith("policy,interval,start_s,arrivals")
+    assert len(lines) == 1 + 2 * 90
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--trace", "/nonexistent/trace.txt"], "/nonexistent/trace.txt"),
+        (["--scenario", "/nonexistent/s.yaml"], "/nonexistent/s.yaml"),
+        (["--slo-target", "1.5"], "slo.target"),
+        (["--start", "soon"], "--start"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(args, needle):
+    p = run("simulate", "--days", "0.05", *args)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert needle in p.stderr
+    assert p.stdout == ""
+
+
+def test_malformed_trace_names_the_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3\n4 x 6\n")
+    p = run("simulate", "--trace", str(bad))
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "bad.txt" in p.stderr and "line 2" in p.stderr
+
+
+def test_bad_scenario_field_is_named(tmp_path):
+    sc = tmp_path / "s.yaml"
+    sc.write_text("slo:\n  latency_ms: 300\nlambda:\n  memory_mb: 64\n")
+    p = run("simulate", "--days", "0.05", "--scenario", str(sc))
+    assert p.returncode == 2
+    assert "s.yaml" in p.stderr and "lambda.memory_mb" in p.stderr
+
+
+def test_unknown_policy_is_a_usage_error():
+    p = run("simulate", "--policy", "magic")
+    assert p.returncode == 2 and "magic" in p.stderr
