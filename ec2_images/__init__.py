@@ -1,1 +1,1 @@
-"""ec2_images."""
+"""How a VM becomes a model server: Packer template, cloud-init, systemd unit (predictors issue)."""

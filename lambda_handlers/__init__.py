@@ -1,1 +1,1 @@
-"""lambda_handlers."""
+"""Lambda entry points (the predictors issue): lean, no torch on this path (250 MB limit)."""

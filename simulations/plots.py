@@ -53,7 +53,7 @@ def plot_comparison(cmp: Comparison, path: str) -> None:
     )
     for b, r in zip(bars, cmp.results, strict=True):
         ax2.annotate(
-            f"{r.slo_attainment:.2%}",
+            f"{r.slo_attainment:.3%}",
             (b.get_x() + b.get_width() / 2, b.get_height()),
             ha="center",
             va="bottom",

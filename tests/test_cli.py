@@ -120,3 +120,22 @@ def test_bad_scenario_field_is_named(tmp_path):
 def test_unknown_policy_is_a_usage_error():
     p = run("simulate", "--policy", "magic")
     assert p.returncode == 2 and "magic" in p.stderr
+
+
+def test_example_scenario_runs_with_spot_and_arm_lambda():
+    from tests.conftest import REPO
+
+    p = run(
+        "simulate",
+        "--days",
+        "0.2",
+        "--scenario",
+        str(REPO / "examples" / "scenario.yaml"),
+        "--json",
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["slo"] == {"latency_ms": 200.0, "target": 0.98}
+    hybrid = next(r for r in out["results"] if r["policy"] == "hybrid")
+    assert hybrid["cost_breakdown"]["ec2_spot"] > 0
+    assert hybrid["slo_attainment"] >= 0.98

@@ -9,6 +9,11 @@ import numpy as np
 from scipy.special import ndtri
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
+# conformal residuals give any level for free; a fine grid keeps the shape of heavy-tailed errors
+# (interpolating a few levels in normal-score space fattens the middle of such a distribution)
+RESIDUAL_LEVELS: tuple[float, ...] = (
+    0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class ResidualQuantiles:
         max_horizon: int = 60,
         window: int = 1440,
         refresh: int = 30,
-        levels: tuple[float, ...] = DEFAULT_QUANTILES,
+        levels: tuple[float, ...] = RESIDUAL_LEVELS,
         min_samples: int = 20,
     ) -> None:
         self.max_horizon = max_horizon
