@@ -91,6 +91,14 @@ class Plan:
     objective_usd: float | None = None
 
 
+def retire_unplanned(target: dict[str, int], fleet: FleetView) -> dict[str, int]:
+    """Name every pool that has instances: those the plan leaves out get an explicit 0."""
+    out = dict(target)
+    for key in fleet.totals():
+        out.setdefault(key, 0)
+    return out
+
+
 class Planner(Protocol):
     name: str
 

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hybridserve.config import PlannerOptions, Pool
-from hybridserve.planner.base import Plan, PlanInput, prune_dominated
+from hybridserve.planner.base import Plan, PlanInput, prune_dominated, retire_unplanned
 
 
 @dataclass
@@ -148,11 +148,9 @@ def target_from_counts(
         hi = min(H - 1, lead + shift)
         lo = min(shift, hi)
         n = int(np.max(x[i, lo : hi + 1]))
-        if n or inp.fleet.get(p.key).total:
+        if n:
             target[p.key] = n
-    for key in inp.fleet.totals():
-        target.setdefault(key, 0)  # pools pruned from the plan are retired
-    return target
+    return retire_unplanned(target, inp.fleet)  # also pools pruned from the plan
 
 
 class ExactPlanner:
@@ -201,8 +199,7 @@ class ExactPlanner:
         try:
             reused = self._reuse(inp, pools)
             if reused is not None:
-                if reused.target != self.last.target:
-                    self.last.target = reused.target
+                self.last.target = reused.target  # what the fleet should match next step
                 return reused
             x, obj = solve_plan(inp, pools, self.opt.instance_epsilon)
             self.solves += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridserve.planner.base import Plan, PlanInput
+from hybridserve.planner.base import Plan, PlanInput, retire_unplanned
 
 
 class GreedyPlanner:
@@ -64,8 +64,6 @@ class GreedyPlanner:
         target = {}
         for i, p in enumerate(pools):
             n = int(totals[i] + launches[i] - kills[i])
-            if n or totals[i]:
+            if n:
                 target[p.key] = n
-        for key in inp.fleet.totals():
-            target.setdefault(key, 0)
-        return Plan(target=target)
+        return Plan(target=retire_unplanned(target, inp.fleet))

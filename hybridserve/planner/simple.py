@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from hybridserve.config import Pool, ReactiveOptions
-from hybridserve.planner.base import Plan, PlanInput
+from hybridserve.planner.base import Plan, PlanInput, retire_unplanned
 
 
 class StaticPlanner:
@@ -22,10 +22,7 @@ class StaticPlanner:
         return cls({pool.key: max(1, math.ceil(rate / pool.capacity_rps - 1e-9))})
 
     def plan(self, inp: PlanInput) -> Plan:
-        target = dict(self.target)
-        for key in inp.fleet.totals():
-            target.setdefault(key, 0)
-        return Plan(target=target)
+        return Plan(target=retire_unplanned(self.target, inp.fleet))
 
 
 class NoFleetPlanner:
@@ -34,7 +31,7 @@ class NoFleetPlanner:
     name = "none"
 
     def plan(self, inp: PlanInput) -> Plan:
-        return Plan(target=dict.fromkeys(inp.fleet.totals(), 0))
+        return Plan(target=retire_unplanned({}, inp.fleet))
 
 
 @dataclass
@@ -82,7 +79,4 @@ class ReactivePlanner:
         elif s.below_s >= o.scale_in_after_s and want < n:
             target = want
             s.below_s = 0.0
-        plan = {self.pool.key: target}
-        for key in inp.fleet.totals():
-            plan.setdefault(key, 0)
-        return Plan(target=plan)
+        return Plan(target=retire_unplanned({self.pool.key: target}, inp.fleet))
