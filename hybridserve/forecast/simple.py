@@ -7,8 +7,11 @@ import numpy as np
 from hybridserve.forecast.base import Forecast, ResidualQuantiles, check_counts
 
 
-class _PointForecaster:
-    """Shared bookkeeping: interval rates in, conformal quantiles around a point forecast out."""
+class PointForecaster:
+    """Shared bookkeeping: interval rates in, conformal quantiles around a point forecast out.
+
+    Subclasses implement `_update(rate)` (new interval mean rate) and `_point(horizon)`.
+    """
 
     name = "point"
 
@@ -36,13 +39,13 @@ class _PointForecaster:
         return self.rq.make(self._point(horizon))
 
 
-class LastValue(_PointForecaster):
+class LastValue(PointForecaster):
     """Persistence: the next steps look like the last one. Strong on bursty, level-shifting load."""
 
     name = "last-value"
 
 
-class EWMA(_PointForecaster):
+class EWMA(PointForecaster):
     """Exponentially weighted level; smooths noise at the price of lag."""
 
     name = "ewma"
@@ -63,7 +66,7 @@ class EWMA(_PointForecaster):
         return np.full(horizon, self.level or 0.0)
 
 
-class SeasonalNaive(_PointForecaster):
+class SeasonalNaive(PointForecaster):
     """The same step one season ago (daily by default), scaled by the recent level ratio.
 
     Until a full season is seen it falls back to the last value.
