@@ -9,28 +9,9 @@ from typing import Any
 
 import click
 
-from hybridserve.config import ConfigError, load_scenario
+from hybridserve.cli_common import user_errors
+from hybridserve.config import load_scenario
 from hybridserve.policies import POLICIES
-
-EXIT_USAGE = 2
-
-
-class UserError(click.ClickException):
-    exit_code = EXIT_USAGE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-@contextmanager
-def user_errors():
-    """Turn expected failures (bad trace, config, arguments) into one-line errors."""
-    from simulations.traces import TraceError
-
-    try:
-        yield
-    except (TraceError, ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        raise UserError(str(e)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,6 +169,14 @@ def _progress(total: int):
         tick: Callable[[int], None] = bar.update
         yield tick
 
+
+def _register() -> None:
+    from hybridserve.cli_forecast import forecast
+
+    main.add_command(forecast)
+
+
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

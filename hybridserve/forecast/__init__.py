@@ -6,7 +6,13 @@ same interface; the Controller and planners never see which one runs.
 """
 
 from hybridserve.forecast.base import Forecast, Forecaster, ResidualQuantiles
-from hybridserve.forecast.simple import EWMA, LastValue, PointForecaster, SeasonalNaive, make_forecaster
+from hybridserve.forecast.simple import (
+    EWMA,
+    LastValue,
+    PointForecaster,
+    SeasonalNaive,
+    make_forecaster,
+)
 
 __all__ = [
     "EWMA",
