@@ -36,7 +36,14 @@ def main() -> int:
     t1 = time.perf_counter()
     cmp = compare(trace, sc)
     wall = time.perf_counter() - t1
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # policies replay in worker processes: the peak is the largest of this process and any worker
+    peak_mb = (
+        max(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+        )
+        / 1024
+    )
     r = {x.policy: x for x in cmp.results}
     floor = r["oracle"].cost_lower_bound_usd
     target = sc.slo.target

@@ -64,7 +64,16 @@ def main() -> None:
     "--slo-target", type=float, default=None, help="Fraction of requests within the SLO, e.g. 0.99."
 )
 @click.option(
-    "--forecaster", default="last-value", show_default=True, help="Forecaster of mark and hybrid."
+    "--forecaster",
+    default=None,
+    help="Forecaster of mark and hybrid (default: lstm for mark when torch is installed, "
+    "else last-value; auto for hybrid).",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Policies replayed in parallel (default: one per core).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -104,7 +113,8 @@ def _simulate(
     scenario_path: str | None,
     slo_ms: float | None,
     slo_target: float | None,
-    forecaster: str,
+    forecaster: str | None,
+    workers: int | None,
     seed: int,
     days: float,
     as_json: bool,
@@ -144,7 +154,9 @@ def _simulate(
         raise ValueError(f"{trace.name}: the trace has no requests in the selected range")
     names = list(policies) or list(POLICIES)
     with _progress(2 * trace.seconds * len(names)) as tick:
-        cmp = compare(trace, sc, names, seed=seed, forecaster=forecaster, progress=tick)
+        cmp = compare(
+            trace, sc, names, seed=seed, forecaster=forecaster, progress=tick, workers=workers
+        )
     if as_json:
         click.echo(cmp.to_json())
     else:

@@ -44,11 +44,24 @@ class PolicySpec:
         return lambda_usd_per_request(sc) if self.spill else None
 
 
+def default_forecaster(policy: str) -> str:
+    """mark forecasts with an LSTM as MArk did (when torch is installed); hybrid picks by backtest."""
+    if policy == "mark":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return "last-value"
+        return "lstm"
+    if policy == "hybrid":
+        return "auto"
+    return "last-value"
+
+
 def make_policy(
     name: str,
     sc: Scenario,
     *,
-    forecaster: str = "last-value",
+    forecaster: str | None = None,
     hindsight: np.ndarray | None = None,
     clock: Callable[[], float] | None = None,
 ) -> PolicySpec:
@@ -58,7 +71,11 @@ def make_policy(
     if name in HINDSIGHT and hindsight is None:
         raise ValueError(f"policy {name!r} needs the whole trace in advance (offline only)")
     on_demand = [p for p in sc.pools if p.market == "on_demand"] or sc.pools
-    fc = make_forecaster(forecaster, interval_s=sc.control_interval_s, max_horizon=sc.horizon_steps)
+    fc = make_forecaster(
+        forecaster or default_forecaster(name),
+        interval_s=sc.control_interval_s,
+        max_horizon=sc.horizon_steps,
+    )
     if name == "static-peak":
         pool = cheapest_pool(prune_dominated(on_demand))
         return PolicySpec(name, fc, StaticPlanner.for_rate(pool, float(np.max(hindsight))), False)

@@ -83,7 +83,7 @@ def control_pass(
     policy: str,
     *,
     seed: int = 0,
-    forecaster: str = "last-value",
+    forecaster: str | None = None,
     progress=None,
 ):
     """Run the Controller over the trace; returns (backend with the instance timeline, spec, fleet sizes)."""
@@ -128,7 +128,7 @@ def run_policy(
     policy: str,
     *,
     seed: int = 0,
-    forecaster: str = "last-value",
+    forecaster: str | None = None,
     progress=None,
     keep_timeline: bool = True,
 ) -> PolicyResult:

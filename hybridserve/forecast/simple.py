@@ -18,9 +18,16 @@ class PointForecaster:
     def __init__(self, max_horizon: int = 60, window: int = 1440) -> None:
         self.rq = ResidualQuantiles(max_horizon=max_horizon, window=window)
         self.last = 0.0
+        self.in_gap = False
+        self.fit_seconds = 0.0
 
     def observe(self, counts: np.ndarray) -> None:
-        rate = float(check_counts(counts).mean())
+        a = check_counts(counts)
+        rate = float(a.mean())
+        # a whole interval of zeros where the recent level makes that near impossible
+        # (P < e^-20 under Poisson) is a capture gap: models may treat it as missing
+        level = self.rq.level or 0.0
+        self.in_gap = rate == 0.0 and level * len(a) > 20.0
         self.rq.record_actual(rate)
         self._update(rate)
         self.last = rate
@@ -91,13 +98,43 @@ class SeasonalNaive(PointForecaster):
         return self.hist[idx].copy()
 
 
-FORECASTERS = {"last-value": LastValue, "ewma": EWMA, "seasonal-naive": SeasonalNaive}
+FORECASTERS = {
+    "last-value": LastValue,
+    "ewma": EWMA,
+    "seasonal-naive": SeasonalNaive,
+    "holt-winters": None,
+    "sarimax": None,
+    "auto": None,
+    "lstm": None,
+}
 
 
 def make_forecaster(name: str, *, interval_s: int = 60, max_horizon: int = 60):
     """Forecaster by name; seasonal models get a daily season at this control interval."""
     if name not in FORECASTERS:
-        raise ValueError(f"unknown forecaster {name!r}; choose one of {sorted(FORECASTERS)}")
+        raise ValueError(f"unknown forecaster {name!r}; choose one of {', '.join(FORECASTERS)}")
+    season = max(2, 86400 // interval_s)
+    kw = {"max_horizon": max_horizon, "window": max(season, 100)}  # a day of residuals
     if name == "seasonal-naive":
-        return SeasonalNaive(season_steps=max(1, 86400 // interval_s), max_horizon=max_horizon)
-    return FORECASTERS[name](max_horizon=max_horizon)
+        return SeasonalNaive(season_steps=season, **kw)
+    if name == "holt-winters":
+        from hybridserve.forecast.statistical import HoltWinters
+
+        return HoltWinters(season_steps=season, **kw)
+    if name == "sarimax":
+        from hybridserve.forecast.statistical import SARIMAX
+
+        return SARIMAX(season_steps=season, **kw)
+    if name == "lstm":
+        from hybridserve.forecast.lstm import LSTMForecaster
+
+        return LSTMForecaster(season_steps=season, min_history=2 * season, **kw)
+    if name == "auto":
+        from hybridserve.forecast.auto import DEFAULT_CANDIDATES, Auto
+
+        cands = [
+            make_forecaster(c, interval_s=interval_s, max_horizon=max_horizon)
+            for c in DEFAULT_CANDIDATES
+        ]
+        return Auto(cands, half_life=season, **kw)
+    return FORECASTERS[name](**kw)
