@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import user_errors
+from hybridserve.cli_common import trace_options, user_errors
 from hybridserve.config import load_scenario
 from hybridserve.policies import POLICIES
 
@@ -27,28 +27,7 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="Trace file (default: embedded synthetic trace).",
 )
-@click.option(
-    "--trace-format",
-    type=click.Choice(["auto", "counts", "requests", "periods"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--timestamp-column",
-    default="TIMESTAMP",
-    show_default=True,
-    help="Timestamp column of a per-request CSV.",
-)
-@click.option(
-    "--rate-scale", type=float, default=1.0, show_default=True, help="Multiply the arrival rate."
-)
-@click.option(
-    "--start",
-    default="0",
-    show_default=True,
-    help="Skip this much of the trace (e.g. 2d, 6h, 90s).",
-)
-@click.option("--duration", default=None, help="Replay only this much (e.g. 1d).")
+@trace_options
 @click.option(
     "--policy",
     "policies",

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import UserError, user_errors
+from hybridserve.cli_common import UserError, trace_options, user_errors
 
 ALL = "all"
 
@@ -62,25 +62,7 @@ def model_names() -> list[str]:
     show_default=True,
     help="Evaluate over the last this many days (the last third of a trace under twice that).",
 )
-@click.option(
-    "--trace-format",
-    type=click.Choice(["auto", "counts", "requests", "periods"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--timestamp-column",
-    default="TIMESTAMP",
-    show_default=True,
-    help="Timestamp column of a per-request CSV.",
-)
-@click.option(
-    "--rate-scale", type=float, default=1.0, show_default=True, help="Multiply the arrival rate."
-)
-@click.option(
-    "--start", default="0", show_default=True, help="Skip this much of the trace (e.g. 2d, 6h)."
-)
-@click.option("--duration", default=None, help="Use only this much of the trace (e.g. 14d).")
+@trace_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --rate-scale.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an object, a list for 'all').")
 @click.option(

@@ -120,6 +120,12 @@ def clamp_scan(d: np.ndarray, hi: np.ndarray, x0: float) -> np.ndarray:
     return np.minimum(H, np.maximum(L, x0 + D))
 
 
+def serving_span(inst) -> tuple[int, float]:
+    """Whole seconds an instance serves: from ceil(ready) to floor(end) (inf while it runs)."""
+    stop = np.inf if inst.ended_at is None else int(np.floor(inst.ended_at + 1e-9))
+    return int(np.ceil(inst.ready_at - 1e-9)), stop
+
+
 def fleet_capacity(
     instances: list, pools: dict[str, Pool], start: int, length: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,10 +137,8 @@ def fleet_capacity(
     cnt = np.zeros(length + 1)
     for inst in instances:
         p = pools[inst.pool]
-        a = int(np.ceil(inst.ready_at - 1e-9)) - start
-        e = inst.ended_at
-        b = length if e is None else int(np.floor(e + 1e-9)) - start
-        a, b = max(a, 0), min(b, length)
+        first, stop = serving_span(inst)
+        a, b = max(first - start, 0), int(min(stop - start, length))
         if b <= a:
             continue
         mu[a] += p.capacity_rps

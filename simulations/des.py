@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridserve.config import Pool, Scenario, lambda_cold_start_s, lambda_service_s
-from simulations.dataplane import LatencyHistogram, histogram_edges
+from simulations.dataplane import LatencyHistogram, histogram_edges, serving_span
 
 
 @dataclass
@@ -68,11 +68,10 @@ def simulate_requests(
     # instance start/stop events in time order
     events: list[tuple[float, int, int]] = []
     for idx, inst in enumerate(instances):
-        start = float(np.ceil(inst.ready_at - 1e-9))
-        stop = np.inf if inst.ended_at is None else float(np.floor(inst.ended_at + 1e-9))
+        start, stop = serving_span(inst)
         if stop > start:
-            events.append((start, 1, idx))
-            events.append((stop, 0, idx))
+            events.append((float(start), 1, idx))
+            events.append((float(stop), 0, idx))
     events.sort()
     rate = np.array([pools[i.pool].capacity_rps for i in instances] or [1.0])
     svc = np.array([pools[i.pool].latency_s for i in instances] or [0.0])

@@ -128,7 +128,10 @@ def make_forecaster(name: str, *, interval_s: int = 60, max_horizon: int = 60):
     if name == "lstm":
         from hybridserve.forecast.lstm import LSTMForecaster
 
-        return LSTMForecaster(season_steps=season, min_history=2 * season, **kw)
+        # bounded by epochs, not the clock, so a replay is reproducible on a busy machine too
+        return LSTMForecaster(
+            season_steps=season, min_history=2 * season, epochs=20, max_fit_s=300.0, **kw
+        )
     if name == "auto":
         from hybridserve.forecast.auto import DEFAULT_CANDIDATES, Auto
 
