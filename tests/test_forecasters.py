@@ -7,6 +7,7 @@ import pytest
 
 from hybridserve.forecast import LastValue, make_forecaster
 from hybridserve.forecast.auto import Auto
+from hybridserve.forecast.linear import LinearDirect
 from hybridserve.forecast.simple import EWMA, FORECASTERS
 from hybridserve.forecast.statistical import SARIMAX, HoltWinters
 
@@ -41,7 +42,7 @@ def lead_mae(forecasts, rates, start: int, h: int = 10) -> float:
     )
 
 
-@pytest.mark.parametrize("cls", [HoltWinters, SARIMAX])
+@pytest.mark.parametrize("cls", [HoltWinters, SARIMAX, LinearDirect])
 def test_seasonal_models_recover_the_season_and_beat_last_value(cls):
     rates = seasonal_rates(6)
     f = cls(season_steps=SEASON, max_horizon=SEASON)
@@ -70,6 +71,19 @@ def test_quantiles_are_calibrated(name):
     assert 0.40 <= np.mean(y <= q50) <= 0.60
     assert all(np.all(x.quantiles[0.5] <= x.quantiles[0.9] + 1e-9) for x in fc[start:])
     assert all(np.all(x.quantiles[0.9] <= x.quantiles[0.99] + 1e-9) for x in fc[start:])
+
+
+def test_sarimax_mle_and_hannan_rissanen_agree():
+    rates = seasonal_rates(3, seed=12)
+    fcs = []
+    for method in ("hannan-rissanen", "mle"):
+        f = SARIMAX(season_steps=SEASON, max_horizon=10, method=method)
+        feed(f, rates)
+        assert f.fits >= 1
+        fcs.append(f.forecast(10).mean)
+    assert np.allclose(fcs[0], fcs[1], rtol=0.1)
+    with pytest.raises(ValueError, match="method"):
+        SARIMAX(season_steps=SEASON, method="magic")
 
 
 def test_capture_gap_does_not_collapse_the_level():
@@ -137,5 +151,19 @@ def test_unknown_model_lists_the_choices():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="season_steps"):
         HoltWinters(season_steps=1)
+    with pytest.raises(ValueError, match="ridge"):
+        LinearDirect(season_steps=SEASON, ridge=-1)
     with pytest.raises(ValueError, match="horizon"):
         LastValue(max_horizon=5).forecast(6)
+
+
+def test_linear_leaves_capture_gaps_out_and_keeps_forecasting_the_level():
+    rates = seasonal_rates(5, seed=9)
+    f = LinearDirect(season_steps=SEASON, max_horizon=10)
+    rng = np.random.default_rng(2)
+    for k, r in enumerate(rates):
+        gap = 3 * SEASON <= k < 3 * SEASON + 20  # twenty minutes of capture gap mid-history
+        f.observe(np.zeros(60, dtype=int) if gap else rng.poisson(r, 60))
+    assert f.fits >= 2 and f.gap.any()
+    fc = f.forecast(10).mean
+    assert np.all(np.abs(fc - rates[-1]) < 0.3 * rates[-1])

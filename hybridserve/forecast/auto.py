@@ -14,7 +14,7 @@ import numpy as np
 
 from hybridserve.forecast.simple import PointForecaster
 
-DEFAULT_CANDIDATES = ("last-value", "ewma", "seasonal-naive", "holt-winters", "sarimax")
+DEFAULT_CANDIDATES = ("last-value", "ewma", "seasonal-naive", "holt-winters", "sarimax", "linear")
 
 
 class Auto(PointForecaster):

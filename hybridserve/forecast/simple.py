@@ -104,6 +104,7 @@ FORECASTERS = {
     "seasonal-naive": SeasonalNaive,
     "holt-winters": None,
     "sarimax": None,
+    "linear": None,
     "auto": None,
     "lstm": None,
 }
@@ -125,6 +126,10 @@ def make_forecaster(name: str, *, interval_s: int = 60, max_horizon: int = 60):
         from hybridserve.forecast.statistical import SARIMAX
 
         return SARIMAX(season_steps=season, **kw)
+    if name == "linear":
+        from hybridserve.forecast.linear import LinearDirect
+
+        return LinearDirect(season_steps=season, interval_s=interval_s, **kw)
     if name == "lstm":
         from hybridserve.forecast.lstm import LSTMForecaster
 
