@@ -163,8 +163,12 @@ def _progress(total: int):
 
 def _register() -> None:
     from hybridserve.cli_forecast import forecast
+    from hybridserve.cli_package import package
+    from hybridserve.cli_profile import profile
+    from hybridserve.cli_serve import model_server
 
-    main.add_command(forecast)
+    for command in (forecast, package, profile, model_server):
+        main.add_command(command)
 
 
 _register()

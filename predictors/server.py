@@ -1,0 +1,283 @@
+"""The VM model server: KServe V2 HTTP endpoints over the data plane, as a Starlette app.
+
+Routes (Open Inference Protocol, REST):
+
+    GET  /v2/health/live                 200 while the process runs
+    GET  /v2/health/ready                200 when every model is ready, else 503
+    GET  /v2                             server metadata
+    GET  /v2/models/{name}[/versions/v]  model metadata
+    GET  /v2/models/{name}[/versions/v]/ready
+    POST /v2/models/{name}[/versions/v]/infer   JSON or binary tensor extension
+    GET  /metrics                        Prometheus text format
+
+Errors are ``{"error": message}`` with the V2Error's status; a malformed request is answered
+and forgotten, never fatal. Metrics are written by hand (no prometheus_client).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from predictors.dataplane import DataPlane
+from predictors.model import Model
+from predictors.v2 import HEADER_LENGTH, V2Error
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
+UNKNOWN_MODEL = "_unknown"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(x: float) -> str:
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return repr(float(x)) if isinstance(x, float) else str(x)
+
+
+class Metrics:
+    """Request counts by (model, code) and a latency histogram per model (event loop only)."""
+
+    def __init__(self, models: Iterable[str], buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.models = set(models)
+        self.buckets = tuple(buckets)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list[int]] = {}
+        self.latency_sum: dict[str, float] = {}
+        self.latency_count: dict[str, int] = {}
+
+    def observe(self, model: str, code: int, seconds: float) -> None:
+        model = model if model in self.models else UNKNOWN_MODEL  # bounded label set
+        self.requests[(model, code)] = self.requests.get((model, code), 0) + 1
+        counts = self.latency.setdefault(model, [0] * len(self.buckets))
+        for i, le in enumerate(self.buckets):
+            if seconds <= le:
+                counts[i] += 1
+        self.latency_sum[model] = self.latency_sum.get(model, 0.0) + seconds
+        self.latency_count[model] = self.latency_count.get(model, 0) + 1
+
+    def render(self, dataplane: DataPlane) -> str:
+        out: list[str] = []
+        out += [
+            "# HELP hybridserve_requests_total Inference requests by model and HTTP status.",
+            "# TYPE hybridserve_requests_total counter",
+        ]
+        for (model, code), n in sorted(self.requests.items()):
+            out.append(f'hybridserve_requests_total{{model="{_label(model)}",code="{code}"}} {n}')
+        out += [
+            "# HELP hybridserve_request_duration_seconds Inference request latency in the server.",
+            "# TYPE hybridserve_request_duration_seconds histogram",
+        ]
+        for model in sorted(self.latency):
+            m = _label(model)
+            for le, c in zip(self.buckets, self.latency[model], strict=True):
+                out.append(
+                    f'hybridserve_request_duration_seconds_bucket{{model="{m}",le="{_num(le)}"}} {c}'
+                )
+            n = self.latency_count[model]
+            out.append(f'hybridserve_request_duration_seconds_bucket{{model="{m}",le="+Inf"}} {n}')
+            out.append(
+                f'hybridserve_request_duration_seconds_sum{{model="{m}"}} '
+                f"{_num(self.latency_sum[model])}"
+            )
+            out.append(f'hybridserve_request_duration_seconds_count{{model="{m}"}} {n}')
+        stats = dataplane.stats()
+        out += [
+            "# HELP hybridserve_batch_size Rows per model predict call (dynamic batching).",
+            "# TYPE hybridserve_batch_size histogram",
+        ]
+        for model, s in sorted(stats.items()):
+            m = _label(model)
+            for le, c in s.batch_histogram():
+                out.append(f'hybridserve_batch_size_bucket{{model="{m}",le="{le}"}} {c}')
+            out.append(f'hybridserve_batch_size_sum{{model="{m}"}} {s.rows_total}')
+            out.append(f'hybridserve_batch_size_count{{model="{m}"}} {s.batches_total}')
+        out += [
+            "# HELP hybridserve_queue_depth Requests waiting in the model's batch queue.",
+            "# TYPE hybridserve_queue_depth gauge",
+        ]
+        for model, s in sorted(stats.items()):
+            out.append(f'hybridserve_queue_depth{{model="{_label(model)}"}} {s.queue_depth}')
+        out += [
+            "# HELP hybridserve_queue_rejected_total Requests refused because the queue was full.",
+            "# TYPE hybridserve_queue_rejected_total counter",
+        ]
+        for model, s in sorted(stats.items()):
+            out.append(
+                f'hybridserve_queue_rejected_total{{model="{_label(model)}"}} {s.rejected_total}'
+            )
+        out += [
+            "# HELP hybridserve_predict_seconds_total Time spent in model predict calls.",
+            "# TYPE hybridserve_predict_seconds_total counter",
+        ]
+        for model, s in sorted(stats.items()):
+            out.append(
+                f'hybridserve_predict_seconds_total{{model="{_label(model)}"}} '
+                f"{_num(s.predict_seconds_total)}"
+            )
+        return "\n".join(out) + "\n"
+
+
+def _error(e: V2Error) -> JSONResponse:
+    return JSONResponse(e.as_json(), status_code=e.status)
+
+
+def _decompress(body: bytes, encoding: str) -> bytes:
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return body
+    if enc not in ("gzip", "deflate"):
+        raise V2Error(400, f"unsupported Content-Encoding {encoding!r}")
+    d = zlib.decompressobj(wbits=31 if enc == "gzip" else 15)
+    try:
+        out = d.decompress(body, MAX_DECOMPRESSED_BYTES)
+    except zlib.error as e:
+        raise V2Error(400, f"request body is not valid {enc}: {e}") from None
+    if d.unconsumed_tail:
+        raise V2Error(400, f"decompressed request exceeds {MAX_DECOMPRESSED_BYTES} bytes")
+    return out
+
+
+def create_app(
+    models: Sequence[Model],
+    *,
+    max_batch: int | None = 8,
+    max_delay_ms: float = 5.0,
+    max_queue: int = 1024,
+) -> Starlette:
+    """The ASGI app; ``app.state.dataplane`` and ``app.state.metrics`` for introspection."""
+    dataplane = DataPlane(
+        models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue
+    )
+    metrics = Metrics(dataplane.models)
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": dataplane.live()})
+
+    async def ready(request: Request) -> Response:
+        ok = dataplane.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    async def server_meta(request: Request) -> Response:
+        return JSONResponse(dataplane.server_metadata())
+
+    async def model_meta(request: Request) -> Response:
+        p = request.path_params
+        try:
+            return JSONResponse(dataplane.model_metadata(p["name"], p.get("version")))
+        except V2Error as e:
+            return _error(e)
+
+    async def model_ready(request: Request) -> Response:
+        p = request.path_params
+        try:
+            ok = dataplane.model_ready(p["name"], p.get("version"))
+        except V2Error as e:
+            return _error(e)
+        if not ok:
+            return _error(V2Error(503, f"model '{p['name']}' is not ready"))
+        return JSONResponse({"name": p["name"], "ready": True})
+
+    async def infer(request: Request) -> Response:
+        t0 = time.perf_counter()
+        name = request.path_params["name"]
+        try:
+            body = await request.body()
+            body = _decompress(body, request.headers.get("content-encoding", ""))
+            payload, headers = await dataplane.infer_bytes(
+                name, body, request.headers.get(HEADER_LENGTH), request.path_params.get("version")
+            )
+            resp: Response = Response(payload, status_code=200, headers=headers)
+        except V2Error as e:
+            resp = _error(e)
+        except Exception as e:  # a bug or a broken model: answer, keep serving
+            resp = _error(V2Error(500, f"internal error: {type(e).__name__}: {e}"))
+        metrics.observe(name, resp.status_code, time.perf_counter() - t0)
+        return resp
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(
+            metrics.render(dataplane), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        dataplane.start()
+        try:
+            yield
+        finally:
+            await dataplane.stop()
+
+    model_path = "/v2/models/{name}"
+    version_path = "/v2/models/{name}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_meta, methods=["GET"]),
+        Route(model_path, model_meta, methods=["GET"]),
+        Route(version_path, model_meta, methods=["GET"]),
+        Route(model_path + "/ready", model_ready, methods=["GET"]),
+        Route(version_path + "/ready", model_ready, methods=["GET"]),
+        Route(model_path + "/infer", infer, methods=["POST"]),
+        Route(version_path + "/infer", infer, methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.dataplane = dataplane
+    app.state.metrics = metrics
+    return app
+
+
+def serve(
+    models: Sequence[Model],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int | None = 8,
+    max_delay_ms: float = 5.0,
+    max_queue: int = 1024,
+) -> None:
+    """Run the server with uvicorn until interrupted (log level warning, no access log)."""
+    import uvicorn
+
+    app = create_app(models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
