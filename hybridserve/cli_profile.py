@@ -41,7 +41,6 @@ def _profile(
 ) -> None:
     from predictors.artifact import load_artifact
     from predictors.onnx_model import OnnxModel
-
     from predictors.profile import profile_document, profile_model
 
     try:
