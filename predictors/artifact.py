@@ -440,7 +440,7 @@ def _resolve_source(
 ) -> Any:
     from predictors import export
 
-    if isinstance(model, str) and not Path(model).exists():
+    if isinstance(model, str) and not Path(model).is_file():
         from predictors.reference import reference_names
 
         if model in reference_names():
@@ -450,8 +450,10 @@ def _resolve_source(
             return src
         raise ValueError(
             f"unknown model {model!r}: not a reference model ({', '.join(reference_names())}) "
-            "nor an existing .onnx or TorchScript file"
+            "nor an .onnx or TorchScript file"
         )
+    if isinstance(model, Path) and not model.is_file():
+        raise ValueError(f"model file not found: {model}")
     return export.load_user_model(model, input_specs=input_specs, name=name)
 
 

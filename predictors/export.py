@@ -433,7 +433,11 @@ def load_user_model(
             )
         torch = _torch()
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore", DeprecationWarning
+                )  # "torch.jit.load is deprecated"
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise ValueError(
                 f"{path}: not a TorchScript archive ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

@@ -104,11 +104,11 @@ REQ = 0.0000002
 
 def test_default_lambda_service_time_by_hand() -> None:
     sc = load_scenario()
-    # 2048 MB = 2048/1769 = 1.158 vCPU for a 2-thread worker: 15 ms x 2/1.158 + 8 ms overhead
+    # 2048 MB = 2048/1769 = 1.158 vCPU for a 2-thread worker: 11.65 ms x 2/1.158 + 8 ms overhead
     vcpus = 2048 / 1769
-    ms = 15.0 * (2 / vcpus) + 8.0
+    ms = 11.65 * (2 / vcpus) + 8.0
     assert lambda_service_s(sc) == pytest.approx(ms / 1000.0, rel=1e-12)
-    assert 33.9 < ms < 34.0  # billed as 34 ms
+    assert 28.1 < ms < 28.2  # billed as 29 ms
 
 
 def test_lambda_bill_with_init() -> None:
@@ -116,33 +116,34 @@ def test_lambda_bill_with_init() -> None:
     served, cold = 1_000_000.0, 250.0
     requests, compute = lambda_bill(served, cold, sc)
     gb = 2048 / 1024  # 2 GB
-    warm_per_req = gb * 34 / 1000 * X86_GB_S  # 33.9 ms billed as 34 ms
-    init = cold * gb * 1200 / 1000 * X86_GB_S  # cold start 1.2 s = 1200 ms
+    warm_per_req = gb * 29 / 1000 * X86_GB_S  # 28.13 ms billed as 29 ms
+    init = cold * gb * 950 / 1000 * X86_GB_S  # cold start 0.95 s = 950 ms
     assert requests == pytest.approx(served * REQ, rel=1e-9)  # $0.20
     assert compute == pytest.approx(served * warm_per_req + init, rel=1e-9)
-    assert compute == pytest.approx(1_000_000 * 2 * 0.034 * X86_GB_S + 250 * 2 * 1.2 * X86_GB_S)
+    assert compute == pytest.approx(1_000_000 * 2 * 0.029 * X86_GB_S + 250 * 2 * 0.95 * X86_GB_S)
 
 
 def test_lambda_bill_without_init() -> None:
     sc = load_scenario(**{"lambda": {"memory_mb": 2048, "bill_init": False}})
     requests, compute = lambda_bill(1000.0, 999.0, sc)
     assert requests == pytest.approx(1000 * REQ, rel=1e-9)
-    assert compute == pytest.approx(1000 * 2 * 34 / 1000 * X86_GB_S, rel=1e-9)
+    assert compute == pytest.approx(1000 * 2 * 29 / 1000 * X86_GB_S, rel=1e-9)
 
 
 def test_lambda_bill_init_scales_with_memory_and_cold_start() -> None:
     sc = load_scenario(**{"lambda": {"memory_mb": 4096, "cold_start_s": 0.5, "bill_init": True}})
-    # 4096 MB = 4 GB; 4096/1769 = 2.3 vCPU >= 2 threads: 15 ms + 8 ms = 23 ms billed
-    assert lambda_service_s(sc) == pytest.approx(0.023, rel=1e-12)
+    # 4096 MB = 4 GB; 4096/1769 = 2.3 vCPU >= 2 threads: 11.65 ms + 8 ms = 19.65 -> 20 ms billed
+    assert lambda_service_s(sc) == pytest.approx(0.01965, rel=1e-12)
     _, compute = lambda_bill(100.0, 10.0, sc)
-    assert compute == pytest.approx(100 * 4 * 0.023 * X86_GB_S + 10 * 4 * 0.5 * X86_GB_S, rel=1e-9)
+    assert compute == pytest.approx(100 * 4 * 0.020 * X86_GB_S + 10 * 4 * 0.5 * X86_GB_S, rel=1e-9)
 
 
 def test_lambda_bill_arm64_price() -> None:
     sc = load_scenario(**{"lambda": {"arch": "arm64", "bill_init": False}})
     requests, compute = lambda_bill(1000.0, 0.0, sc)
     assert requests == pytest.approx(1000 * REQ, rel=1e-9)
-    assert compute == pytest.approx(1000 * 2 * 0.034 * 0.0000133334, rel=1e-9)
+    # default warm service: 11.65 ms x (2 threads / 1.158 vCPU at 2048 MB) + 8 ms = 28.13 -> 29 ms
+    assert compute == pytest.approx(1000 * 2 * 0.029 * 0.0000133334, rel=1e-9)
 
 
 def test_lambda_bill_zero() -> None:
@@ -165,8 +166,8 @@ def test_lambda_usd_per_request_rounds_up_to_whole_ms() -> None:
         gb * 0.035 * X86_GB_S + REQ, rel=1e-12
     )
     assert lambda_usd_per_request(sc, 0.0339) == lambda_usd_per_request(sc, 0.034)
-    # default service time is 33.9 ms -> 34 ms
-    assert lambda_usd_per_request(sc) == lambda_usd_per_request(sc, 0.034)
+    # default service time is 11.65 ms x 2 / (2048 / 1769) + 8 ms = 28.13 ms -> billed 29 ms
+    assert lambda_usd_per_request(sc) == lambda_usd_per_request(sc, 0.029)
 
 
 @pytest.mark.parametrize("ms", [1, 7, 29, 34, 57, 100, 2007, 4001])
