@@ -348,6 +348,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _merge_profile(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A model profile over the built-in one: measured sections (`reference`, `gpu_profiles`)
+    replace the built-in ones whole, so no batch size of another model leaks in; `lambda`
+    settings merge key by key."""
+    out = {**base, **over}
+    if isinstance(over.get("lambda"), dict) and isinstance(base.get("lambda"), dict):
+        out["lambda"] = {**base["lambda"], **over["lambda"]}
+    return out
+
+
 def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scenario>") -> Scenario:
     """Scenario from the built-in catalog and profile plus `overrides` (a parsed YAML mapping).
 
@@ -372,9 +382,9 @@ def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scen
             if not isinstance(data, dict):
                 raise ConfigError(f"{source}: field {key}: {p} is not a YAML mapping")
             if key == "model":
-                data = _merge(_data(fname), data)
+                data = _merge_profile(_data(fname), data)
         elif isinstance(val, dict):
-            data = _merge(data, val)
+            data = _merge_profile(data, val) if key == "model" else _merge(data, val)
         elif val is not None:
             raise ConfigError(f"{source}: field {key}: expected a file path or a mapping")
         parts[key] = data
