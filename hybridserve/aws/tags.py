@@ -1,0 +1,28 @@
+"""Tag conventions: every resource a deployment creates carries them, so it can be found again
+(after a crash, by `status`, by `teardown`) without local state."""
+
+from __future__ import annotations
+
+DEPLOYMENT = "hybridserve:deployment"
+ROLE = "hybridserve:role"
+POOL = "hybridserve:pool"  # instance type/market, e.g. c5.large/on_demand
+MANAGED_BY = "hybridserve:managed-by"
+
+ROLE_INSTANCE = "model-server"
+ROLE_TEMPLATE = "launch-template"
+ROLE_LAMBDA = "spill-function"
+
+
+def tags_for(deployment: str, role: str, **extra: str) -> dict[str, str]:
+    out = {DEPLOYMENT: deployment, ROLE: role, MANAGED_BY: "hybridserve"}
+    out.update({k if ":" in k else f"hybridserve:{k}": v for k, v in extra.items()})
+    return out
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """boto3's [{'Key', 'Value'}] form."""
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def as_dict(tag_list_: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tag_list_ or []}
