@@ -34,10 +34,10 @@ SPOT_FALLBACK_ERRORS = {
 def ec2_client(region: str, endpoint_url: str | None = None, session: Any = None):
     """A boto3 EC2 client with adaptive retries (throttling, eventual consistency)."""
     import boto3
-    from botocore.config import Config
 
-    cfg = Config(region_name=region, retries={"mode": "adaptive", "max_attempts": 10})
-    return (session or boto3).client("ec2", endpoint_url=endpoint_url, config=cfg)
+    from hybridserve.aws.resources import client_config
+
+    return (session or boto3).client("ec2", endpoint_url=endpoint_url, config=client_config(region))
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Ec2Fleet:
 
     @property
     def template_name(self) -> str:
-        return f"hybridserve-{self.deployment}"
+        return T.launch_template_name(self.deployment)
 
     def ensure_launch_template(self) -> str:
         """The deployment's launch template id, created once (found by name afterwards)."""

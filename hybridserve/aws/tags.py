@@ -26,3 +26,8 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
 
 def as_dict(tag_list_: list[dict[str, str]] | None) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in tag_list_ or []}
+
+
+def launch_template_name(deployment: str) -> str:
+    """The deployment's launch template (looked up by this name before one is created)."""
+    return f"hybridserve-{deployment}"
