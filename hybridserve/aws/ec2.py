@@ -230,13 +230,14 @@ class AwsBackend:
 
     def converge(self, target: Mapping[str, int], *, dry_run: bool = False) -> list[Action]:
         observed, actions = self.plan_actions(target)
+        pool_of = {i.instance_id: i.pool for i in observed}
         now = self.now()
         done: list[Action] = []
         for a in actions:
             if isinstance(a, Terminate):
                 if not dry_run:
                     self.fleet.terminate(list(a.instance_ids))
-                done += [Action("retire", "", i, now) for i in a.instance_ids]
+                done += [Action("retire", pool_of.get(i, ""), i, now) for i in a.instance_ids]
             elif isinstance(a, Launch):
                 if dry_run:
                     done += [Action("launch", a.pool, "(dry-run)", now)] * a.count
