@@ -143,6 +143,16 @@ def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
     insts, _ = live_instances(moto_url)
     st = json.loads(cli(env, moto_url, "status", "--config", c, "--json").stdout)
     assert sum(st["fleet"].values()) == len(insts)
+    # the control loop published its metrics in the deployment's namespace
+    cw = boto3.client(
+        "cloudwatch",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    names = {m["MetricName"] for m in cw.list_metrics(Namespace="hybridserve/e2e")["Metrics"]}
+    assert {"ArrivalRate", "FleetSize", "PlannedCapacityRate", "ExpectedSpillRate"} <= names
     # no duplicates: the fleet is exactly what the last step asked for
     target = eval(
         last.split("target ", 1)[1].split(" actions")[0]

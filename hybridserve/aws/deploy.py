@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -188,6 +189,18 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     return {"function": fn, "roles": roles, "actions": [a.kind for a in actions]}
 
 
+def _cloudwatch(c: R.Clients) -> Any:
+    import boto3
+
+    url = c.ec2.meta.endpoint_url
+    return boto3.client(
+        "cloudwatch",
+        region_name=c.ec2.meta.region_name,
+        endpoint_url=None if "amazonaws.com" in url else url,
+        config=R.client_config(c.ec2.meta.region_name),
+    )
+
+
 def _account(c: R.Clients) -> str:
     import boto3
 
@@ -282,11 +295,15 @@ def controller_run(
         horizon=sc.horizon_steps,
         lambda_usd_per_request=spec.lambda_usd_per_request(sc),
     )
+    from hybridserve.aws.metrics import controller_metrics, publish
+
+    cw = _cloudwatch(c)
     steps = 0
     for counts in counts_per_interval:
         t0 = time.monotonic()
         d = ctl.step(counts)
         steps += 1
+        publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
         log(f"step {steps}: target {d.plan.target} actions {[(a.kind, a.pool) for a in d.actions]}")
         time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
     return steps
