@@ -53,9 +53,6 @@ def histogram_edges(slo_s: float) -> np.ndarray:
     return np.concatenate([below, above])
 
 
-_RAMP_POINTS = (np.arange(8) + 0.5) / 8
-
-
 @dataclass
 class LatencyHistogram:
     """Counts of requests by latency bin; the last bin collects failures and unbounded waits."""
@@ -76,15 +73,6 @@ class LatencyHistogram:
         idx = np.searchsorted(e, lat[ok] - 1e-12, side="left") - 1
         idx = np.where(np.isfinite(lat[ok]), np.clip(idx, 0, len(e) - 2), len(e) - 1)
         self.counts += np.bincount(idx, weights=w[ok], minlength=len(e))
-
-    def add_ramps(self, lo: np.ndarray, hi: np.ndarray, n: np.ndarray) -> None:
-        """Requests spread uniformly over [lo, hi] per entry (8 quantile points each)."""
-        ok = n > 0
-        if not ok.any():
-            return
-        lo, hi, n = lo[ok], hi[ok], n[ok]
-        pts = lo[:, None] + (hi - lo)[:, None] * _RAMP_POINTS[None, :]
-        self.add_points(pts.ravel(), np.repeat(n / len(_RAMP_POINTS), len(_RAMP_POINTS)))
 
     def percentile(self, q: float) -> float:
         total = self.counts.sum()

@@ -9,7 +9,6 @@ vectorised day-sized chunks.
 from __future__ import annotations
 
 import time
-import tracemalloc
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,13 +178,3 @@ def run_policy(
         timeline=timeline,
         instances=backend.instances,
     )
-
-
-def peak_memory_mb(fn, *args, **kwargs):
-    """Run fn and return (result, peak traced MB) — for benchmarks."""
-    tracemalloc.start()
-    try:
-        out = fn(*args, **kwargs)
-        return out, tracemalloc.get_traced_memory()[1] / 2**20
-    finally:
-        tracemalloc.stop()

@@ -189,29 +189,22 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     return {"function": fn, "roles": roles, "actions": [a.kind for a in actions]}
 
 
-def _cloudwatch(c: R.Clients) -> Any:
+def _client(c: R.Clients, service: str) -> Any:
+    """Another service's client on the same region, endpoint and retry policy as `c`."""
     import boto3
 
     url = c.ec2.meta.endpoint_url
+    region = c.ec2.meta.region_name
     return boto3.client(
-        "cloudwatch",
-        region_name=c.ec2.meta.region_name,
+        service,
+        region_name=region,
         endpoint_url=None if "amazonaws.com" in url else url,
-        config=R.client_config(c.ec2.meta.region_name),
+        config=R.client_config(region),
     )
 
 
 def _account(c: R.Clients) -> str:
-    import boto3
-
-    sts = boto3.client(
-        "sts",
-        region_name=c.ec2.meta.region_name,
-        endpoint_url=c.ec2.meta.endpoint_url
-        if "amazonaws.com" not in c.ec2.meta.endpoint_url
-        else None,
-    )
-    return sts.get_caller_identity()["Account"]
+    return _client(c, "sts").get_caller_identity()["Account"]
 
 
 def _upload_package(cfg: DeploymentConfig, c: R.Clients, key: str) -> None:
@@ -297,7 +290,7 @@ def controller_run(
     )
     from hybridserve.aws.metrics import controller_metrics, publish
 
-    cw = _cloudwatch(c)
+    cw = _client(c, "cloudwatch")
     steps = 0
     for counts in counts_per_interval:
         t0 = time.monotonic()

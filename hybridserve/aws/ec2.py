@@ -31,15 +31,6 @@ SPOT_FALLBACK_ERRORS = {
 }
 
 
-def ec2_client(region: str, endpoint_url: str | None = None, session: Any = None):
-    """A boto3 EC2 client with adaptive retries (throttling, eventual consistency)."""
-    import boto3
-
-    from hybridserve.aws.resources import client_config
-
-    return (session or boto3).client("ec2", endpoint_url=endpoint_url, config=client_config(region))
-
-
 @dataclass
 class Ec2Fleet:
     deployment: str

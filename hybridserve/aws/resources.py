@@ -17,7 +17,6 @@ Resource names:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 import urllib.parse
@@ -30,6 +29,12 @@ from botocore.exceptions import ClientError, WaiterError
 
 from hybridserve.aws import iam as I
 from hybridserve.aws import tags as T
+from predictors.artifact import sha256_file
+
+
+def _file_sha256(path: Path) -> str:
+    return sha256_file(path)[0]
+
 
 ROLE_BUCKET = "artifact-bucket"
 ROLE_ARTIFACT = "artifact"
@@ -192,14 +197,6 @@ def ensure_bucket(s3: Any, bucket: str, deployment: str, region: str) -> bool:
     return created
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def artifact_key(prefix: str, rel: str) -> str:
     p = prefix.strip("/")
     return f"{p}/{rel}" if p else rel
@@ -221,7 +218,7 @@ def upload_artifact(
     uploaded = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         key = artifact_key(prefix, path.relative_to(root).as_posix())
-        digest = _sha256(path)
+        digest = _file_sha256(path)
         try:
             head = s3.head_object(Bucket=bucket, Key=key)
             if head.get("Metadata", {}).get("sha256") == digest:

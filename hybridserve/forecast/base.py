@@ -8,7 +8,6 @@ from typing import Protocol
 import numpy as np
 from scipy.special import ndtri
 
-DEFAULT_QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
 # conformal residuals give any level for free; a fine grid keeps the shape of heavy-tailed errors
 # (interpolating a few levels in normal-score space fattens the middle of such a distribution)
 RESIDUAL_LEVELS: tuple[float, ...] = (
