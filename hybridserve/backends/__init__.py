@@ -4,7 +4,7 @@ Each converges an observed fleet to the planner's target. Simulated (this packag
 processes and AWS implement the same `Backend` protocol.
 """
 
-from hybridserve.backends.base import Action, Backend
+from hybridserve.backends.base import Action, Backend, Endpoint, ServingBackend
 from hybridserve.backends.simulated import SimInstance, SimulatedBackend
 
-__all__ = ["Action", "Backend", "SimInstance", "SimulatedBackend"]
+__all__ = ["Action", "Backend", "Endpoint", "ServingBackend", "SimInstance", "SimulatedBackend"]
