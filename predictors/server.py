@@ -17,7 +17,6 @@ and forgotten, never fatal. Metrics are written by hand (no prometheus_client).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -30,36 +29,13 @@ from starlette.routing import Route
 
 from predictors.dataplane import DataPlane
 from predictors.model import Model
+from predictors.prometheus import LATENCY_BUCKETS
+from predictors.prometheus import label as _label
+from predictors.prometheus import number as _num
 from predictors.v2 import HEADER_LENGTH, V2Error
 
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
 UNKNOWN_MODEL = "_unknown"
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(x: float) -> str:
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    return repr(float(x)) if isinstance(x, float) else str(x)
 
 
 class Metrics:

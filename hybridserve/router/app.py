@@ -1,0 +1,568 @@
+"""The router: the only endpoint clients see, speaking the same KServe V2 protocol as a server.
+
+Per inference request it joins the instance with the shortest predicted completion (queue
+ahead drained in batches at the profiled service time, corrected by observed latencies) or, when
+even that would break the SLO budget, spills the request through the BATCH buffer to Lambda.
+A request whose instance dies mid-flight (connection lost) or sheds it (503) is retried once on
+Lambda. 503 with Retry-After only when the fleet and Lambda's concurrency are both exhausted.
+
+Raw ASGI (no framework) and one pooled aiohttp session: the router's own cost is a few dict
+reads and a list scan per request. Every second it turns its measured arrivals into the counts
+the Controller consumes, retunes the buffer from the spill rate and rescales each instance's
+completion table by its learnt correction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hybridserve.backends.base import Endpoint
+from hybridserve.logs import event
+from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer, batch_params
+from hybridserve.router.metrics import RouterMetrics
+from hybridserve.router.policy import SPILL, choose, completion_table
+
+log = logging.getLogger("hybridserve.router")
+
+JSON = b"application/json"
+HL = b"inference-header-content-length"
+CORRECTION_EWMA = 0.05  # weight of one observation in an instance's latency correction
+CORRECTION_BOUNDS = (0.5, 8.0)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """How the router decides; built from a scenario and the serve config (see hybridserve.serve)."""
+
+    model_name: str
+    slo_ms: float
+    batch_ms: Mapping[int, float]  # an instance's profiled service ms by batch size
+    max_batch: int = 8  # the model servers' max batch
+    delay_ms: float = 5.0  # the model servers' batch formation delay
+    max_queue: int = 64  # requests in flight per instance, at most
+    margin_ms: float = 10.0  # SLO budget kept for the router, network and the client
+    spill: bool = True  # may requests go to Lambda at all (False: VM-only)
+    lambda_ms: tuple[float, ...] = ()  # Lambda warm ms by batch size (index 0 unused)
+    lambda_memory_gb: float = 2.0
+    lambda_usd_per_gb_s: float = 0.0000166667
+    lambda_usd_per_request: float = 0.0000002
+    lambda_concurrency: int = 8
+    max_spill_pending: int = 256
+    api_key: str | None = None
+    retry_after_s: int = 1
+    upstream_timeout_s: float = 30.0
+    pool_usd_per_s: Mapping[str, float] = field(default_factory=dict)
+    counts_kept_s: int = 3600
+
+    @property
+    def budget_ms(self) -> float:
+        return self.slo_ms - self.margin_ms
+
+
+class Upstream:
+    """Router-side state of one ready instance."""
+
+    __slots__ = ("endpoint", "outstanding", "base", "table", "ratio", "served")
+
+    def __init__(self, endpoint: Endpoint, base: list[float]) -> None:
+        self.endpoint = endpoint
+        self.outstanding = 0
+        self.base = base
+        self.table = base
+        self.ratio = 1.0
+        self.served = 0
+
+    def learn(self, predicted_ms: float, observed_ms: float) -> None:
+        r = observed_ms / max(predicted_ms, 1e-3)
+        lo, hi = CORRECTION_BOUNDS
+        self.ratio = min(hi, max(lo, self.ratio + CORRECTION_EWMA * (r - self.ratio)))
+
+    def rescale(self) -> None:
+        self.table = [x * self.ratio for x in self.base]
+
+
+class Router:
+    """ASGI app. `endpoints` lists ready instances (called every `refresh_s`); `invoker` sends
+    spilled batches to Lambda (None: no Lambda); `metadata` answers model metadata without a hop."""
+
+    def __init__(
+        self,
+        cfg: RouterConfig,
+        endpoints: Callable[[], list[Endpoint]],
+        invoker: Any | None = None,
+        *,
+        metadata: dict | None = None,
+        fleet_usd_per_s: Callable[[], float] | None = None,
+        refresh_s: float = 0.1,
+    ) -> None:
+        self.cfg = cfg
+        self.endpoints_fn = endpoints
+        self.invoker = invoker if cfg.spill else None
+        self.metadata = metadata
+        self.fleet_usd_per_s = fleet_usd_per_s
+        self.refresh_s = refresh_s
+        self.metrics = RouterMetrics()
+        self.ups: list[Upstream] = []
+        self._by_id: dict[str, Upstream] = {}
+        self._failed: dict[str, float] = {}  # instance id -> when it failed (excluded a while)
+        self._base = [
+            float(x)
+            for x in completion_table(cfg.batch_ms, cfg.max_batch, cfg.max_queue, cfg.delay_ms)
+        ]
+        self._budget = cfg.budget_ms
+        self._lambda_ratio = 1.0
+        self._key = cfg.api_key.encode() if cfg.api_key else None
+        self.counts: deque[tuple[int, int]] = deque(maxlen=cfg.counts_kept_s)  # (epoch s, arrivals)
+        self._second = int(time.time())
+        self._second_count = 0
+        self._spill_rate = 0.0
+        self._session: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self.buffer: SpillBuffer | None = None
+        self._started = False
+        self._lambda_usd = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None),
+            timeout=aiohttp.ClientTimeout(total=self.cfg.upstream_timeout_s),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        self._client_errors = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+        if self.invoker is not None:
+            if hasattr(self.invoker, "start"):
+                await self.invoker.start()
+            self.buffer = SpillBuffer(
+                self.invoker.invoke,
+                self._batch_params(0.0),
+                concurrency=self.cfg.lambda_concurrency,
+                max_pending=self.cfg.max_spill_pending,
+                on_result=self._on_lambda,
+            )
+        self.refresh()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._refresher()), loop.create_task(self._ticker())]
+        event(log, "router.start", slo_ms=self.cfg.slo_ms, spill=self.cfg.spill)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.buffer is not None:
+            await self.buffer.close()
+        if self.invoker is not None and hasattr(self.invoker, "close"):
+            await self.invoker.close()
+        if self._session is not None:
+            await self._session.close()
+        self._started = False
+
+    def refresh(self) -> None:
+        """Take the backend's ready instances; keep state of the ones we know."""
+        now = time.monotonic()
+        self._failed = {k: t for k, t in self._failed.items() if now - t < 10.0}
+        eps = [e for e in self.endpoints_fn() if e.instance_id not in self._failed]
+        if [u.endpoint for u in self.ups] == eps:
+            return
+        by_id = {}
+        for e in eps:
+            u = self._by_id.get(e.instance_id)
+            if u is None or u.endpoint != e:
+                u = Upstream(e, self._base)
+            by_id[e.instance_id] = u
+        self._by_id = by_id
+        self.ups = list(by_id.values())
+        event(log, "router.fleet", instances=[e.instance_id for e in eps])
+
+    async def _refresher(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                self.refresh()
+            except Exception:  # a backend hiccup must not stop routing
+                log.exception("refreshing endpoints failed")
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0 - (time.time() % 1.0))
+            self.tick(int(time.time()))
+
+    def tick(self, second: int) -> None:
+        """Close the seconds before `second`: arrivals counts, spill rate, buffer and tables."""
+        while self._second < second:
+            self.counts.append((self._second, self._second_count))
+            self._second += 1
+            self._second_count = 0
+        spilled = self.metrics.take_second_spills()
+        self._spill_rate += 0.3 * (spilled - self._spill_rate)
+        if self.buffer is not None:
+            self.buffer.params = self._batch_params(self._spill_rate)
+        for u in self.ups:
+            u.rescale()
+
+    def _batch_params(self, rate: float) -> BatchParams:
+        c = self.cfg
+        ms = [x * self._lambda_ratio for x in c.lambda_ms]
+        return batch_params(
+            rate,
+            self._budget,
+            ms,
+            memory_gb=c.lambda_memory_gb,
+            usd_per_gb_s=c.lambda_usd_per_gb_s,
+            usd_per_request=c.lambda_usd_per_request,
+        )
+
+    def _on_lambda(self, res: Any, n: int) -> None:
+        billed = getattr(res, "billed_ms", None)
+        init = getattr(res, "init_ms", None)
+        dur = getattr(res, "duration_ms", None)
+        self.metrics.lambda_invoke(n, init is not None)
+        if billed is not None:
+            c = self.cfg
+            gb_s = c.lambda_memory_gb * (billed + (init or 0.0)) / 1000.0
+            self._lambda_usd += gb_s * c.lambda_usd_per_gb_s + c.lambda_usd_per_request
+        if dur is not None and init is None and 0 < n < len(self.cfg.lambda_ms):
+            r = dur / max(self.cfg.lambda_ms[n], 1e-3)
+            self._lambda_ratio = min(
+                8.0, max(0.25, self._lambda_ratio + 0.1 * (r - self._lambda_ratio))
+            )
+
+    def take_counts(self) -> list[tuple[int, int]]:
+        """Per-second arrival counts closed since the last call (the Controller's input)."""
+        out = list(self.counts)
+        self.counts.clear()
+        return out
+
+    # ------------------------------------------------------------------ ASGI
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        if not self._started:
+            await self.start()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        headers = scope["headers"]
+        if path.startswith("/v2/health/"):
+            await self._health(path, send)
+            return
+        if self._key is not None and not self._authorized(headers):
+            await _reply(
+                send,
+                401,
+                b'{"error":"missing or wrong API key"}',
+                extra=((b"www-authenticate", b"Bearer"),),
+            )
+            return
+        if path == "/metrics" and method == "GET":
+            await _reply(send, 200, self.render_metrics().encode(), b"text/plain; version=0.0.4")
+            return
+        parts = path.strip("/").split("/")
+        if parts == ["v2"] and method == "GET":
+            await _reply_json(
+                send,
+                200,
+                {
+                    "name": "hybridserve-router",
+                    "version": "0.1.0",
+                    "extensions": ["binary_tensor_data"],
+                },
+            )
+            return
+        if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
+            if parts[2] != self.cfg.model_name:
+                await _reply_json(
+                    send,
+                    404,
+                    {
+                        "error": f"unknown model {parts[2]!r}; this router serves {self.cfg.model_name!r}"
+                    },
+                )
+                return
+            tail = parts[3:]
+            if len(tail) >= 2 and tail[0] == "versions":
+                tail = tail[2:]
+            if tail == ["infer"] and method == "POST":
+                body = await _read_body(receive)
+                await self.infer(path, body, headers, send)
+                return
+            if not tail and method == "GET":
+                await self._metadata(path, send)
+                return
+            if tail == ["ready"] and method == "GET":
+                await _reply_json(send, 200, {"name": self.cfg.model_name, "ready": self.ready()})
+                return
+        await _reply_json(send, 404, {"error": f"no route for {method} {path}"})
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        for k, v in headers:
+            if k == b"authorization" and v[:7].lower() == b"bearer ":
+                return hmac.compare_digest(v[7:].strip(), self._key or b"")
+            if k == b"x-api-key":
+                return hmac.compare_digest(v.strip(), self._key or b"")
+        return False
+
+    def ready(self) -> bool:
+        return bool(self.ups) or self.invoker is not None
+
+    async def _health(self, path: str, send: Callable) -> None:
+        if path.rstrip("/") == "/v2/health/live":
+            await _reply(send, 200, b'{"live":true}')
+        elif self.ready():
+            await _reply(send, 200, b'{"ready":true}')
+        else:
+            await _reply(send, 503, b'{"ready":false}')
+
+    async def _metadata(self, path: str, send: Callable) -> None:
+        if self.metadata is None and self.ups:
+            try:
+                async with self._session.get(self.ups[0].endpoint.url + path) as r:
+                    if r.status == 200:
+                        self.metadata = json.loads(await r.read())
+            except self._client_errors:
+                pass
+        if self.metadata is None:
+            await _reply_json(
+                send, 503, {"error": "model metadata unavailable: no instance ready yet"}
+            )
+        else:
+            await _reply_json(send, 200, self.metadata)
+
+    # ------------------------------------------------------------------ inference
+    async def infer(self, path: str, body: bytes, headers: list, send: Callable) -> None:
+        t0 = time.perf_counter()
+        sec = int(time.time())
+        if sec != self._second:
+            self.tick(sec)
+        self._second_count += 1
+        hl = None
+        for k, v in headers:
+            if k == HL:
+                hl = v
+                break
+        ups = self.ups
+        i = (
+            choose([u.outstanding for u in ups], [u.table for u in ups], self._budget)
+            if ups
+            else SPILL
+        )
+        if i == SPILL and self.buffer is None and ups:  # VM-only: queue beyond the SLO, don't drop
+            i = choose([u.outstanding for u in ups], [u.table for u in ups], math.inf)
+        if i != SPILL:
+            status, payload, out_headers, ok = await self._forward(ups[i], path, body, hl)
+            route = "fleet"
+            if not ok:
+                status, payload, out_headers = await self._retry(path, body, hl)
+                route = "retry"
+        elif self.buffer is not None:
+            route = "lambda"
+            status, payload = await self._spill(body, hl)
+            out_headers = ()
+        else:
+            route = "rejected"
+            status, payload, out_headers = (
+                503,
+                b'{"error":"no instance can take the request and Lambda spill is off"}',
+                (),
+            )
+        if status == 503:
+            out_headers = (*out_headers, (b"retry-after", str(self.cfg.retry_after_s).encode()))
+        await _reply(send, status, payload, extra=out_headers)
+        self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms)
+
+    async def _forward(
+        self, u: Upstream, path: str, body: bytes, hl: bytes | None
+    ) -> tuple[int, bytes, tuple, bool]:
+        """Send to an instance; ok=False when the instance died or shed the request."""
+        q = u.outstanding
+        predicted = u.base[q] if q < len(u.base) else u.base[-1]
+        u.outstanding += 1
+        t0 = time.perf_counter()
+        hdrs = {"content-type": "application/json"}
+        if hl is not None:
+            hdrs = {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": hl.decode(),
+            }
+        try:
+            async with self._session.post(u.endpoint.url + path, data=body, headers=hdrs) as r:
+                payload = await r.read()
+                status = r.status
+                extra = r.headers.get("inference-header-content-length")
+        except self._client_errors + (asyncio.TimeoutError,) as e:
+            self._instance_failed(u, e)
+            return 0, b"", (), False
+        finally:
+            u.outstanding -= 1
+        if status == 503:  # shedding (queue full, draining): Lambda takes it
+            return status, payload, (), False
+        if status == 200:
+            u.served += 1
+            u.learn(predicted, (time.perf_counter() - t0) * 1000.0)
+        out: tuple = ((HL, extra.encode()),) if extra else ()
+        if extra:
+            return status, payload, ((b"content-type", b"application/octet-stream"), *out), True
+        return status, payload, out, True
+
+    def _instance_failed(self, u: Upstream, e: BaseException) -> None:
+        iid = u.endpoint.instance_id
+        if iid not in self._failed:
+            self._failed[iid] = time.monotonic()
+            self.metrics.instance_failures += 1
+            event(
+                log,
+                "router.instance_failed",
+                level=logging.WARNING,
+                instance=iid,
+                error=f"{type(e).__name__}: {e}",
+            )
+        self.ups = [x for x in self.ups if x.endpoint.instance_id != iid]
+        self._by_id.pop(iid, None)
+
+    async def _retry(self, path: str, body: bytes, hl: bytes | None) -> tuple[int, bytes, tuple]:
+        """Once more, on Lambda (or, without Lambda, on another instance)."""
+        self.metrics.retries += 1
+        if self.buffer is not None:
+            status, payload = await self._spill(body, hl, urgent=True)
+            return status, payload, ()
+        ups = self.ups
+        i = choose([u.outstanding for u in ups], [u.table for u in ups], math.inf) if ups else SPILL
+        if i == SPILL:
+            return 503, b'{"error":"the instance failed and no other can take the request"}', ()
+        status, payload, headers, ok = await self._forward(ups[i], path, body, hl)
+        if not ok:
+            return 503, payload or b'{"error":"the instance failed twice"}', ()
+        return status, payload, headers
+
+    async def _spill(
+        self, body: bytes, hl: bytes | None, urgent: bool = False
+    ) -> tuple[int, bytes]:
+        try:
+            doc = as_json_request(body, hl)
+        except ValueError as e:
+            return 400, json.dumps({"error": str(e)}).encode()
+        assert self.buffer is not None
+        try:
+            fut = self.buffer.submit(doc)
+        except Overloaded as e:
+            return 503, json.dumps({"error": f"overloaded: fleet full and {e}"}).encode()
+        self.metrics.spills += 1
+        if urgent:
+            self.buffer.flush()
+        res = await fut
+        return res.status, res.body
+
+    # ------------------------------------------------------------------ metrics
+    def render_metrics(self) -> str:
+        fleet_usd_s = self.fleet_usd_per_s() if self.fleet_usd_per_s else 0.0
+        lambda_usd_s = self.metrics.lambda_usd_rate(self._lambda_usd)
+        params = self.buffer.params if self.buffer is not None else None
+        return self.metrics.render(
+            ups=self.ups,
+            spill_pending=self.buffer.pending if self.buffer is not None else 0,
+            lambda_in_flight=self.buffer.in_flight if self.buffer is not None else 0,
+            usd_per_hour=(fleet_usd_s + lambda_usd_s) * 3600.0,
+            batch=params,
+        )
+
+
+def as_json_request(body: bytes, hl: bytes | None) -> bytes:
+    """The request as compact V2 JSON bytes (what the Lambda batch event carries).
+
+    A JSON body is checked to be one object and passed on as is; a binary-extension body is
+    decoded with the V2 codec and re-encoded as JSON. ValueError names what was wrong."""
+    if hl is None:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"request body is not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise ValueError(
+                f"request body must be a JSON object (V2 inference request), got {type(doc).__name__}"
+            )
+        return body
+    from predictors.v2 import V2Error, decode_request
+
+    try:
+        req = decode_request(body, hl.decode())
+    except V2Error as e:
+        raise ValueError(e.message) from None
+    out: dict[str, Any] = {
+        "inputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": _plain(t.data)}
+            for t in req.inputs
+        ]
+    }
+    if req.id is not None:
+        out["id"] = req.id
+    if req.outputs:
+        out["outputs"] = [{"name": o.name} for o in req.outputs]
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def _plain(arr: np.ndarray) -> list:
+    if arr.dtype == object:
+        return [x.decode() if isinstance(x, bytes) else x for x in arr.ravel().tolist()]
+    return arr.ravel().tolist()
+
+
+async def _read_body(receive: Callable) -> bytes:
+    msg = await receive()
+    body = msg.get("body", b"")
+    if not msg.get("more_body"):
+        return body
+    chunks = [body]
+    while msg.get("more_body"):
+        msg = await receive()
+        chunks.append(msg.get("body", b""))
+    return b"".join(chunks)
+
+
+async def _reply(
+    send: Callable, status: int, body: bytes, ctype: bytes = JSON, extra: tuple = ()
+) -> None:
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
+    if extra:
+        for k, v in extra:
+            if k == b"content-type":
+                headers[0] = (k, v)
+            else:
+                headers.append((k, v))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _reply_json(send: Callable, status: int, doc: Any) -> None:
+    await _reply(send, status, json.dumps(doc).encode())
