@@ -5,6 +5,15 @@ processes and AWS implement the same `Backend` protocol.
 """
 
 from hybridserve.backends.base import Action, Backend, Endpoint, ServingBackend
+from hybridserve.backends.local import LocalBackend
 from hybridserve.backends.simulated import SimInstance, SimulatedBackend
 
-__all__ = ["Action", "Backend", "Endpoint", "ServingBackend", "SimInstance", "SimulatedBackend"]
+__all__ = [
+    "Action",
+    "Backend",
+    "Endpoint",
+    "LocalBackend",
+    "ServingBackend",
+    "SimInstance",
+    "SimulatedBackend",
+]
