@@ -237,7 +237,7 @@ class Router:
         self.metrics.lambda_invoke(n, init is not None)
         if billed is not None:
             c = self.cfg
-            gb_s = c.lambda_memory_gb * (billed + (init or 0.0)) / 1000.0
+            gb_s = c.lambda_memory_gb * billed / 1000.0  # billed includes init (AWS since 2025)
             self._lambda_usd += gb_s * c.lambda_usd_per_gb_s + c.lambda_usd_per_request
         if dur is not None and init is None and 0 < n < len(self.cfg.lambda_ms):
             r = dur / max(self.cfg.lambda_ms[n], 1e-3)
