@@ -163,12 +163,14 @@ def _progress(total: int):
 
 def _register() -> None:
     from hybridserve.cli_aws import COMMANDS as AWS_COMMANDS
+    from hybridserve.cli_bench import bench
     from hybridserve.cli_forecast import forecast
+    from hybridserve.cli_live import serve
     from hybridserve.cli_package import package
     from hybridserve.cli_profile import profile
     from hybridserve.cli_serve import model_server
 
-    for command in (forecast, package, profile, model_server, *AWS_COMMANDS):
+    for command in (forecast, package, profile, model_server, serve, bench, *AWS_COMMANDS):
         main.add_command(command)
 
 

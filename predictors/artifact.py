@@ -195,6 +195,21 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return m
 
 
+def artifact_metadata(path: str | Path) -> dict[str, Any]:
+    """The V2 model metadata of an artifact from its manifest alone (no model load): what a
+    router answers before any instance is up."""
+    from predictors.v2 import model_metadata
+
+    m = read_manifest(path)
+
+    def specs(key: str) -> list[TensorSpec]:
+        return [TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in m[key]]
+
+    return model_metadata(
+        m["name"], [str(m["version"])], "onnxruntime_onnx", specs("inputs"), specs("outputs")
+    )
+
+
 def _check_manifest(mpath: Path, m: dict[str, Any]) -> None:
     def need(
         key: str, kind: type | tuple[type, ...], where: dict[str, Any] = m, ctx: str = ""

@@ -52,6 +52,7 @@ class RouterConfig:
     delay_ms: float = 5.0  # the model servers' batch formation delay
     max_queue: int = 64  # requests in flight per instance, at most
     margin_ms: float = 10.0  # SLO budget kept for the router, network and the client
+    spill_slack_fraction: float = 0.5  # of the budget the buffer may spend waiting + serving
     spill: bool = True  # may requests go to Lambda at all (False: VM-only)
     lambda_ms: tuple[float, ...] = ()  # Lambda warm ms by batch size (index 0 unused)
     lambda_memory_gb: float = 2.0
@@ -223,7 +224,7 @@ class Router:
         ms = [x * self._lambda_ratio for x in c.lambda_ms]
         return batch_params(
             rate,
-            self._budget,
+            self._budget * c.spill_slack_fraction,
             ms,
             memory_gb=c.lambda_memory_gb,
             usd_per_gb_s=c.lambda_usd_per_gb_s,

@@ -1,0 +1,96 @@
+"""The live control loop: the simulator's Controller fed with the router's measured arrivals.
+
+Every control interval it takes the per-second arrival counts the router closed, hands them to
+`Controller.step` (forecast, plan, converge) on a worker thread so planning never stalls
+routing, and logs the decision. Nothing here decides: the Controller and its planner do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from hybridserve.backends.base import Action
+from hybridserve.controller import Controller, Decision
+from hybridserve.logs import event
+from hybridserve.planner.base import FleetView
+
+log = logging.getLogger("hybridserve.live")
+
+
+def interval_counts(closed: list[tuple[int, int]], interval_s: int) -> np.ndarray:
+    """The last `interval_s` seconds of (second, count) pairs as a dense array; seconds the router
+    did not see (before it started) count zero."""
+    out = np.zeros(interval_s)
+    if not closed:
+        return out
+    last = closed[-1][0]
+    for sec, n in closed:
+        i = interval_s - 1 - (last - sec)
+        if 0 <= i < interval_s:
+            out[i] += n
+    return out
+
+
+class CappedBackend:
+    """A backend whose fleet may not exceed `max_instances` in total (a quota, as on an account).
+
+    Pools keep their planned order of preference: the cap trims from the last pool listed."""
+
+    def __init__(self, inner, max_instances: int) -> None:
+        if max_instances < 0:
+            raise ValueError(f"max_instances must be >= 0, got {max_instances}")
+        self.inner = inner
+        self.max_instances = max_instances
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    def observe(self) -> FleetView:
+        return self.inner.observe()
+
+    def converge(self, target: Mapping[str, int]) -> list[Action]:
+        left = self.max_instances
+        capped = {}
+        for key, n in target.items():
+            capped[key] = min(int(n), left)
+            left -= capped[key]
+        return self.inner.converge(capped)
+
+
+class LiveLoop:
+    """Runs `controller.step` once per interval on the router's counts."""
+
+    def __init__(
+        self, controller: Controller, take_counts: Callable[[], list[tuple[int, int]]]
+    ) -> None:
+        self.controller = controller
+        self.take_counts = take_counts
+        self.decisions: list[Decision] = []
+
+    def step(self) -> Decision:
+        counts = interval_counts(self.take_counts(), self.controller.interval_s)
+        d = self.controller.step(counts)
+        self.decisions.append(d)
+        del self.decisions[:-100]
+        event(
+            log,
+            "controller.step",
+            arrivals_rps=round(float(counts.mean()), 3),
+            fleet=d.fleet.totals(),
+            target=dict(d.plan.target),
+            actions=[f"{a.kind} {a.pool} {a.instance_id}" for a in d.actions],
+        )
+        return d
+
+    async def run(self) -> None:
+        interval = self.controller.interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.step)
+            except Exception:  # a failed step must not stop the next one
+                log.exception("control step failed")

@@ -1,0 +1,439 @@
+"""`hybridserve serve`: router + controller + backend on one machine.
+
+Local mode (the default, no AWS): instances are `hybridserve model-server` processes started by
+the LocalBackend after a launch delay, "Lambda" is the local emulator (worker processes with
+real cold starts) called through the same aiobotocore invoker as AWS Lambda, and the Controller
+is the simulator's, fed with the router's measured arrivals. The serving profile is measured on
+this machine at start-up (cached next to the artifact), so the planner and the router predict
+with the latencies this machine really has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hybridserve.config import ConfigError, Scenario, build_scenario, lambda_service_s
+from hybridserve.logs import event
+
+log = logging.getLogger("hybridserve.serve")
+
+DEPLOYMENTS = ("hybrid", "mark", "lambda-only", "vm-only", "fixed")
+API_KEY_ENV = "HYBRIDSERVE_API_KEY"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LocalInstances(_Strict):
+    """The local fleet: model-server processes standing in for one EC2 instance type."""
+
+    instance_type: str = "c5.large"  # whose price the planner and the cost metric use
+    launch_delay_s: float = Field(5.0, ge=0)  # a VM boots in ~90 s; a few seconds here
+    initial: int = Field(0, ge=0)
+    max_instances: int = Field(2, ge=0)  # this machine's cores bound the fleet
+    threads: int = Field(1, ge=1)
+    max_batch: int = Field(8, ge=1)
+    max_delay_ms: float = Field(2.0, ge=0)
+    drain_s: float = Field(2.0, ge=0)
+
+
+class LocalLambda(_Strict):
+    """The local Lambda emulator's function settings."""
+
+    function_name: str = "hybridserve-spill"
+    memory_mb: int = Field(2048, ge=128, le=10240)
+    concurrency: int = Field(2, ge=1)
+    keep_alive_s: float = Field(60.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_batch: int = Field(8, ge=1)
+
+
+class RouterOptions(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    margin_ms: float = Field(10.0, ge=0)
+    max_queue: int = Field(64, ge=1)
+    max_spill_pending: int = Field(256, ge=1)
+    api_key_env: str = API_KEY_ENV  # the key comes from this variable, never from the file
+
+
+class ServeConfig(_Strict):
+    model: str = "distilbert"  # a reference model built in code (no downloads)
+    artifact: Path | None = None  # or an artifact directory (`hybridserve package`)
+    deployment: Literal["hybrid", "mark", "lambda-only", "vm-only", "fixed"] = "hybrid"
+    slo_ms: float = Field(300.0, gt=0)
+    slo_target: float = Field(0.99, gt=0, lt=1)
+    control_interval_s: int = Field(10, ge=1)
+    horizon_steps: int = Field(12, ge=1)
+    forecaster: str | None = None
+    instances: LocalInstances = LocalInstances()
+    lambda_: LocalLambda = Field(LocalLambda(), alias="lambda")
+    router: RouterOptions = RouterOptions()
+    profile: Path | None = None  # a `hybridserve profile` YAML; measured at start-up if unset
+    cache_dir: Path | None = None
+    log_dir: Path | None = None
+
+
+def load_serve_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
+    """The serve config from YAML (or defaults); errors name the file and the field."""
+    data: dict[str, Any] = {}
+    src = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        src = str(p)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read serve config: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of serve settings at the top level")
+        if "deployment" in data and "aws" in data:
+            raise ConfigError(f"{p}: an AWS deployment config; serve fronts local mode only yet")
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        head, _, tail = k.partition(".")
+        if tail:
+            data.setdefault(head, {})[tail] = v
+        else:
+            data[k] = v
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{src}: field {where}: {err['msg']}") from None
+
+
+def cache_dir(cfg: ServeConfig) -> Path:
+    base = cfg.cache_dir or Path(os.environ.get("HYBRIDSERVE_CACHE", "~/.cache/hybridserve"))
+    return base.expanduser()
+
+
+def ensure_artifact(cfg: ServeConfig) -> Path:
+    """The artifact to serve: the configured one, or the reference model's int8 build (cached)."""
+    if cfg.artifact is not None:
+        if not (cfg.artifact / "manifest.json").is_file():
+            raise ConfigError(
+                f"artifact: {cfg.artifact} is not a model artifact (no manifest.json)"
+            )
+        return cfg.artifact
+    out = cache_dir(cfg) / "artifacts"
+    art = out / f"{cfg.model}-int8"
+    if not (art / "manifest.json").is_file():
+        from predictors.artifact import build_artifact
+
+        event(log, "serve.build_artifact", model=cfg.model, into=str(out))
+        art = build_artifact(cfg.model, out, variant="int8")
+    return art
+
+
+def measured_profile(artifact: Path, threads: int, max_batch: int) -> dict[str, Any]:
+    """This machine's service ms per batch size for the artifact (cached beside it)."""
+    cache = artifact / f".profile-t{threads}-b{max_batch}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from predictors.artifact import load_artifact
+    from predictors.onnx_model import OnnxModel
+    from predictors.profile import profile_document, profile_model
+
+    model = OnnxModel(load_artifact(artifact), intra_op_num_threads=threads)
+    sizes = sorted({1, 2, 4, max_batch} | {b for b in (8, 16) if b <= max_batch})
+    rows = profile_model(model, sizes, repeats=10, warmup=2)
+    doc = profile_document(model.name, rows, threads)
+    with contextlib.suppress(OSError):  # a read-only artifact: measure again next time
+        cache.write_text(json.dumps(doc))
+    return doc
+
+
+def load_profile(path: Path) -> dict[str, Any]:
+    """A profile written by `hybridserve profile` (name, provenance, reference.batch_ms)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"profile: cannot read {path}: {e}") from e
+    ok = isinstance(doc, dict) and isinstance(doc.get("reference"), dict)
+    if not ok or not doc["reference"].get("batch_ms"):
+        raise ConfigError(
+            f"profile: {path} has no reference.batch_ms (write it with `hybridserve profile`)"
+        )
+    doc.setdefault("name", Path(path).stem)
+    doc.setdefault("provenance", f"read from {path}")
+    return doc
+
+
+def local_scenario(cfg: ServeConfig, profile: dict[str, Any]) -> Scenario:
+    """The scenario the local Controller plans with: one pool, this machine's profile."""
+    it = cfg.instances
+    ref = dict(profile["reference"])
+    # one server process per instance: its capacity is the measured one, not vCPUs / threads
+    catalog = build_scenario({}).catalog.instances
+    if it.instance_type not in catalog:
+        raise ConfigError(
+            f"instances.instance_type: {it.instance_type!r} not in the catalog; "
+            f"allowed: {sorted(catalog)}"
+        )
+    ref["vcpus"] = catalog[it.instance_type].vcpus
+    interval = cfg.control_interval_s
+    return build_scenario(
+        {
+            "name": f"local-{cfg.deployment}",
+            "slo": {"latency_ms": cfg.slo_ms, "target": cfg.slo_target},
+            "control_interval_s": interval,
+            "horizon_steps": cfg.horizon_steps,
+            "instance_types": [it.instance_type],
+            "markets": ["on_demand"],
+            "catalog": {"instances": {it.instance_type: {"launch_delay_s": it.launch_delay_s}}},
+            "model": {
+                "name": profile["name"],
+                "provenance": profile["provenance"],
+                "reference": ref,
+            },
+            "lambda": {
+                "memory_mb": cfg.lambda_.memory_mb,
+                "keep_alive_s": cfg.lambda_.keep_alive_s,
+                "concurrency_limit": cfg.lambda_.concurrency,
+            },
+            # VM-only reacts within an interval or two here (a local stand-in for target tracking)
+            "reactive": {
+                "scale_out_after_s": interval,
+                "cooldown_s": 2 * interval,
+                "scale_in_after_s": 6 * interval,
+            },
+        }
+    )
+
+
+def router_config(cfg: ServeConfig, sc: Scenario, model_name: str, spill: bool):
+    from hybridserve.router import RouterConfig
+
+    lam = cfg.lambda_
+    lambda_ms = (0.0, *(lambda_service_s(sc, b) * 1000.0 for b in range(1, lam.max_batch + 1)))
+    pricing = sc.lambda_pricing
+    key = os.environ.get(cfg.router.api_key_env) or None
+    return RouterConfig(
+        model_name=model_name,
+        slo_ms=cfg.slo_ms,
+        batch_ms=dict(sc.model.reference.batch_ms),
+        max_batch=cfg.instances.max_batch,
+        delay_ms=cfg.instances.max_delay_ms,
+        max_queue=cfg.router.max_queue,
+        margin_ms=cfg.router.margin_ms,
+        spill_slack_fraction=sc.batch_latency_fraction,
+        spill=spill,
+        lambda_ms=lambda_ms,
+        lambda_memory_gb=lam.memory_mb / 1024.0,
+        lambda_usd_per_gb_s=pricing.usd_per_gb_s,
+        lambda_usd_per_request=pricing.usd_per_request,
+        lambda_concurrency=lam.concurrency,
+        max_spill_pending=cfg.router.max_spill_pending,
+        api_key=key,
+        pool_usd_per_s={p.key: p.price_usd_s for p in sc.pools},
+    )
+
+
+def start_emulator(
+    cfg: ServeConfig, artifact: Path, log_dir: Path | None
+) -> tuple[subprocess.Popen, str]:
+    """The local Lambda emulator in its own process (its HTTP loop off the router's cores)."""
+    lam = cfg.lambda_
+    cmd = [
+        sys.executable,
+        "-m",
+        "hybridserve.local.lambda_emulator",
+        "--artifact",
+        str(artifact),
+        "--port",
+        "0",
+        "--concurrency",
+        str(lam.concurrency),
+        "--keep-alive-s",
+        str(lam.keep_alive_s),
+        "--memory-mb",
+        str(lam.memory_mb),
+        "--function-name",
+        lam.function_name,
+        "--timeout-s",
+        str(lam.timeout_s),
+    ]
+    err = open(log_dir / "lambda-emulator.log", "ab") if log_dir else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            return proc, m.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError("the local Lambda emulator did not start (see its log)")
+
+
+class LocalStack:
+    """Everything `hybridserve serve` runs, as one object: build, start, serve, stop."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.backend: Any = None
+        self.router: Any = None
+        self.loop_: Any = None
+        self.emulator: subprocess.Popen | None = None
+        self.emulator_url: str | None = None
+        self.scenario: Scenario | None = None
+        self.url: str | None = None
+        self._server: Any = None
+
+    def shutdown(self) -> None:
+        """Ask a running `serve` to return (thread-safe enough: uvicorn polls the flag)."""
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def prepare(self) -> None:
+        """Artifact, profile, scenario, backend and emulator; the router is built here too."""
+        from hybridserve.backends.local import LocalBackend
+        from hybridserve.controller import Controller
+        from hybridserve.live import CappedBackend, LiveLoop
+        from hybridserve.policies import make_policy
+        from hybridserve.router import Router
+        from predictors.artifact import artifact_metadata
+
+        cfg = self.cfg
+        log_dir = cfg.log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+        art = ensure_artifact(cfg)
+        metadata = artifact_metadata(art)
+        name = metadata["name"]
+        profile = (
+            load_profile(cfg.profile)
+            if cfg.profile is not None
+            else measured_profile(art, cfg.instances.threads, cfg.instances.max_batch)
+        )
+        sc = self.scenario = local_scenario(cfg, profile)
+        spill = cfg.deployment in ("hybrid", "mark", "lambda-only")
+        it = cfg.instances
+        self.backend = LocalBackend(
+            art,
+            sc.pools,
+            launch_delay_s=it.launch_delay_s,
+            drain_s=it.drain_s,
+            max_batch=it.max_batch,
+            max_delay_ms=it.max_delay_ms,
+            threads=it.threads,
+            max_queue=max(cfg.router.max_queue, it.max_batch),
+            log_dir=log_dir,
+        )
+        invoker = None
+        if spill:
+            from hybridserve.aws.invoke import LambdaInvoker
+
+            self.emulator, self.emulator_url = start_emulator(cfg, art, log_dir)
+            invoker = LambdaInvoker(
+                cfg.lambda_.function_name,
+                endpoint_url=self.emulator_url,
+                local_credentials=True,
+                max_concurrency=cfg.lambda_.concurrency,
+                timeout_s=cfg.lambda_.timeout_s + 5,
+            )
+        pool = sc.pools[0]
+        if it.initial:
+            self.backend.converge({pool.key: min(it.initial, it.max_instances)})
+
+        def fleet_usd_per_s() -> float:
+            totals = self.backend.observe().totals()
+            return sum(n * pool.price_usd_s for k, n in totals.items() if k == pool.key)
+
+        self.router = Router(
+            router_config(cfg, sc, name, spill),
+            self.backend.endpoints,
+            invoker,
+            metadata=metadata,
+            fleet_usd_per_s=fleet_usd_per_s,
+        )
+        if cfg.deployment != "fixed":
+            policy = "reactive" if cfg.deployment == "vm-only" else cfg.deployment
+            spec = make_policy(policy, sc, forecaster=cfg.forecaster)
+            controller = Controller(
+                spec.forecaster,
+                spec.planner,
+                CappedBackend(self.backend, it.max_instances),
+                sc.pools,
+                interval_s=sc.control_interval_s,
+                horizon=sc.horizon_steps,
+                lambda_usd_per_request=spec.lambda_usd_per_request(sc),
+            )
+            self.loop_ = LiveLoop(controller, self.router.take_counts)
+        event(
+            log,
+            "serve.prepared",
+            model=name,
+            artifact=str(art),
+            deployment=cfg.deployment,
+            pool=pool.key,
+            capacity_rps=round(pool.capacity_rps, 1),
+            batch=pool.batch,
+            lambda_url=self.emulator_url,
+        )
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Run the router (uvicorn) and the control loop until cancelled or signalled."""
+        import uvicorn
+
+        r = self.cfg.router
+        config = uvicorn.Config(
+            self.router,
+            host=r.host,
+            port=r.port,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+        )
+        server = self._server = uvicorn.Server(config)
+        task = None
+        if self.loop_ is not None:
+            task = asyncio.get_running_loop().create_task(self.loop_.run())
+        serving = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            self.url = f"http://{r.host}:{port}"
+            event(log, "serve.listening", url=self.url)
+            print(f"listening on {self.url}", flush=True)
+            if ready is not None:
+                ready.set()
+        try:
+            await serving
+        finally:
+            if task is not None:
+                task.cancel()
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        if self.emulator is not None and self.emulator.poll() is None:
+            self.emulator.send_signal(signal.SIGTERM)
+            try:
+                self.emulator.wait(10)
+            except subprocess.TimeoutExpired:
+                self.emulator.kill()

@@ -1,0 +1,180 @@
+"""Live mode: the control loop's inputs, the serve config, and the whole local stack end to end
+(router + Controller + model-server processes + the Lambda emulator) under real load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hybridserve.config import ConfigError
+from hybridserve.live import CappedBackend, interval_counts
+from hybridserve.serve import load_serve_config
+
+
+def test_interval_counts_aligns_to_the_last_second_and_pads_with_zeros():
+    closed = [(100, 3), (101, 4), (103, 5)]
+    np.testing.assert_array_equal(interval_counts(closed, 5), [0, 3, 4, 0, 5])
+    np.testing.assert_array_equal(interval_counts(closed, 2), [0, 5])
+    np.testing.assert_array_equal(interval_counts([], 3), [0, 0, 0])
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.targets: list[dict] = []
+
+    def now(self) -> float:
+        return 0.0
+
+    def observe(self):
+        from hybridserve.planner.base import FleetView
+
+        return FleetView()
+
+    def converge(self, target):
+        self.targets.append(dict(target))
+        return []
+
+
+def test_capped_backend_trims_the_total_in_pool_order():
+    rec = _Recorder()
+    capped = CappedBackend(rec, 3)
+    capped.converge({"a": 2, "b": 5})
+    capped.converge({"a": 1})
+    assert rec.targets == [{"a": 2, "b": 1}, {"a": 1}]
+    with pytest.raises(ValueError):
+        CappedBackend(rec, -1)
+
+
+def test_serve_config_errors_name_the_field(tmp_path):
+    p = tmp_path / "serve.yaml"
+    p.write_text("deployment: hybrid\ninstances:\n  launch_delay_s: -1\n")
+    with pytest.raises(ConfigError, match=r"serve.yaml: field instances.launch_delay_s"):
+        load_serve_config(p)
+    p.write_text("deployment: sometimes\n")
+    with pytest.raises(ConfigError, match="field deployment"):
+        load_serve_config(p)
+    p.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_serve_config(p)
+    cfg = load_serve_config(None, **{"router.port": 9000, "deployment": "vm-only"})
+    assert cfg.router.port == 9000 and cfg.deployment == "vm-only" and cfg.model == "distilbert"
+
+
+# ------------------------------------------------------------------------------- end to end
+PROFILE = "name: mlp\nprovenance: test\nreference: {vcpus: 1, threads: 1, batch_ms: {1: 20.0, 2: 38.0, 4: 76.0, 8: 160.0}}\n"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """hybridserve serve in this process: router on a thread, real servers and emulator workers.
+
+    The profile claims 20 ms per request (about 50 req/s per instance) so that a stepped load
+    of 120 req/s needs two instances; the tiny mlp model keeps the machine idle meanwhile."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("aiobotocore")
+    from hybridserve.serve import LocalStack
+    from predictors.artifact import build_artifact
+
+    tmp = tmp_path_factory.mktemp("stack")
+    art = build_artifact("mlp", tmp / "art", variant="fp32")
+    (tmp / "profile.yaml").write_text(PROFILE)
+    cfg = load_serve_config(
+        None,
+        artifact=art,
+        profile=tmp / "profile.yaml",
+        deployment="hybrid",
+        forecaster="last-value",
+        control_interval_s=2,
+        log_dir=tmp / "logs",
+        **{
+            "router.port": 0,
+            "instances.launch_delay_s": 0.5,
+            "instances.max_instances": 2,
+            "instances.drain_s": 0.5,
+            "lambda.concurrency": 2,
+        },
+    )
+    s = LocalStack(cfg)
+    s.prepare()
+    ready = threading.Event()
+
+    def run() -> None:
+        async def main() -> None:
+            ev = asyncio.Event()
+            task = asyncio.get_running_loop().create_task(s.serve(ev))
+            await ev.wait()
+            ready.set()
+            await task
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(60), "the stack did not start"
+    yield s
+    s.shutdown()
+    t.join(20)
+    s.close()
+
+
+def _wait(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_stepped_load_scales_the_fleet_and_a_killed_instance_loses_nothing(stack):
+    from hybridserve.loadgen import bench_sync, build_payload, poisson_schedule
+
+    body = build_payload(stack.router.metadata, seed=0)
+    backend = stack.backend
+    result = {}
+
+    def load() -> None:
+        result["r"] = bench_sync(
+            stack.url, poisson_schedule(120, 16, seed=1), body, model="mlp", timeout_s=10
+        )
+
+    t = threading.Thread(target=load)
+    t.start()
+    _wait(lambda: len(backend.endpoints()) == 2, 14, "two ready instances under 120 req/s")
+    victim = backend.endpoints()[0].instance_id
+    backend.kill(victim)  # under load: its in-flight requests go to Lambda
+    t.join(40)
+    r = result["r"]
+    assert r.sent == r.scheduled and r.error_count == 0 and r.ok == r.sent, r.errors
+    kinds = [(k, i) for _, k, _, i in backend.events()]
+    assert ("lost", victim) in kinds
+    m = stack.router.metrics
+    assert m.spills > 0 and m.responses.get(("fleet", 200), 0) > 0
+    # the lost instance is replaced, then load stops and the fleet is retired
+    _wait(lambda: backend.observe().totals() == {}, 40, "scale-in to zero after the load")
+    assert (
+        sum(k == "retire" for k, _ in kinds) + sum(k == "retire" for _, k, _, _ in backend.events())
+        > 0
+    )
+
+
+def test_router_metrics_and_health_through_the_stack(stack):
+    import urllib.request
+
+    with urllib.request.urlopen(stack.url + "/v2/health/ready", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for name in (
+        "hybridserve_router_arrivals_total",
+        "hybridserve_router_spills_total",
+        "hybridserve_router_latency_seconds_bucket",
+        "hybridserve_lambda_cold_starts_total",
+        "hybridserve_cost_usd_per_hour",
+    ):
+        assert name in text
+    with urllib.request.urlopen(stack.url + "/v2/models/mlp", timeout=5) as r:
+        assert json.loads(r.read())["name"] == "mlp"
