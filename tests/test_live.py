@@ -155,10 +155,7 @@ def test_stepped_load_scales_the_fleet_and_a_killed_instance_loses_nothing(stack
     assert m.spills > 0 and m.responses.get(("fleet", 200), 0) > 0
     # the lost instance is replaced, then load stops and the fleet is retired
     _wait(lambda: backend.observe().totals() == {}, 40, "scale-in to zero after the load")
-    assert (
-        sum(k == "retire" for k, _ in kinds) + sum(k == "retire" for _, k, _, _ in backend.events())
-        > 0
-    )
+    assert any(k == "retire" for _, k, _, _ in backend.events())
 
 
 def test_router_metrics_and_health_through_the_stack(stack):
