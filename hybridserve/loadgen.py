@@ -257,6 +257,8 @@ class BenchResult:
     send_lag_ms: dict[str, float | None]
     warmup_requests: int = 0
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    # per request, for scripts (not in the JSON): send time s, HTTP status (<= 0: no answer), ms
+    samples: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def error_count(self) -> int:
@@ -275,6 +277,7 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("samples", None)
         d["error_count"] = self.error_count
         return d
 
@@ -379,6 +382,7 @@ def _summarize(
         send_lag_ms=lag_ms,
         warmup_requests=int((~measured).sum()),
         timeline=_timeline(schedule, status, latency, started),
+        samples={"send_s": schedule, "status": status, "latency_ms": latency * 1000.0},
     )
 
 

@@ -175,3 +175,10 @@ def test_router_metrics_and_health_through_the_stack(stack):
         assert name in text
     with urllib.request.urlopen(stack.url + "/v2/models/mlp", timeout=5) as r:
         assert json.loads(r.read())["name"] == "mlp"
+
+
+def test_example_serve_config_loads():
+    from pathlib import Path
+
+    cfg = load_serve_config(Path(__file__).resolve().parents[1] / "examples" / "serve.yaml")
+    assert cfg.deployment == "hybrid" and cfg.router.port == 8080 and cfg.lambda_.concurrency == 2

@@ -6,7 +6,7 @@ even that would break the SLO budget, spills the request through the BATCH buffe
 A request whose instance dies mid-flight (connection lost) or sheds it (503) is retried once on
 Lambda. 503 with Retry-After only when the fleet and Lambda's concurrency are both exhausted.
 
-Raw ASGI (no framework) and one pooled aiohttp session: the router's own cost is a few dict
+Raw ASGI (no framework) and a lean pooled HTTP/1.1 client per instance (router/upstream.py): the router's own cost is a few dict
 reads and a list scan per request. Every second it turns its measured arrivals into the counts
 the Controller consumes, retunes the buffer from the spill rate and rescales each instance's
 completion table by its learnt correction.
@@ -32,11 +32,15 @@ from hybridserve.logs import event
 from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer, batch_params
 from hybridserve.router.metrics import RouterMetrics
 from hybridserve.router.policy import SPILL, choose, completion_table
+from hybridserve.router.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("hybridserve.router")
 
 JSON = b"application/json"
 HL = b"inference-header-content-length"
+HL_NAME = "inference-header-content-length"
+JSON_HEADERS = {"content-type": "application/json"}
+BINARY_HEADERS = {"content-type": "application/octet-stream"}
 CORRECTION_EWMA = 0.05  # weight of one observation in an instance's latency correction
 CORRECTION_BOUNDS = (0.5, 8.0)
 
@@ -74,10 +78,11 @@ class RouterConfig:
 class Upstream:
     """Router-side state of one ready instance."""
 
-    __slots__ = ("endpoint", "outstanding", "base", "table", "ratio", "served")
+    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio", "served")
 
-    def __init__(self, endpoint: Endpoint, base: list[float]) -> None:
+    def __init__(self, endpoint: Endpoint, base: list[float], timeout_s: float) -> None:
         self.endpoint = endpoint
+        self.pool = UpstreamPool(endpoint.url, timeout_s=timeout_s)
         self.outstanding = 0
         self.base = base
         self.table = base
@@ -128,7 +133,6 @@ class Router:
         self._second = int(time.time())
         self._second_count = 0
         self._spill_rate = 0.0
-        self._session: Any = None
         self._tasks: list[asyncio.Task] = []
         self.buffer: SpillBuffer | None = None
         self._started = False
@@ -139,15 +143,6 @@ class Router:
         if self._started:
             return
         self._started = True
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None),
-            timeout=aiohttp.ClientTimeout(total=self.cfg.upstream_timeout_s),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
-        self._client_errors = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
         if self.invoker is not None:
             if hasattr(self.invoker, "start"):
                 await self.invoker.start()
@@ -172,8 +167,8 @@ class Router:
             await self.buffer.close()
         if self.invoker is not None and hasattr(self.invoker, "close"):
             await self.invoker.close()
-        if self._session is not None:
-            await self._session.close()
+        for u in self.ups:
+            u.pool.close()
         self._started = False
 
     def refresh(self) -> None:
@@ -187,8 +182,11 @@ class Router:
         for e in eps:
             u = self._by_id.get(e.instance_id)
             if u is None or u.endpoint != e:
-                u = Upstream(e, self._base)
+                u = Upstream(e, self._base, self.cfg.upstream_timeout_s)
             by_id[e.instance_id] = u
+        for iid, old in self._by_id.items():
+            if by_id.get(iid) is not old:
+                old.pool.close()
         self._by_id = by_id
         self.ups = list(by_id.values())
         event(log, "router.fleet", instances=[e.instance_id for e in eps])
@@ -349,10 +347,10 @@ class Router:
     async def _metadata(self, path: str, send: Callable) -> None:
         if self.metadata is None and self.ups:
             try:
-                async with self._session.get(self.ups[0].endpoint.url + path) as r:
-                    if r.status == 200:
-                        self.metadata = json.loads(await r.read())
-            except self._client_errors:
+                status, _, body = await self.ups[0].pool.request(b"GET", path)
+                if status == 200:
+                    self.metadata = json.loads(body)
+            except UpstreamError:
                 pass
         if self.metadata is None:
             await _reply_json(
@@ -411,18 +409,10 @@ class Router:
         predicted = u.base[q] if q < len(u.base) else u.base[-1]
         u.outstanding += 1
         t0 = time.perf_counter()
-        hdrs = {"content-type": "application/json"}
-        if hl is not None:
-            hdrs = {
-                "content-type": "application/octet-stream",
-                "inference-header-content-length": hl.decode(),
-            }
+        hdrs = JSON_HEADERS if hl is None else {**BINARY_HEADERS, HL_NAME: hl.decode()}
         try:
-            async with self._session.post(u.endpoint.url + path, data=body, headers=hdrs) as r:
-                payload = await r.read()
-                status = r.status
-                extra = r.headers.get("inference-header-content-length")
-        except self._client_errors + (asyncio.TimeoutError,) as e:
+            status, rh, payload = await u.pool.request(b"POST", path, body, hdrs)
+        except UpstreamError as e:
             self._instance_failed(u, e)
             return 0, b"", (), False
         finally:
@@ -432,10 +422,15 @@ class Router:
         if status == 200:
             u.served += 1
             u.learn(predicted, (time.perf_counter() - t0) * 1000.0)
-        out: tuple = ((HL, extra.encode()),) if extra else ()
+        extra = rh.get(HL)
         if extra:
-            return status, payload, ((b"content-type", b"application/octet-stream"), *out), True
-        return status, payload, out, True
+            return (
+                status,
+                payload,
+                ((b"content-type", b"application/octet-stream"), (HL, extra)),
+                True,
+            )
+        return status, payload, (), True
 
     def _instance_failed(self, u: Upstream, e: BaseException) -> None:
         iid = u.endpoint.instance_id
