@@ -1,4 +1,6 @@
-"""`hybridserve serve`: the router, the controller and the local backend on one machine."""
+"""`hybridserve serve`: the router and the controller, in front of local instances and a local
+Lambda emulator, or of an AWS deployment (when `--config` is a deployment config: see
+`hybridserve.serve.config_kind`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import user_errors
+from hybridserve.cli_aws import _aws_errors
+from hybridserve.cli_common import UserError, user_errors
 
 
 @click.command("serve")
@@ -18,8 +21,9 @@ from hybridserve.cli_common import user_errors
     "config_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Serve config YAML (see examples/serve.yaml); defaults serve the DistilBERT-sized "
-    "reference model as 'distilbert'.",
+    help="Serve config YAML (local mode), or a deployment config (AWS mode: one with any of "
+    "name, region, bucket, prefix, scenario, ec2, fleet, e.g. examples/hybridserve.yaml). "
+    "Without it, local mode serves the DistilBERT-sized reference model as 'distilbert'.",
 )
 @click.option("--host", default=None, help="Router address [default: 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Router port [default: 8080].")
@@ -27,12 +31,20 @@ from hybridserve.cli_common import user_errors
     "--deployment",
     type=click.Choice(["hybrid", "mark", "lambda-only", "vm-only", "fixed"]),
     default=None,
-    help="Who serves: VMs + Lambda spill (hybrid, mark), Lambda only, VMs only, or a fixed fleet.",
+    help="Who serves (local mode): VMs + Lambda spill (hybrid, mark), Lambda only, VMs only, "
+    "or a fixed fleet.",
+)
+@click.option("--region", default=None, help="AWS region (AWS mode; overrides the config).")
+@click.option(
+    "--endpoint-url",
+    default=None,
+    help="Send every AWS call to this endpoint, e.g. a moto server (AWS mode).",
 )
 @click.option("--log-level", default="info", show_default=True)
 def serve(**kw: Any) -> None:
-    """Serve a model: V2 router + Controller + local instances and local Lambda (no AWS needed)."""
-    with user_errors():
+    """Serve a model: V2 router + Controller + instances + Lambda spill, locally (no AWS needed)
+    or in front of a deployment made by `hybridserve deploy` (credentials: the AWS chain)."""
+    with user_errors(), _aws_errors():
         _serve(**kw)
 
 
@@ -41,21 +53,58 @@ def _serve(
     host: str | None,
     port: int | None,
     deployment: str | None,
+    region: str | None,
+    endpoint_url: str | None,
     log_level: str,
 ) -> None:
     from hybridserve import logs
-    from hybridserve.serve import LocalStack, load_serve_config
+    from hybridserve.serve import config_kind, read_mapping
 
     logs.configure(log_level)
-    cfg = load_serve_config(
-        config_path, **{"router.host": host, "router.port": port, "deployment": deployment}
-    )
-    stack = LocalStack(cfg)
+    kind = "local" if config_path is None else config_kind(read_mapping(config_path), config_path)
+    if kind == "aws":
+        if deployment is not None:
+            raise UserError(
+                "--deployment: only for a local serve config; an AWS deployment runs the "
+                "hybrid policy (as `controller run`)"
+            )
+        stack = _aws_stack(config_path, host, port, region, endpoint_url)
+    else:
+        for option, value in (("--region", region), ("--endpoint-url", endpoint_url)):
+            if value is not None:
+                raise UserError(
+                    f"{option}: only for a deployment config (AWS mode); "
+                    f"{config_path or 'the default config'} is a local serve config"
+                )
+        stack = _local_stack(config_path, host, port, deployment)
     try:
         stack.prepare()
         asyncio.run(_run(stack))
     finally:
         stack.close()
+
+
+def _local_stack(
+    config_path: str | None, host: str | None, port: int | None, deployment: str | None
+) -> Any:
+    from hybridserve.serve import LocalStack, load_serve_config
+
+    cfg = load_serve_config(
+        config_path, **{"router.host": host, "router.port": port, "deployment": deployment}
+    )
+    return LocalStack(cfg)
+
+
+def _aws_stack(
+    config_path: str, host: str | None, port: int | None, region: str | None, url: str | None
+) -> Any:
+    from hybridserve.aws.deploy import load_deployment
+    from hybridserve.aws.serving import AwsStack
+    from hybridserve.serve import RouterOptions
+
+    cfg = load_deployment(config_path, region=region)
+    options = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    return AwsStack(cfg, endpoint_url=url, router=RouterOptions(**options))
 
 
 async def _run(stack: Any) -> None:

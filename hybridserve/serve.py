@@ -6,6 +6,10 @@ real cold starts) called through the same aiobotocore invoker as AWS Lambda, and
 is the simulator's, fed with the router's measured arrivals. The serving profile is measured on
 this machine at start-up (cached next to the artifact), so the planner and the router predict
 with the latencies this machine really has.
+
+AWS mode (`hybridserve.aws.serving.AwsStack`) fronts a deployment made by `hybridserve deploy`.
+Both modes share `RouterStack` (the router under uvicorn, the control loop beside it) and
+`router_config`. Which mode a config file means is decided by `config_kind`.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybridserve.config import ConfigError, Scenario, build_scenario, lambda_service_s
 from hybridserve.logs import event
+
+if TYPE_CHECKING:
+    from hybridserve.router import RouterConfig
 
 log = logging.getLogger("hybridserve.serve")
 
@@ -89,23 +97,59 @@ class ServeConfig(_Strict):
     log_dir: Path | None = None
 
 
+# Top-level keys only a deployment config (hybridserve.aws.deploy.DeploymentConfig) has; a
+# serve config has none of them. Spelled out so that telling the two apart needs no AWS
+# libraries; tests/test_aws_serving.py checks it against both models.
+DEPLOYMENT_KEYS = frozenset({"name", "region", "bucket", "prefix", "scenario", "ec2", "fleet"})
+# Serve-only keys: every ServeConfig key but the two the configs share (artifact, lambda).
+SERVE_KEYS = frozenset(f.alias or n for n, f in ServeConfig.model_fields.items()) - {
+    "artifact",
+    "lambda",
+}
+
+
+def read_mapping(path: str | Path, what: str = "serve config") -> dict[str, Any]:
+    """A YAML file's top-level mapping; errors name the file."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read {what}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of {what} settings at the top level")
+    return data
+
+
+def config_kind(data: Mapping[str, Any], source: str = "<config>") -> Literal["local", "aws"]:
+    """`aws` when the mapping has any deployment-only key (name, region, bucket, prefix,
+    scenario, ec2, fleet), `local` otherwise. A mapping with both deployment-only and
+    serve-only keys is an error naming them, rather than a guess."""
+    aws = sorted(DEPLOYMENT_KEYS & set(data))
+    if not aws:
+        return "local"
+    local = sorted(SERVE_KEYS & set(data))
+    if local:
+        raise ConfigError(
+            f"{source}: mixes deployment settings {aws} with serve settings {local}; "
+            "a deployment config (AWS) or a serve config (local), not both"
+        )
+    return "aws"
+
+
 def load_serve_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
     """The serve config from YAML (or defaults); errors name the file and the field."""
     data: dict[str, Any] = {}
     src = "<defaults>"
     if path is not None:
-        p = Path(path)
-        src = str(p)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"{p}: cannot read serve config: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of serve settings at the top level")
-        if "deployment" in data and "aws" in data:
-            raise ConfigError(f"{p}: an AWS deployment config; serve fronts local mode only yet")
+        src = str(path)
+        data = read_mapping(path)
+        if config_kind(data, src) == "aws":
+            raise ConfigError(
+                f"{src}: a deployment config (it has {sorted(DEPLOYMENT_KEYS & set(data))}), "
+                "not a local serve config; serve it on AWS with hybridserve.aws.serving.AwsStack"
+            )
     for k, v in overrides.items():
         if v is None:
             continue
@@ -221,32 +265,55 @@ def local_scenario(cfg: ServeConfig, profile: dict[str, Any]) -> Scenario:
     )
 
 
-def router_config(cfg: ServeConfig, sc: Scenario, model_name: str, spill: bool):
+def router_config(
+    sc: Scenario,
+    model_name: str,
+    *,
+    spill: bool,
+    options: RouterOptions,
+    max_batch: int,
+    delay_ms: float,
+    lambda_memory_mb: int,
+    lambda_concurrency: int,
+    lambda_max_batch: int = 8,
+) -> RouterConfig:
+    """The router's settings, in either mode: SLO, profile and pools from the scenario, the
+    model servers' batching, and the spill function's memory, concurrency and batch limit."""
     from hybridserve.router import RouterConfig
 
-    lam = cfg.lambda_
-    lambda_ms = (0.0, *(lambda_service_s(sc, b) * 1000.0 for b in range(1, lam.max_batch + 1)))
+    lambda_ms = (0.0, *(lambda_service_s(sc, b) * 1000.0 for b in range(1, lambda_max_batch + 1)))
     pricing = sc.lambda_pricing
-    key = os.environ.get(cfg.router.api_key_env) or None
+    key = os.environ.get(options.api_key_env) or None
     return RouterConfig(
         model_name=model_name,
-        slo_ms=cfg.slo_ms,
+        slo_ms=sc.slo.latency_ms,
         batch_ms=dict(sc.model.reference.batch_ms),
-        max_batch=cfg.instances.max_batch,
-        delay_ms=cfg.instances.max_delay_ms,
-        max_queue=cfg.router.max_queue,
-        margin_ms=cfg.router.margin_ms,
+        max_batch=max_batch,
+        delay_ms=delay_ms,
+        max_queue=options.max_queue,
+        margin_ms=options.margin_ms,
         spill_slack_fraction=sc.batch_latency_fraction,
         spill=spill,
         lambda_ms=lambda_ms,
-        lambda_memory_gb=lam.memory_mb / 1024.0,
+        lambda_memory_gb=lambda_memory_mb / 1024.0,
         lambda_usd_per_gb_s=pricing.usd_per_gb_s,
         lambda_usd_per_request=pricing.usd_per_request,
-        lambda_concurrency=lam.concurrency,
-        max_spill_pending=cfg.router.max_spill_pending,
+        lambda_concurrency=lambda_concurrency,
+        max_spill_pending=options.max_spill_pending,
         api_key=key,
         pool_usd_per_s={p.key: p.price_usd_s for p in sc.pools},
     )
+
+
+def fleet_usd_per_s(totals: Callable[[], Mapping[str, int]], sc: Scenario) -> Callable[[], float]:
+    """What the fleet costs per second at the scenario's prices, from `totals` (pool -> live
+    instances; the router calls this on its event loop, so `totals` must not do network I/O)."""
+    price = {p.key: p.price_usd_s for p in sc.pools}
+
+    def rate() -> float:
+        return sum(n * price.get(k, 0.0) for k, n in totals().items())
+
+    return rate
 
 
 def start_emulator(
@@ -288,24 +355,80 @@ def start_emulator(
     raise RuntimeError("the local Lambda emulator did not start (see its log)")
 
 
-class LocalStack:
-    """Everything `hybridserve serve` runs, as one object: build, start, serve, stop."""
+class RouterStack:
+    """What every `hybridserve serve` mode shares: the router under uvicorn, with the control
+    loop (and whatever else `background` lists) running beside it on the same event loop.
 
-    def __init__(self, cfg: ServeConfig) -> None:
-        self.cfg = cfg
+    Subclasses build `backend`, `router`, `scenario` and `loop_` in `prepare`."""
+
+    def __init__(self, router_options: RouterOptions) -> None:
+        self.router_options = router_options
         self.backend: Any = None
         self.router: Any = None
         self.loop_: Any = None
-        self.emulator: subprocess.Popen | None = None
-        self.emulator_url: str | None = None
         self.scenario: Scenario | None = None
         self.url: str | None = None
         self._server: Any = None
+
+    def prepare(self) -> None:
+        raise NotImplementedError
 
     def shutdown(self) -> None:
         """Ask a running `serve` to return (thread-safe enough: uvicorn polls the flag)."""
         if self._server is not None:
             self._server.should_exit = True
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """Coroutines to run beside the router while it serves (cancelled when it stops)."""
+        return [self.loop_.run()] if self.loop_ is not None else []
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Run the router (uvicorn) and the background tasks until cancelled or signalled."""
+        import uvicorn
+
+        r = self.router_options
+        config = uvicorn.Config(
+            self.router,
+            host=r.host,
+            port=r.port,
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            http="httptools",
+        )
+        server = self._server = uvicorn.Server(config)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(c) for c in self.background()]
+        serving = loop.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            self.url = f"http://{r.host}:{port}"
+            event(log, "serve.listening", url=self.url)
+            print(f"listening on {self.url}", flush=True)
+            if ready is not None:
+                ready.set()
+        try:
+            await serving
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def close(self) -> None:
+        """Stop what this process started (threads, local processes); idempotent."""
+        if self.backend is not None:
+            self.backend.close()
+
+
+class LocalStack(RouterStack):
+    """Everything local `hybridserve serve` runs, as one object: build, start, serve, stop."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        super().__init__(cfg.router)
+        self.cfg = cfg
+        self.emulator: subprocess.Popen | None = None
+        self.emulator_url: str | None = None
 
     def prepare(self) -> None:
         """Artifact, profile, scenario, backend and emulator; the router is built here too."""
@@ -357,17 +480,23 @@ class LocalStack:
         pool = sc.pools[0]
         if it.initial:
             self.backend.converge({pool.key: min(it.initial, it.max_instances)})
-
-        def fleet_usd_per_s() -> float:
-            totals = self.backend.observe().totals()
-            return sum(n * pool.price_usd_s for k, n in totals.items() if k == pool.key)
-
+        rc = router_config(
+            sc,
+            name,
+            spill=spill,
+            options=cfg.router,
+            max_batch=it.max_batch,
+            delay_ms=it.max_delay_ms,
+            lambda_memory_mb=cfg.lambda_.memory_mb,
+            lambda_concurrency=cfg.lambda_.concurrency,
+            lambda_max_batch=cfg.lambda_.max_batch,
+        )
         self.router = Router(
-            router_config(cfg, sc, name, spill),
+            rc,
             self.backend.endpoints,
             invoker,
             metadata=metadata,
-            fleet_usd_per_s=fleet_usd_per_s,
+            fleet_usd_per_s=fleet_usd_per_s(lambda: self.backend.observe().totals(), sc),
         )
         if cfg.deployment != "fixed":
             policy = "reactive" if cfg.deployment == "vm-only" else cfg.deployment
@@ -394,43 +523,8 @@ class LocalStack:
             lambda_url=self.emulator_url,
         )
 
-    async def serve(self, ready: asyncio.Event | None = None) -> None:
-        """Run the router (uvicorn) and the control loop until cancelled or signalled."""
-        import uvicorn
-
-        r = self.cfg.router
-        config = uvicorn.Config(
-            self.router,
-            host=r.host,
-            port=r.port,
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-            http="httptools",
-        )
-        server = self._server = uvicorn.Server(config)
-        task = None
-        if self.loop_ is not None:
-            task = asyncio.get_running_loop().create_task(self.loop_.run())
-        serving = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if server.started:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            self.url = f"http://{r.host}:{port}"
-            event(log, "serve.listening", url=self.url)
-            print(f"listening on {self.url}", flush=True)
-            if ready is not None:
-                ready.set()
-        try:
-            await serving
-        finally:
-            if task is not None:
-                task.cancel()
-
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
+        super().close()
         if self.emulator is not None and self.emulator.poll() is None:
             self.emulator.send_signal(signal.SIGTERM)
             try:

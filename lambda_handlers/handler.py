@@ -10,6 +10,9 @@ Events served:
   pass over all rows, split back into `{"responses": [...]}` in order;
 - API Gateway / function URL proxy events for `/v2/health/*`, `/v2/models/{name}[/ready]` and
   `POST /v2/models/{name}/infer` (JSON or Triton's binary tensor extension).
+- a keep-warm ping (`{"warmup": true}`, optionally `"hold_ms"`), answered `{"warm": true}`
+  without running the model: it loads the model on a cold start (the point of warming) and may
+  hold the environment a few ms so concurrent pings land on distinct environments.
 A bad request gets a V2 error object (`{"error": ...}` with its status); it never kills the
 container.
 """
@@ -29,6 +32,7 @@ _CACHE: dict[str, Any] = {}  # per container: the loaded model and how long the 
 
 ARTIFACT_ENV = "HYBRIDSERVE_ARTIFACT"
 EXTRACT_DIR = "/tmp/hybridserve"
+WARMUP_HOLD_MAX_MS = 1000  # a warm-up may keep its environment busy at most this long
 
 
 def _threads() -> int:
@@ -153,6 +157,17 @@ def _proxy(plane, model, event: dict) -> dict:
     return reply(404, {"error": f"no route for {method} {path or '/'}"})
 
 
+def _warmup(event: dict) -> dict:
+    """A keep-warm ping: the model is loaded by now; hold briefly if asked, never infer."""
+    try:
+        hold_ms = float(event.get("hold_ms") or 0.0)
+    except (TypeError, ValueError):
+        return _error(400, "'hold_ms' must be a number of milliseconds")
+    if hold_ms > 0:
+        time.sleep(min(hold_ms, WARMUP_HOLD_MAX_MS) / 1000.0)
+    return {"warm": True}
+
+
 def handler(event: Any, context: Any = None) -> Any:
     """Lambda entry point: never raises; errors come back as V2 error objects."""
     from predictors.v2 import V2Error
@@ -162,6 +177,8 @@ def handler(event: Any, context: Any = None) -> Any:
         plane, model = get_plane()
         if proxy:
             return _proxy(plane, model, event)
+        if isinstance(event, dict) and event.get("warmup") is True:
+            return _warmup(event)
         if isinstance(event, dict) and "batch" in event:
             if not isinstance(event["batch"], list):
                 return _error(400, "'batch' must be a list of V2 inference requests")

@@ -176,3 +176,36 @@ def test_cold_path_in_a_fresh_interpreter(artifact, tmp_path):
     assert "torch" not in p.stderr
     assert out["r"]["outputs"][0]["shape"] == [1, 4] and out["load_s"] > 0
     assert (tmp_path / "cold").exists()
+
+
+def test_warmup_loads_the_model_but_never_infers(env, monkeypatch):
+    import time
+
+    from predictors.onnx_model import OnnxModel
+
+    def no_inference(self, inputs):
+        raise AssertionError("a warm-up must not run the model")
+
+    monkeypatch.setattr(OnnxModel, "predict", no_inference)
+    assert "plane" not in lam._CACHE
+    assert lam.handler({"warmup": True}) == {"warm": True}
+    assert "plane" in lam._CACHE and lam._CACHE["load_s"] > 0  # the cold start was paid now
+    t0 = time.perf_counter()
+    assert lam.handler({"warmup": True, "hold_ms": 60}) == {"warm": True}
+    assert time.perf_counter() - t0 >= 0.055  # held so concurrent pings take distinct envs
+    t0 = time.perf_counter()
+    assert lam.handler({"warmup": True, "hold_ms": 10**9}) == {"warm": True}
+    assert time.perf_counter() - t0 < lam.WARMUP_HOLD_MAX_MS / 1000 + 0.5  # capped
+    bad = lam.handler({"warmup": True, "hold_ms": "soon"})
+    assert bad["status"] == 400 and "hold_ms" in bad["error"]
+    # "warmup" must be exactly true: anything else is an inference request as before
+    assert lam.handler({"warmup": "yes"})["status"] == 400
+
+
+def test_warmup_on_a_broken_artifact_reports_the_error(artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("HYBRIDSERVE_ARTIFACT", str(tmp_path / "missing"))
+    monkeypatch.setenv("HYBRIDSERVE_EXTRACT_DIR", str(tmp_path / "x"))
+    lam._CACHE.clear()
+    out = lam.handler({"warmup": True})
+    lam._CACHE.clear()
+    assert out["status"] == 500 and "warm" not in out

@@ -9,15 +9,21 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hybridserve.aws import resources as R
-from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet
+from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet, http_ready_probe
 from hybridserve.config import ConfigError, format_validation_error
+
+if TYPE_CHECKING:
+    from hybridserve.config import Scenario
+    from hybridserve.controller import Controller
+
+POLICY = "hybrid"  # what `controller run` and `serve` run on AWS
 
 
 class _Strict(BaseModel):
@@ -32,6 +38,19 @@ class Ec2Settings(_Strict):
     router_cidr: str = "10.0.0.0/8"
     max_batch: int = Field(8, ge=1)
     max_delay_ms: float = Field(5.0, ge=0)
+    # health: ready once the model server answers /v2/health/ready (the controller and the
+    # router must reach the private addresses); state: ready as soon as EC2 says running
+    readiness: Literal["health", "state"] = "health"
+
+
+PACKAGE_MODES = ("zip", "image", "auto")
+
+
+class KeepWarmSettings(_Strict):
+    """Warm-up invokes of `concurrency` environments when the function sat idle `every_s`."""
+
+    every_s: float = Field(gt=0)
+    concurrency: int = Field(1, ge=1)
 
 
 class LambdaSettings(_Strict):
@@ -39,7 +58,62 @@ class LambdaSettings(_Strict):
     timeout_s: int = Field(30, ge=1, le=900)
     ephemeral_mb: int = Field(1024, ge=512, le=10240)
     reserved_concurrency: int = Field(100, ge=0)
-    package: str | None = None  # a prebuilt zip; default: built from the artifact
+    # zip | image | auto (image when the built package only fits a container), or the path of
+    # a prebuilt zip (zip)
+    package: str = "auto"
+    image_uri: str | None = Field(None, pattern=R.ECR_URI_PATTERN)  # ECR, the deployment's region
+    image_command: tuple[str, ...] | None = None  # overrides the image's CMD (the handler)
+    provisioned_concurrency: int = Field(0, ge=0)  # on alias `live`; 0: none
+    keep_warm: KeepWarmSettings | None = None  # off by default
+
+    @field_validator("package", mode="before")
+    @classmethod
+    def _package(cls, v: Any) -> Any:
+        if v is None:
+            return "auto"
+        if not isinstance(v, str) or v in PACKAGE_MODES:
+            return v
+        p = Path(v)
+        if p.name in PACKAGE_MODES and not p.exists():
+            return p.name  # load_deployment resolved a mode word as a relative path
+        if p.suffix != ".zip":
+            raise ValueError(f"expected zip, image, auto or the path of a prebuilt .zip, got {v!r}")
+        return v
+
+    @field_validator("image_uri", "image_command")
+    @classmethod
+    def _image_only(cls, v: Any, info: ValidationInfo) -> Any:
+        package = info.data.get("package", "auto")
+        if v is not None and package not in ("image", "auto"):
+            raise ValueError(f"only for lambda.package image or auto (package is {package!r})")
+        return v
+
+    @field_validator("provisioned_concurrency")
+    @classmethod
+    def _within_reserved(cls, v: int, info: ValidationInfo) -> int:
+        reserved = info.data.get("reserved_concurrency")
+        if reserved is not None and v > reserved:
+            raise ValueError(
+                f"must be <= lambda.reserved_concurrency ({reserved}): AWS refuses more"
+            )
+        return v
+
+    @field_validator("keep_warm")
+    @classmethod
+    def _warm_within_reserved(
+        cls, v: KeepWarmSettings | None, info: ValidationInfo
+    ) -> KeepWarmSettings | None:
+        reserved = info.data.get("reserved_concurrency")
+        if v is not None and reserved is not None and v.concurrency > reserved:
+            raise ValueError(
+                f"concurrency {v.concurrency} exceeds lambda.reserved_concurrency ({reserved}): "
+                "the extra warm-ups would be throttled"
+            )
+        return v
+
+    @property
+    def prebuilt_zip(self) -> Path | None:
+        return None if self.package in PACKAGE_MODES else Path(self.package)
 
 
 class DeploymentConfig(_Strict):
@@ -121,6 +195,10 @@ def _user_data(cfg: DeploymentConfig) -> str:
 
 
 def fleet_backend(cfg: DeploymentConfig, c: R.Clients, **kw: Any) -> AwsBackend:
+    """The deployment's AwsBackend; readiness per `ec2.readiness` unless `probe` is given."""
+    if cfg.ec2.readiness == "health":
+        kw.setdefault("probe", http_ready_probe())
+    kw.setdefault("port", cfg.ec2.port)
     sg = R.ensure_security_group(
         c.ec2, cfg.name, vpc_id=_vpc(cfg, c.ec2), port=cfg.ec2.port, router_cidr=cfg.ec2.router_cidr
     )
@@ -147,7 +225,9 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
             f"profile {R.profile_name(cfg.name)}",
             f"security group {R.security_group_name(cfg.name)}: tcp {cfg.ec2.port} from {cfg.ec2.router_cidr}",
             f"launch template {R.template_name(cfg.name)}",
-            f"function {R.function_name(cfg.name)} ({cfg.lambda_.memory_mb} MB, alias live)",
+            f"function {R.function_name(cfg.name)} ({cfg.lambda_.memory_mb} MB, package "
+            f"{cfg.lambda_.image_uri or cfg.lambda_.package}, provisioned concurrency "
+            f"{cfg.lambda_.provisioned_concurrency}, alias live)",
             f"fleet {dict(cfg.fleet) or '(none)'}",
         ]
         for line in plan:
@@ -167,21 +247,19 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         region=cfg.region,
         account=account,
     )
-    key = f"{(cfg.prefix or cfg.name).strip('/')}/lambda.zip"
-    _upload_package(cfg, c, key)
     fn = R.ensure_function(
         c.lam,
         cfg.name,
         role_arn=roles["lambda_role_arn"],
-        bucket=cfg.bucket,
-        key=key,
+        **_lambda_code(cfg, c, account),
         memory_mb=cfg.lambda_.memory_mb,
         timeout_s=cfg.lambda_.timeout_s,
         ephemeral_mb=cfg.lambda_.ephemeral_mb,
         reserved_concurrency=cfg.lambda_.reserved_concurrency,
+        provisioned_concurrency=cfg.lambda_.provisioned_concurrency,
         env={"HYBRIDSERVE_ARTIFACT": f"s3://{cfg.bucket}/{cfg.artifact_prefix}/"},
     )
-    log(f"function {fn['function_arn']} version {fn['version']}")
+    log(f"function {fn['function_arn']} ({fn['package_type']}) version {fn['version']}")
     backend = fleet_backend(cfg, c)
     backend.fleet.ensure_launch_template()
     actions = backend.converge(cfg.fleet)
@@ -207,18 +285,77 @@ def _account(c: R.Clients) -> str:
     return _client(c, "sts").get_caller_identity()["Account"]
 
 
-def _upload_package(cfg: DeploymentConfig, c: R.Clients, key: str) -> None:
-    if cfg.lambda_.package:
-        zpath = Path(cfg.lambda_.package)
-    else:
+def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str, Any]:
+    """ensure_function's code arguments: the ECR image, or the zip, uploaded to S3 under a
+    content-addressed key (a new zip is a new key, so ensure_function sees the change)."""
+    import urllib.parse
+
+    from botocore.exceptions import ClientError
+
+    from hybridserve.aws import tags as T
+
+    lam = cfg.lambda_
+    if lam.image_uri:
+        if R.ecr_region(lam.image_uri) != cfg.region:
+            raise ConfigError(
+                f"lambda.image_uri: the image is in {R.ecr_region(lam.image_uri)} but the "
+                f"function in {cfg.region}: Lambda pulls only from ECR in its own region"
+            )
+        return {
+            "package_type": "Image",
+            "image_uri": lam.image_uri,
+            "image_command": lam.image_command,
+        }
+    zpath = lam.prebuilt_zip
+    if zpath is None:
         from predictors.packaging import build_lambda_package
 
         out = Path(tempfile.mkdtemp(prefix="hybridserve-lambda-"))
-        pkg = build_lambda_package(cfg.artifact, out, include_artifact=False)
+        # image: a limit of 0 makes packaging write the container build context at any size
+        force = {"limit_bytes": 0} if lam.package == "image" else {}
+        pkg = build_lambda_package(cfg.artifact, out, include_artifact=False, **force)
         if pkg.kind != "zip":
-            raise ConfigError(f"lambda: the package does not fit a zip ({pkg.reason})")
+            if lam.package == "zip":
+                raise ConfigError(
+                    f"lambda.package: zip, but the package does not fit a zip ({pkg.reason}); "
+                    "set lambda.package to image or auto and give lambda.image_uri"
+                )
+            raise ConfigError(_image_uri_missing(cfg, account, pkg.path, pkg.reason))
         zpath = pkg.path
-    c.s3.upload_file(str(zpath), cfg.bucket, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+    key = f"{(cfg.prefix or cfg.name).strip('/')}/lambda-{R._file_sha256(zpath)[:16]}.zip"
+    try:
+        c.s3.head_object(Bucket=cfg.bucket, Key=key)  # content-addressed: present is current
+    except ClientError as e:
+        if not R._missing(e):
+            raise
+        tagging = urllib.parse.urlencode(T.tags_for(cfg.name, R.ROLE_ARTIFACT))
+        c.s3.upload_file(
+            str(zpath),
+            cfg.bucket,
+            key,
+            ExtraArgs={"ChecksumAlgorithm": "SHA256", "Tagging": tagging},
+        )
+    return {"package_type": "Zip", "bucket": cfg.bucket, "key": key}
+
+
+def _image_uri_missing(cfg: DeploymentConfig, account: str, context: Path, reason: str) -> str:
+    """The error for an image function without lambda.image_uri: how to build and push it."""
+    suffix = ".amazonaws.com.cn" if cfg.region.startswith("cn-") else ".amazonaws.com"
+    uri = (
+        f"{account}.dkr.ecr.{cfg.region}{suffix}/{R.image_repository(cfg.name)}"
+        f":{R.context_tag(context)}"
+    )
+    why = (
+        "lambda.package is image"
+        if cfg.lambda_.package == "image"
+        else f"lambda.package is auto and {reason}"
+    )
+    steps = "\n".join(f"  {cmd}" for cmd in R.image_build_commands(context, uri, region=cfg.region))
+    return (
+        f"lambda.image_uri: required for a container-image function ({why}). hybridserve does "
+        f"not run Docker: build and push the image from the context written to {context}:\n"
+        f"{steps}\nthen set `lambda.image_uri: {uri}` in the deployment config and deploy again"
+    )
 
 
 def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
@@ -263,6 +400,28 @@ def scale(cfg: DeploymentConfig, c: R.Clients, target: dict[str, int], *, dry_ru
     return fleet_backend(cfg, c).converge(target, dry_run=dry_run)
 
 
+def build_controller(sc: Scenario, backend: Any) -> Controller:
+    """The simulator's Controller with the deployment's policy, acting on `backend`."""
+    from hybridserve.controller import Controller
+    from hybridserve.policies import make_policy
+
+    spec = make_policy(POLICY, sc)
+    return Controller(
+        spec.forecaster,
+        spec.planner,
+        backend,
+        sc.pools,
+        interval_s=sc.control_interval_s,
+        horizon=sc.horizon_steps,
+        lambda_usd_per_request=spec.lambda_usd_per_request(sc),
+    )
+
+
+def launch_delays(sc: Scenario) -> dict[str, float]:
+    """Pool key -> launch delay: how long a pending instance is expected to take."""
+    return {p.key: p.launch_delay_s for p in sc.pools}
+
+
 def controller_run(
     cfg: DeploymentConfig,
     c: R.Clients,
@@ -272,31 +431,25 @@ def controller_run(
     log=print,
 ) -> int:
     """The same Controller as the simulator, acting on AWS: one step per interval of arrivals."""
+    from hybridserve.aws.metrics import controller_metrics, publish
     from hybridserve.config import load_scenario
-    from hybridserve.controller import Controller
-    from hybridserve.policies import make_policy
 
     sc = load_scenario(cfg.scenario)
-    backend = fleet_backend(cfg, c, launch_delay_s={p.key: p.launch_delay_s for p in sc.pools})
-    spec = make_policy("hybrid", sc)
-    ctl = Controller(
-        spec.forecaster,
-        spec.planner,
-        backend,
-        sc.pools,
-        interval_s=sc.control_interval_s,
-        horizon=sc.horizon_steps,
-        lambda_usd_per_request=spec.lambda_usd_per_request(sc),
-    )
-    from hybridserve.aws.metrics import controller_metrics, publish
-
+    backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
+    ctl = build_controller(sc, backend)
     cw = _client(c, "cloudwatch")
     steps = 0
-    for counts in counts_per_interval:
-        t0 = time.monotonic()
-        d = ctl.step(counts)
-        steps += 1
-        publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
-        log(f"step {steps}: target {d.plan.target} actions {[(a.kind, a.pool) for a in d.actions]}")
-        time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
+    try:
+        for counts in counts_per_interval:
+            t0 = time.monotonic()
+            d = ctl.step(counts)
+            steps += 1
+            publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
+            log(
+                f"step {steps}: target {d.plan.target} "
+                f"actions {[(a.kind, a.pool) for a in d.actions]}"
+            )
+            time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
+    finally:
+        backend.close()
     return steps

@@ -48,3 +48,40 @@ def controller_metrics(decision: Any, observed_rate: float) -> dict[str, float]:
         "ExpectedSpillRate": spill,
         "ForecastRate": float(inp.forecast.mean[0]),
     }
+
+
+# the router's cumulative counters (RouterMetrics attributes) that interval metrics difference
+ROUTER_COUNTERS = ("arrivals", "spills", "within_slo", "slo_counted", "cold_starts")
+
+
+class RouterIntervals:
+    """The router's metrics over each control interval, from its cumulative counters.
+
+    RouterMetrics only counts up (as Prometheus wants); CloudWatch wants what happened in the
+    interval, so each `take` differences the counters against the previous call's."""
+
+    def __init__(self, counters: Mapping[str, float] | None = None, now: float = 0.0) -> None:
+        self.last = {k: float((counters or {}).get(k, 0)) for k in ROUTER_COUNTERS}
+        self.last_t = now
+
+    def take(self, counters: Mapping[str, float], now: float) -> dict[str, float]:
+        """Arrival rate, spill fraction (spills / arrivals), SLO attainment and cold starts
+        since the last call. Attainment is left out of an interval without counted answers
+        (no data beats a made-up 100%)."""
+        cur = {k: float(counters.get(k, 0)) for k in ROUTER_COUNTERS}
+        d = {k: max(0.0, cur[k] - self.last[k]) for k in ROUTER_COUNTERS}
+        elapsed = max(now - self.last_t, 1e-9)
+        self.last, self.last_t = cur, now
+        out = {
+            "ArrivalRate": d["arrivals"] / elapsed,
+            "SpillFraction": min(1.0, d["spills"] / d["arrivals"]) if d["arrivals"] else 0.0,
+            "LambdaColdStarts": d["cold_starts"],
+        }
+        if d["slo_counted"]:
+            out["SloAttainment"] = min(1.0, d["within_slo"] / d["slo_counted"])
+        return out
+
+
+def router_counters(metrics: Any) -> dict[str, float]:
+    """The cumulative counters `RouterIntervals.take` differences, read off a RouterMetrics."""
+    return {k: float(getattr(metrics, k)) for k in ROUTER_COUNTERS}

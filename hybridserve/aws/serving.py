@@ -1,0 +1,196 @@
+"""`hybridserve serve` in AWS mode: the router in front of a deployment made by `hybridserve deploy`.
+
+The fleet is the deployment's tagged EC2 instances (`AwsBackend`; ready once the model server
+answers its health check, unless `ec2.readiness: state`), spilled requests go to the
+deployment's function through its alias, and the Controller is the one `controller run` builds,
+fed with the router's measured arrivals instead of a trace. After every control step the
+router's own metrics over the interval (arrival rate, spill fraction, SLO attainment, ready
+instances, Lambda cold starts) and the controller's go to CloudWatch in `hybridserve/<name>`.
+Publishing is actuation, so it lives here beside the loop, never in the planner.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hybridserve.aws import resources as R
+from hybridserve.aws.deploy import DeploymentConfig
+from hybridserve.aws.metrics import RouterIntervals, controller_metrics, router_counters
+from hybridserve.config import ConfigError
+from hybridserve.controller import Controller, Decision
+from hybridserve.live import LiveLoop
+from hybridserve.logs import event
+from hybridserve.serve import RouterOptions, RouterStack, fleet_usd_per_s, router_config
+
+log = logging.getLogger("hybridserve.aws.serving")
+
+MANIFEST = "manifest.json"
+
+
+class PublishingLoop(LiveLoop):
+    """The live loop, plus the interval's metrics to `publish` after each step (failed or not).
+
+    A publish failure is logged and never stops the loop: metrics are not worth a missed
+    control step."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        router: Any,
+        publish: Callable[[dict[str, float]], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(controller, router.take_counts)
+        self.router = router
+        self.publish = publish
+        self.clock = clock
+        self.intervals = RouterIntervals(router_counters(router.metrics), clock())
+        self.published: list[dict[str, float]] = []  # the last few, for inspection
+
+    def step(self) -> Decision:
+        d = None
+        try:
+            d = super().step()
+            return d
+        finally:
+            self.publish_interval(d)
+
+    def publish_interval(self, decision: Decision | None) -> dict[str, float]:
+        """The controller's metrics (when it decided) overlaid with the router's measured ones."""
+        values: dict[str, float] = {}
+        if decision is not None:
+            values.update(controller_metrics(decision, decision.inputs.observed_rate))
+        values.update(self.intervals.take(router_counters(self.router.metrics), self.clock()))
+        values["ReadyInstances"] = float(len(self.router.ups))
+        try:
+            self.publish(values)
+        except Exception:
+            log.exception("publishing CloudWatch metrics failed")
+        self.published.append(values)
+        del self.published[:-20]
+        return values
+
+
+def deployment_metadata(cfg: DeploymentConfig, s3: Any) -> dict[str, Any]:
+    """The model's V2 metadata, from the local artifact's manifest when the config's artifact
+    directory is here, else from the manifest `deploy` uploaded to S3."""
+    from botocore.exceptions import ClientError
+
+    from predictors.artifact import artifact_metadata
+
+    local = Path(cfg.artifact)
+    if (local / MANIFEST).is_file():
+        return artifact_metadata(local)
+    key = R.artifact_key(cfg.artifact_prefix, MANIFEST)
+    try:
+        body = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(
+            f"artifact: no {MANIFEST} in {local} nor at s3://{cfg.bucket}/{key} ({code}); "
+            "package the artifact or deploy first"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="hybridserve-manifest-") as d:
+        (Path(d) / MANIFEST).write_bytes(body)
+        return artifact_metadata(d)
+
+
+class AwsStack(RouterStack):
+    """Everything AWS-mode `hybridserve serve` runs: the router, the deployment's fleet and
+    function, and the control loop. AWS credentials come from the standard chain only."""
+
+    def __init__(
+        self,
+        cfg: DeploymentConfig,
+        *,
+        endpoint_url: str | None = None,
+        router: RouterOptions | None = None,
+        clients: R.Clients | None = None,
+    ) -> None:
+        super().__init__(router or RouterOptions())
+        self.cfg = cfg
+        self.endpoint_url = endpoint_url
+        self.clients = clients
+        self.cloudwatch: Any = None
+
+    def prepare(self) -> None:
+        """Check the deployment exists, then build backend, invoker, router and loop."""
+        from hybridserve.aws.deploy import _client, build_controller, fleet_backend, launch_delays
+        from hybridserve.aws.invoke import LambdaInvoker
+        from hybridserve.aws.metrics import publish
+        from hybridserve.config import load_scenario
+        from hybridserve.router import Router
+
+        cfg = self.cfg
+        c = self.clients = self.clients or R.clients(cfg.region, endpoint_url=self.endpoint_url)
+        function = R.function_name(cfg.name)
+        self._check_deployed(c, function)
+        sc = self.scenario = load_scenario(cfg.scenario)
+        metadata = deployment_metadata(cfg, c.s3)
+        name = metadata["name"]
+        lam = cfg.lambda_
+        spill = lam.reserved_concurrency > 0  # 0 reserved: the function may not run at all
+        concurrency = max(1, lam.reserved_concurrency)
+        self.backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
+        invoker = None
+        if spill:
+            invoker = LambdaInvoker(
+                function,
+                qualifier=R.ALIAS,
+                region=cfg.region,
+                endpoint_url=self.endpoint_url,
+                max_concurrency=concurrency,
+                timeout_s=lam.timeout_s + 5,
+            )
+        rc = router_config(
+            sc,
+            name,
+            spill=spill,
+            options=self.router_options,
+            max_batch=cfg.ec2.max_batch,
+            delay_ms=cfg.ec2.max_delay_ms,
+            lambda_memory_mb=lam.memory_mb,
+            lambda_concurrency=concurrency,
+        )
+        self.router = Router(
+            rc,
+            self.backend.endpoints,
+            invoker,
+            metadata=metadata,
+            fleet_usd_per_s=fleet_usd_per_s(self.backend.fleet_totals, sc),
+        )
+        cw = self.cloudwatch = _client(c, "cloudwatch")
+        self.loop_ = PublishingLoop(
+            build_controller(sc, self.backend),
+            self.router,
+            lambda values: publish(cw, cfg.name, values),
+        )
+        eps = self.backend.refresh()  # the router starts with the fleet as it is now
+        event(
+            log,
+            "serve.prepared",
+            model=name,
+            deployment=cfg.name,
+            region=cfg.region,
+            function=f"{function}:{R.ALIAS}" if spill else None,
+            readiness=cfg.ec2.readiness,
+            ready_instances=len(eps),
+            pools=[p.key for p in sc.pools],
+            interval_s=sc.control_interval_s,
+        )
+
+    def _check_deployed(self, c: R.Clients, function: str) -> None:
+        """A clear error, not a traceback mid-start, when `deploy` has not run (here)."""
+        try:
+            c.lam.get_alias(FunctionName=function, Name=R.ALIAS)
+        except c.lam.exceptions.ResourceNotFoundException:
+            raise ConfigError(
+                f"deployment {self.cfg.name!r} is not deployed in {self.cfg.region}: "
+                f"no function {function} with alias {R.ALIAS}; run `hybridserve deploy` first"
+            ) from None

@@ -1,0 +1,500 @@
+"""`hybridserve serve` in AWS mode: which config means AWS, readiness from the model server, the
+router's interval metrics, and the whole AwsStack against a moto server (no Lambda inference:
+moto needs Docker for that, so a spilled request must fail fast and clearly instead)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+import pytest
+
+from hybridserve.aws.metrics import RouterIntervals
+from hybridserve.config import ConfigError
+from hybridserve.serve import DEPLOYMENT_KEYS, ServeConfig, config_kind, load_serve_config
+
+POOL = "c5.large/on_demand"
+CREDS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+# ------------------------------------------------------------------------ config detection
+def test_deployment_keys_are_the_fields_only_a_deployment_config_has():
+    pytest.importorskip("botocore")
+    from hybridserve.aws.deploy import DeploymentConfig
+
+    def keys(model):
+        return {f.alias or n for n, f in model.model_fields.items()}
+
+    assert keys(DeploymentConfig) - keys(ServeConfig) == DEPLOYMENT_KEYS
+
+
+def test_config_kind_tells_deployment_from_serve_configs(tmp_path):
+    import yaml
+
+    with open("examples/hybridserve.yaml") as f:
+        example = yaml.safe_load(f)
+    assert config_kind(example) == "aws"
+    assert config_kind({"bucket": "b"}) == "aws"
+    assert config_kind({}) == config_kind({"artifact": "a", "lambda": {}}) == "local"
+    assert config_kind({"deployment": "hybrid", "router": {"port": 1}}) == "local"
+    with pytest.raises(
+        ConfigError, match=r"x.yaml: mixes deployment settings \['ec2'\] with serve"
+    ):
+        config_kind({"ec2": {}, "instances": {}}, "x.yaml")
+    with pytest.raises(ConfigError, match="a deployment config"):
+        load_serve_config("examples/hybridserve.yaml")
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "needle"),
+    [
+        ("deployment: hybrid\n", ["--region", "eu-west-1"], "--region: only for a deployment"),
+        ("deployment: hybrid\n", ["--endpoint-url", "http://x"], "--endpoint-url: only for"),
+        ("name: d\nartifact: a\nbucket: bkt\n", ["--deployment", "vm-only"], "--deployment: only"),
+        ("name: d\nbucket: bkt\nmodel: m\n", [], "mixes deployment settings"),
+    ],
+)
+def test_serve_options_belong_to_their_mode(tmp_path, config, args, needle):
+    from click.testing import CliRunner
+
+    from hybridserve.cli import main
+
+    p = tmp_path / "c.yaml"
+    p.write_text(config)
+    r = CliRunner().invoke(main, ["serve", "--config", str(p), *args])
+    assert r.exit_code == 2 and needle in r.output, r.output
+
+
+# ------------------------------------------------------------------------ interval metrics
+def test_router_intervals_difference_the_cumulative_counters():
+    iv = RouterIntervals({"arrivals": 10, "spills": 5}, now=100.0)
+    out = iv.take(
+        {"arrivals": 30, "spills": 9, "within_slo": 15, "slo_counted": 20, "cold_starts": 2}, 110.0
+    )
+    assert out == {
+        "ArrivalRate": 2.0,
+        "SpillFraction": 0.2,
+        "LambdaColdStarts": 2.0,
+        "SloAttainment": 0.75,
+    }
+    # an idle interval: no attainment made up, no spill
+    idle = iv.take(
+        {"arrivals": 30, "spills": 9, "within_slo": 15, "slo_counted": 20, "cold_starts": 2}, 120.0
+    )
+    assert idle == {"ArrivalRate": 0.0, "SpillFraction": 0.0, "LambdaColdStarts": 0.0}
+
+
+# ------------------------------------------------------------------------ readiness
+moto = pytest.importorskip("moto")
+boto3 = pytest.importorskip("boto3")
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    pytest.importorskip("torch")
+    from predictors.artifact import build_artifact
+
+    return build_artifact("mlp", tmp_path_factory.mktemp("art"), variant="fp32")
+
+
+@pytest.fixture(scope="module")
+def model_server(artifact):
+    """The project's V2 model server on 127.0.0.1 (what an instance runs), in a thread."""
+    pytest.importorskip("uvicorn")
+    from predictors.artifact import load_artifact
+    from predictors.onnx_model import OnnxModel
+    from predictors.server import create_app
+    from tests.test_model_server import ServerThread
+
+    app = create_app([OnnxModel(load_artifact(artifact))], max_batch=8, max_delay_ms=1)
+    with ServerThread(app) as s:
+        yield s
+
+
+@pytest.fixture
+def ec2(monkeypatch):
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    with moto.mock_aws():
+        client = boto3.client("ec2", region_name="us-east-1")
+        ami = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        yield client, ami
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_health_readiness_pending_until_the_model_server_answers(ec2, model_server):
+    from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet, http_ready_probe, private_url
+    from hybridserve.backends.base import Endpoint
+
+    client, ami = ec2
+    overrides: dict[str, str] = {}  # instance id -> where its model server really listens
+    default = private_url(8000)
+    backend = AwsBackend(
+        Ec2Fleet("demo", client, ami, user_data="#cloud-config\n"),
+        probe=http_ready_probe(timeout_s=2.0),
+        url_of=lambda i: overrides.get(i.instance_id) or default(i),
+        launch_delay_s={POOL: 90.0},
+        health_ttl_s=0.0,
+        refresh_s=0.05,
+    )
+    try:
+        backend.converge({POOL: 2})
+        insts = backend.fleet.observe()
+        assert [i.state for i in insts] == ["running", "running"] and all(
+            i.private_ip for i in insts
+        )
+        # running on EC2, but no model server answers on the private IPs: pending, not ready
+        st = backend.observe().get(POOL)
+        assert st.ready == 0 and len(st.pending_ready_in_s) == 2
+        assert all(0 < eta <= 90 for eta in st.pending_ready_in_s)
+        assert backend.refresh() == []
+
+        a, b = sorted(i.instance_id for i in insts)
+        overrides[a] = f"http://{model_server.url}"
+        overrides[b] = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+        st = backend.observe().get(POOL)
+        assert st.ready == 1 and len(st.pending_ready_in_s) == 1
+        want = [Endpoint(a, POOL, f"http://{model_server.url}")]
+        assert backend.refresh() == want
+
+        # endpoints() serves the background refresh: no EC2 call nor probe on the caller
+        callers: list[str] = []
+        observe = backend.fleet.observe
+
+        def spy():
+            callers.append(threading.current_thread().name)
+            return observe()
+
+        backend.fleet.observe = spy
+        _wait(lambda: backend.endpoints() == want and callers, 5, "a background refresh")
+        for _ in range(20):
+            assert backend.endpoints() == want
+        assert threading.current_thread().name not in callers
+        assert backend.fleet_totals() == {POOL: 2}
+
+        # the server stops answering: out of endpoints() within a refresh or two
+        overrides[a] = f"http://127.0.0.1:{_free_port()}"
+        _wait(lambda: backend.endpoints() == [], 5, "the instance to leave endpoints()")
+    finally:
+        backend.close()
+        backend.close()  # idempotent
+
+    # readiness from EC2's state alone (ec2.readiness: state): both ready at their private IPs
+    state = AwsBackend(Ec2Fleet("demo", client, ami), port=8000)
+    try:
+        assert state.observe().get(POOL).ready == 2
+        assert {e.url for e in state.refresh()} == {default(i) for i in insts}
+    finally:
+        state.close()
+
+
+def test_deployment_config_picks_the_readiness(tmp_path):
+    pytest.importorskip("botocore")
+    from hybridserve.aws.deploy import load_deployment
+
+    p = tmp_path / "d.yaml"
+    p.write_text("name: d\nartifact: a\nbucket: bkt\n")
+    assert load_deployment(p).ec2.readiness == "health"
+    p.write_text("name: d\nartifact: a\nbucket: bkt\nec2: {readiness: sometimes}\n")
+    with pytest.raises(ConfigError, match="ec2.readiness"):
+        load_deployment(p)
+
+
+def test_publishing_loop_publishes_even_when_the_step_fails():
+    from types import SimpleNamespace
+
+    from hybridserve.aws.serving import PublishingLoop
+    from hybridserve.router.metrics import RouterMetrics
+
+    class Failing:
+        interval_s = 10
+
+        def step(self, counts):
+            raise RuntimeError("EC2 said no")
+
+    m = RouterMetrics()
+    router = SimpleNamespace(metrics=m, ups=[1, 2], take_counts=lambda: [(5, 7)])
+    sent: list[dict] = []
+    t = [0.0]
+    loop = PublishingLoop(Failing(), router, sent.append, clock=lambda: t[0])
+    m.request("lambda", 502, 0.01, 300.0)
+    m.spills += 1
+    t[0] = 10.0
+    with pytest.raises(RuntimeError):
+        loop.step()
+    assert sent == [
+        {
+            "ArrivalRate": 0.1,
+            "SpillFraction": 1.0,
+            "LambdaColdStarts": 0.0,
+            "SloAttainment": 0.0,
+            "ReadyInstances": 2.0,
+        }
+    ]
+
+
+# ------------------------------------------------------------------------ AwsStack on moto
+DEPLOYMENT = "serving"
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    from moto.server import ThreadedMotoServer
+
+    mp = pytest.MonkeyPatch()
+    for k, v in CREDS.items():
+        mp.setenv(k, v)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def deployment_yaml(artifact, tmp_path_factory):
+    """A deployment config: no fleet yet, EC2 state readiness (nothing listens on moto's
+    private IPs), a stand-in function package, a one-type scenario."""
+    d = tmp_path_factory.mktemp("deployment")
+    pkg = d / "spill.zip"
+    with zipfile.ZipFile(pkg, "w") as z:
+        z.writestr("lambda_handlers/handler.py", "def handler(event, context):\n    return {}\n")
+    (d / "scenario.yaml").write_text(
+        "control_interval_s: 60\ninstance_types: [c5.large]\nmarkets: [on_demand]\n"
+    )
+    (d / "deploy.yaml").write_text(
+        f"name: {DEPLOYMENT}\nartifact: {artifact}\nbucket: hybridserve-serving-test\n"
+        "scenario: scenario.yaml\nec2: {readiness: state}\n"
+        f"lambda: {{package: {pkg}, reserved_concurrency: 4, timeout_s: 5}}\n"
+    )
+    return d / "deploy.yaml"
+
+
+@pytest.fixture(scope="module")
+def deployment(moto_url, deployment_yaml):
+    """The deployment, made by the real `deploy` on the moto server, and torn down after (moto
+    keeps one state per process, which other test modules' servers share)."""
+    from hybridserve.aws.deploy import deploy, load_deployment
+    from hybridserve.aws.resources import clients, teardown
+
+    cfg = load_deployment(deployment_yaml)
+    c = clients(cfg.region, endpoint_url=moto_url)
+    deploy(cfg, c, log=lambda m: None)
+    yield cfg
+    teardown(c, cfg.name, region=cfg.region, buckets=(cfg.bucket,), wait_s=10)
+    assert _tagged(moto_url) == []
+
+
+@pytest.fixture(scope="module")
+def stack(deployment, moto_url):
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("aiobotocore")
+    from hybridserve.aws.serving import AwsStack
+    from hybridserve.serve import RouterOptions
+
+    s = AwsStack(deployment, endpoint_url=moto_url, router=RouterOptions(port=0))
+    s.prepare()
+    ready = threading.Event()
+
+    def run() -> None:
+        async def main() -> None:
+            ev = asyncio.Event()
+            task = asyncio.get_running_loop().create_task(s.serve(ev))
+            await ev.wait()
+            ready.set()
+            await task
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(30), "the stack did not start"
+    yield s
+    s.shutdown()
+    t.join(20)
+    s.close()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, body, {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _tagged(moto_url: str) -> list[dict]:
+    ec2 = boto3.client("ec2", endpoint_url=moto_url, region_name="us-east-1")
+    res = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:hybridserve:deployment", "Values": [DEPLOYMENT]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return [i for r in res for i in r["Instances"]]
+
+
+def test_aws_stack_serves_converges_and_publishes(stack, moto_url, model_server):
+    from hybridserve.aws.ec2 import http_ready_probe
+    from hybridserve.loadgen import build_payload
+
+    assert _get(stack.url + "/v2/health/ready")[0] == 200  # Lambda can take requests
+    status, body = _get(stack.url + "/v2/models/mlp")
+    assert status == 200 and json.loads(body)["name"] == "mlp"  # from the local manifest
+    infer = stack.url + "/v2/models/mlp/infer"
+    payload = build_payload(stack.router.metadata, seed=0)
+
+    # no instance yet: the request spills to the function, which moto cannot run (no Docker):
+    # a clear 502/503 within the invoke deadline, never a hang
+    t0 = time.monotonic()
+    status, body = _post(infer, payload)
+    assert status in (502, 503) and "spill" in json.loads(body)["error"]
+    assert time.monotonic() - t0 < 15
+    status, text = _get(stack.url + "/metrics")
+    assert status == 200 and "hybridserve_router_spills_total 1" in text.decode()
+
+    # one control step on the router's counts: 300 req/s over the interval asks for instances
+    assert _tagged(moto_url) == []
+    now = int(time.time())
+    stack.router.counts.extend((now - 60 + i, 300) for i in range(60))
+    d = stack.loop_.step()
+    want = {k: n for k, n in d.plan.target.items() if n}
+    assert sum(want.values()) > 0 and [a.kind for a in d.actions] == ["launch"] * sum(want.values())
+    insts = _tagged(moto_url)
+    assert len(insts) == sum(want.values())
+    assert {i["InstanceType"] for i in insts} == {"c5.large"}
+
+    # the router's interval metrics reached CloudWatch, next to the controller's
+    cw = boto3.client("cloudwatch", endpoint_url=moto_url, region_name="us-east-1")
+    namespace = f"hybridserve/{DEPLOYMENT}"
+    names = {m["MetricName"] for m in cw.list_metrics(Namespace=namespace)["Metrics"]}
+    assert {
+        "ArrivalRate",
+        "SpillFraction",
+        "SloAttainment",
+        "ReadyInstances",
+        "LambdaColdStarts",
+        "FleetSize",
+        "PlannedCapacityRate",
+    } <= names
+    end = time.time() + 60
+    got = cw.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": m.lower(),
+                "MetricStat": {
+                    "Metric": {"Namespace": namespace, "MetricName": m},
+                    "Period": 60,
+                    "Stat": "Maximum",
+                },
+            }
+            for m in ("SpillFraction", "SloAttainment")
+        ],
+        StartTime=end - 600,
+        EndTime=end,
+    )["MetricDataResults"]
+    values = {r["Id"]: r["Values"] for r in got}
+    assert values == {"spillfraction": [1.0], "sloattainment": [0.0]}
+
+    # with EC2-state readiness the router sees the new instances at their private addresses
+    _wait(lambda: len(stack.backend.endpoints()) == len(insts), 10, "the router's endpoints")
+    # point them at a real model server (what each would run) with health readiness: the
+    # router now answers from the fleet
+    stack.backend.url_of = lambda i: f"http://{model_server.url}"
+    stack.backend.probe = http_ready_probe(timeout_s=2.0)
+    _wait(
+        lambda: {u.endpoint.url for u in stack.router.ups} == {f"http://{model_server.url}"},
+        10,
+        "the router to take the fleet",
+    )
+    status, body = _post(infer, payload)
+    assert status == 200 and json.loads(body)["model_name"] == "mlp"
+    assert stack.router.metrics.responses.get(("fleet", 200)) == 1
+
+
+def test_serve_refuses_a_deployment_that_is_not_deployed(deployment, moto_url):
+    from hybridserve.aws.serving import AwsStack
+
+    s = AwsStack(deployment.model_copy(update={"name": "absent"}), endpoint_url=moto_url)
+    try:
+        with pytest.raises(ConfigError, match="'absent' is not deployed.*hybridserve deploy"):
+            s.prepare()
+    finally:
+        s.close()
+
+
+def test_cli_serve_runs_a_deployment_config_in_aws_mode(deployment, deployment_yaml, moto_url):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "hybridserve.cli", "serve", "--config", str(deployment_yaml),
+            "--endpoint-url", moto_url, "--port", "0", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(
+        args, env={**os.environ, **CREDS}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            m = re.search(r"listening on (http://\S+)", line)
+            url = m.group(1) if m else None
+        assert url, f"serve did not start: {proc.stderr.read()[-2000:] if proc.poll() else ''}"
+        status, body = _get(url + "/v2/models/mlp")
+        assert status == 200 and json.loads(body)["name"] == "mlp"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_metadata_comes_from_s3_when_the_artifact_is_not_here(deployment, moto_url):
+    from hybridserve.aws.serving import deployment_metadata
+
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    elsewhere = deployment.model_copy(update={"artifact": "/nonexistent/mlp-fp32"})
+    assert deployment_metadata(elsewhere, s3) == deployment_metadata(deployment, s3)
+    assert deployment_metadata(elsewhere, s3)["name"] == "mlp"
+    nowhere = elsewhere.model_copy(update={"prefix": "never-uploaded"})
+    with pytest.raises(ConfigError, match=r"artifact: no manifest.json .* s3://"):
+        deployment_metadata(nowhere, s3)
