@@ -301,7 +301,6 @@ def router_config(
         lambda_concurrency=lambda_concurrency,
         max_spill_pending=options.max_spill_pending,
         api_key=key,
-        pool_usd_per_s={p.key: p.price_usd_s for p in sc.pools},
     )
 
 

@@ -498,3 +498,22 @@ def test_metadata_comes_from_s3_when_the_artifact_is_not_here(deployment, moto_u
     nowhere = elsewhere.model_copy(update={"prefix": "never-uploaded"})
     with pytest.raises(ConfigError, match=r"artifact: no manifest.json .* s3://"):
         deployment_metadata(nowhere, s3)
+
+
+def test_serve_runs_keep_warm_only_when_the_deployment_asks(tmp_path):
+    pytest.importorskip("botocore")
+    from types import SimpleNamespace
+
+    from hybridserve.aws.deploy import load_deployment
+    from hybridserve.aws.serving import AwsStack
+
+    p = tmp_path / "d.yaml"
+    p.write_text("name: d\nartifact: a\nbucket: bkt\n")
+    for extra, want in (("", 0), ("lambda: {keep_warm: {every_s: 60, concurrency: 2}}\n", 1)):
+        p.write_text("name: d\nartifact: a\nbucket: bkt\n" + extra)
+        stack = AwsStack(load_deployment(p))
+        stack.router = SimpleNamespace(invoker=object())  # spill on, as after prepare()
+        tasks = stack.background()
+        assert len(tasks) == want
+        for t in tasks:
+            t.close()

@@ -11,10 +11,12 @@ Publishing is actuation, so it lives here beside the loop, never in the planner.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,35 @@ class AwsStack(RouterStack):
             pools=[p.key for p in sc.pools],
             interval_s=sc.control_interval_s,
         )
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        """The control loop, plus keep-warm invokes when `lambda.keep_warm` asks for them."""
+        tasks = super().background()
+        kw = self.cfg.lambda_.keep_warm
+        if kw is not None and self.router is not None and self.router.invoker is not None:
+            tasks.append(self._keep_warm(kw.every_s, kw.concurrency))
+        return tasks
+
+    async def _keep_warm(self, every_s: float, concurrency: int) -> None:
+        from hybridserve.aws.invoke import LambdaInvoker
+        from hybridserve.aws.warm import keep_warm_loop
+
+        inv = LambdaInvoker(
+            R.function_name(self.cfg.name),
+            qualifier=R.ALIAS,
+            region=self.cfg.region,
+            endpoint_url=self.endpoint_url,
+            max_concurrency=concurrency,
+            timeout_s=self.cfg.lambda_.timeout_s + 5,
+        )
+        async with inv:
+            await keep_warm_loop(
+                inv,
+                every_s=every_s,
+                concurrency=concurrency,
+                stop=asyncio.Event(),  # runs until the serve task cancels it
+                on_report=lambda r: event(log, "lambda.keep_warm", **asdict(r)),
+            )
 
     def _check_deployed(self, c: R.Clients, function: str) -> None:
         """A clear error, not a traceback mid-start, when `deploy` has not run (here)."""

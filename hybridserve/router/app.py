@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,6 @@ class RouterConfig:
     api_key: str | None = None
     retry_after_s: int = 1
     upstream_timeout_s: float = 30.0
-    pool_usd_per_s: Mapping[str, float] = field(default_factory=dict)
     counts_kept_s: int = 3600
 
     @property
@@ -78,7 +77,7 @@ class RouterConfig:
 class Upstream:
     """Router-side state of one ready instance."""
 
-    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio", "served")
+    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio")
 
     def __init__(self, endpoint: Endpoint, base: list[float], timeout_s: float) -> None:
         self.endpoint = endpoint
@@ -87,7 +86,6 @@ class Upstream:
         self.base = base
         self.table = base
         self.ratio = 1.0
-        self.served = 0
 
     def learn(self, predicted_ms: float, observed_ms: float) -> None:
         r = observed_ms / max(predicted_ms, 1e-3)
@@ -420,7 +418,6 @@ class Router:
         if status == 503:  # shedding (queue full, draining): Lambda takes it
             return status, payload, (), False
         if status == 200:
-            u.served += 1
             u.learn(predicted, (time.perf_counter() - t0) * 1000.0)
         extra = rh.get(HL)
         if extra:
