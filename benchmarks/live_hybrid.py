@@ -41,7 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hybridserve.loadgen import BenchResult, bench_sync, build_payload, poisson_schedule  # noqa: E402
-from hybridserve.serve import ensure_artifact, load_serve_config, measured_profile  # noqa: E402
+from hybridserve.serve import (  # noqa: E402
+    ensure_artifact,
+    load_serve_config,
+    measured_profile,
+    spawn_listening,
+)
 from predictors.artifact import artifact_metadata  # noqa: E402
 
 SEED_ROWS = [  # seeds/: DistilBERT (~256 MB), seconds
@@ -62,23 +67,8 @@ def start_serve(cfg: dict, work: Path, name: str) -> tuple[subprocess.Popen, str
     path = work / f"serve-{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     err = open(work / f"serve-{name}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hybridserve", "serve", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=err,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            return proc, m.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"serve {name} did not start; see {work / f'serve-{name}.log'}")
+    cmd = [sys.executable, "-m", "hybridserve", "serve", "--config", str(path)]
+    return spawn_listening(cmd, err, f"serve {name} (see {work / f'serve-{name}.log'})", 120.0)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -340,9 +341,16 @@ def start_emulator(
         str(lam.timeout_s),
     ]
     err = open(log_dir / "lambda-emulator.log", "ab") if log_dir else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    return spawn_listening(cmd, err, "the local Lambda emulator")
+
+
+def spawn_listening(
+    cmd: list[str], stderr: Any, what: str, timeout_s: float = 60.0
+) -> tuple[subprocess.Popen, str]:
+    """Start a process that prints `listening on URL` when ready (serve, the emulator); its URL."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stdout.readline().decode()
         m = re.search(r"listening on (http://\S+)", line)
@@ -351,7 +359,7 @@ def start_emulator(
         if not line and proc.poll() is not None:
             break
     proc.kill()
-    raise RuntimeError("the local Lambda emulator did not start (see its log)")
+    raise RuntimeError(f"{what} did not start (see its log)")
 
 
 class RouterStack:
@@ -368,6 +376,7 @@ class RouterStack:
         self.scenario: Scenario | None = None
         self.url: str | None = None
         self._server: Any = None
+        self._thread: threading.Thread | None = None
 
     def prepare(self) -> None:
         raise NotImplementedError
@@ -413,6 +422,34 @@ class RouterStack:
         finally:
             for t in tasks:
                 t.cancel()
+
+    def start_background(self, timeout_s: float = 60.0) -> str:
+        """Serve on a daemon thread (notebooks, tests, scripts); returns the router's URL."""
+        ready = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                ev = asyncio.Event()
+                task = asyncio.get_running_loop().create_task(self.serve(ev))
+                await ev.wait()
+                ready.set()
+                await task
+
+            asyncio.run(main())
+
+        self._thread = threading.Thread(target=run, name="hybridserve-serve", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout_s) or self.url is None:
+            raise RuntimeError(f"the router did not start within {timeout_s:g} s")
+        return self.url
+
+    def stop_background(self, timeout_s: float = 20.0) -> None:
+        """Stop a `start_background` router, then everything else (`close`)."""
+        self.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self.close()
 
     def close(self) -> None:
         """Stop what this process started (threads, local processes); idempotent."""

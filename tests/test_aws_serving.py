@@ -4,7 +4,6 @@ moto needs Docker for that, so a spilled request must fail fast and clearly inst
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -318,25 +317,9 @@ def stack(deployment, moto_url):
 
     s = AwsStack(deployment, endpoint_url=moto_url, router=RouterOptions(port=0))
     s.prepare()
-    ready = threading.Event()
-
-    def run() -> None:
-        async def main() -> None:
-            ev = asyncio.Event()
-            task = asyncio.get_running_loop().create_task(s.serve(ev))
-            await ev.wait()
-            ready.set()
-            await task
-
-        asyncio.run(main())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert ready.wait(30), "the stack did not start"
+    s.start_background()
     yield s
-    s.shutdown()
-    t.join(20)
-    s.close()
+    s.stop_background()
 
 
 def _get(url: str) -> tuple[int, bytes]:

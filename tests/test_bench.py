@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import numpy as np
@@ -29,6 +28,9 @@ from predictors.v2 import decode_request
 from simulations.traces import load_trace
 
 uvicorn = pytest.importorskip("uvicorn")
+
+from tests.test_model_server import ServerThread  # noqa: E402  (uvicorn on a free port)
+
 pytest.importorskip("aiohttp")
 pytest.importorskip("starlette")
 
@@ -56,34 +58,6 @@ REPORT_KEYS = {
     "timeline",
 }
 LATENCY_KEYS = ["p50", "p90", "p95", "p99", "p99.9", "max"]
-
-
-class ServerThread:
-    """uvicorn serving an ASGI app on a free 127.0.0.1 port in a daemon thread."""
-
-    def __init__(self, app) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 class TinyModel:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -101,25 +100,9 @@ def stack(tmp_path_factory):
     )
     s = LocalStack(cfg)
     s.prepare()
-    ready = threading.Event()
-
-    def run() -> None:
-        async def main() -> None:
-            ev = asyncio.Event()
-            task = asyncio.get_running_loop().create_task(s.serve(ev))
-            await ev.wait()
-            ready.set()
-            await task
-
-        asyncio.run(main())
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert ready.wait(60), "the stack did not start"
+    s.start_background()
     yield s
-    s.shutdown()
-    t.join(20)
-    s.close()
+    s.stop_background()
 
 
 def _wait(pred, timeout_s: float, what: str) -> None:
