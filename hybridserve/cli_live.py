@@ -58,10 +58,15 @@ def _serve(
     log_level: str,
 ) -> None:
     from hybridserve import logs
-    from hybridserve.serve import config_kind, read_mapping
+    from hybridserve.config import read_yaml_mapping
+    from hybridserve.serve import config_kind
 
     logs.configure(log_level)
-    kind = "local" if config_path is None else config_kind(read_mapping(config_path), config_path)
+    kind = (
+        "local"
+        if config_path is None
+        else config_kind(read_yaml_mapping(config_path, "serve config"), config_path)
+    )
     if kind == "aws":
         if deployment is not None:
             raise UserError(

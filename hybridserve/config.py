@@ -394,23 +394,29 @@ def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scen
         raise ConfigError(format_validation_error(e, source)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping; errors name the file, the line and `what` it should be."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read {what}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a YAML mapping of {what} fields at the top level")
+    return data
+
+
 def load_scenario(path: str | Path | None = None, **overrides: Any) -> Scenario:
     """Load a scenario YAML (or the built-in default when `path` is None); kwargs override."""
     data: dict[str, Any] = {}
     source = "<scenario>"
     if path is not None:
-        p = Path(path)
-        source = str(p)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"{p}: cannot read scenario: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a YAML mapping of scenario fields at the top level")
+        source = str(path)
+        data = read_yaml_mapping(path, "scenario")
     return build_scenario(
         _merge(data, {k: v for k, v in overrides.items() if v is not None}), source
     )

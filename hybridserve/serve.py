@@ -29,10 +29,15 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hybridserve.config import ConfigError, Scenario, build_scenario, lambda_service_s
+from hybridserve.config import (
+    ConfigError,
+    Scenario,
+    build_scenario,
+    lambda_service_s,
+    read_yaml_mapping,
+)
 from hybridserve.logs import event
 
 if TYPE_CHECKING:
@@ -109,20 +114,6 @@ SERVE_KEYS = frozenset(f.alias or n for n, f in ServeConfig.model_fields.items()
 }
 
 
-def read_mapping(path: str | Path, what: str = "serve config") -> dict[str, Any]:
-    """A YAML file's top-level mapping; errors name the file."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read {what}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of {what} settings at the top level")
-    return data
-
-
 def config_kind(data: Mapping[str, Any], source: str = "<config>") -> Literal["local", "aws"]:
     """`aws` when the mapping has any deployment-only key (name, region, bucket, prefix,
     scenario, ec2, fleet), `local` otherwise. A mapping with both deployment-only and
@@ -145,7 +136,7 @@ def load_serve_config(path: str | Path | None = None, **overrides: Any) -> Serve
     src = "<defaults>"
     if path is not None:
         src = str(path)
-        data = read_mapping(path)
+        data = read_yaml_mapping(path, "serve config")
         if config_kind(data, src) == "aws":
             raise ConfigError(
                 f"{src}: a deployment config (it has {sorted(DEPLOYMENT_KEYS & set(data))}), "
@@ -210,12 +201,8 @@ def measured_profile(artifact: Path, threads: int, max_batch: int) -> dict[str, 
 
 def load_profile(path: Path) -> dict[str, Any]:
     """A profile written by `hybridserve profile` (name, provenance, reference.batch_ms)."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"profile: cannot read {path}: {e}") from e
-    ok = isinstance(doc, dict) and isinstance(doc.get("reference"), dict)
-    if not ok or not doc["reference"].get("batch_ms"):
+    doc = read_yaml_mapping(path, "profile")
+    if not isinstance(doc.get("reference"), dict) or not doc["reference"].get("batch_ms"):
         raise ConfigError(
             f"profile: {path} has no reference.batch_ms (write it with `hybridserve profile`)"
         )

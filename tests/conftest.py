@@ -19,3 +19,21 @@ def twitter_trace_path() -> Path:
     if not TWITTER.exists():
         pytest.skip(f"real trace not present: {TWITTER}")
     return TWITTER
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """boto3 clients on moto's in-process mock, with dummy credentials in the environment."""
+    moto = pytest.importorskip("moto")
+    from hybridserve.aws import resources as R
+
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECURITY_TOKEN": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    with moto.mock_aws():
+        yield R.clients("us-east-1")

@@ -31,20 +31,6 @@ REPO_URI = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/hybridserve-demo"
 URI = f"{REPO_URI}:0123456789abcdef"
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SECURITY_TOKEN": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(k, v)
-    with moto.mock_aws():
-        yield R.clients(REGION)
-
-
 def _roles(c: R.Clients) -> dict[str, str]:
     return R.ensure_roles(
         c.iam, DEP, bucket=BUCKET, prefix="demo/artifact", region=REGION, account=ACCOUNT

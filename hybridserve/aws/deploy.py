@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hybridserve.aws import resources as R
 from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet, http_ready_probe
-from hybridserve.config import ConfigError, format_validation_error
+from hybridserve.config import ConfigError, format_validation_error, read_yaml_mapping
 
 if TYPE_CHECKING:
     from hybridserve.config import Scenario
@@ -135,14 +134,7 @@ class DeploymentConfig(_Strict):
 def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
     """Config from YAML; relative paths resolve against the file; errors name file and field."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read deployment config: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of deployment fields")
+    data = read_yaml_mapping(p, "deployment config")
     data.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("artifact", "scenario"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
