@@ -203,7 +203,12 @@ class Router:
             self.tick(int(time.time()))
 
     def tick(self, second: int) -> None:
-        """Close the seconds before `second`: arrivals counts, spill rate, buffer and tables."""
+        """Close the seconds before `second`: arrivals counts, spill rate, buffer and tables.
+
+        Both the ticker and a request crossing a second boundary call it; only the first call for
+        a second does anything, so the spill rate is updated once per second."""
+        if second <= self._second:
+            return
         while self._second < second:
             self.counts.append((self._second, self._second_count))
             self._second += 1
@@ -369,16 +374,11 @@ class Router:
             if k == HL:
                 hl = v
                 break
-        ups = self.ups
-        i = (
-            choose([u.outstanding for u in ups], [u.table for u in ups], self._budget)
-            if ups
-            else SPILL
-        )
-        if i == SPILL and self.buffer is None and ups:  # VM-only: queue beyond the SLO, don't drop
-            i = choose([u.outstanding for u in ups], [u.table for u in ups], math.inf)
-        if i != SPILL:
-            status, payload, out_headers, ok = await self._forward(ups[i], path, body, hl)
+        u = self._pick(self._budget)
+        if u is None and self.buffer is None:  # VM-only: queue beyond the SLO, don't drop
+            u = self._pick(math.inf)
+        if u is not None:
+            status, payload, out_headers, ok = await self._forward(u, path, body, hl)
             route = "fleet"
             if not ok:
                 status, payload, out_headers = await self._retry(path, body, hl)
@@ -398,6 +398,14 @@ class Router:
             out_headers = (*out_headers, (b"retry-after", str(self.cfg.retry_after_s).encode()))
         await _reply(send, status, payload, extra=out_headers)
         self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms)
+
+    def _pick(self, budget_ms: float) -> Upstream | None:
+        """The instance `choose` picks within `budget_ms`, or None (spill or reject)."""
+        ups = self.ups
+        if not ups:
+            return None
+        i = choose([u.outstanding for u in ups], [u.table for u in ups], budget_ms)
+        return None if i == SPILL else ups[i]
 
     async def _forward(
         self, u: Upstream, path: str, body: bytes, hl: bytes | None
@@ -450,11 +458,10 @@ class Router:
         if self.buffer is not None:
             status, payload = await self._spill(body, hl, urgent=True)
             return status, payload, ()
-        ups = self.ups
-        i = choose([u.outstanding for u in ups], [u.table for u in ups], math.inf) if ups else SPILL
-        if i == SPILL:
+        u = self._pick(math.inf)
+        if u is None:
             return 503, b'{"error":"the instance failed and no other can take the request"}', ()
-        status, payload, headers, ok = await self._forward(ups[i], path, body, hl)
+        status, payload, headers, ok = await self._forward(u, path, body, hl)
         if not ok:
             return 503, payload or b'{"error":"the instance failed twice"}', ()
         return status, payload, headers
