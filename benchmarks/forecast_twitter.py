@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from hybridserve.cli_forecast import format_table, model_names  # noqa: E402
 from hybridserve.forecast.backtest import backtest, default_eval_start  # noqa: E402
-from hybridserve.forecast.simple import make_forecaster  # noqa: E402
+from hybridserve.forecast.registry import make_forecaster  # noqa: E402
 from simulations.traces import load_trace  # noqa: E402
 
 TRACE = ROOT.parent / "shared" / "traces" / "twitter-2021-08.per-second.txt.gz"

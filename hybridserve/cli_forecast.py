@@ -21,8 +21,7 @@ ALL = "all"
 
 def model_names() -> list[str]:
     """Registered forecaster names, in registry order, read at call time (models are added)."""
-    import hybridserve.forecast  # noqa: F401  (a package import may register more models)
-    from hybridserve.forecast.simple import FORECASTERS
+    from hybridserve.forecast.registry import FORECASTERS
 
     return list(FORECASTERS)
 
@@ -153,7 +152,7 @@ def _forecast(
 
 def _run_one(trace, name: str, interval_s: int, steps: int, eval_start: int, chatty: bool):
     from hybridserve.forecast.backtest import backtest
-    from hybridserve.forecast.simple import make_forecaster
+    from hybridserve.forecast.registry import make_forecaster
 
     tty = sys.stderr.isatty()
     if chatty or tty:

@@ -24,9 +24,10 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    """Base model: unknown fields are errors (a typo must not be ignored silently)."""
+    """Base model: unknown fields are errors (a typo must not be ignored silently), and so are
+    NaN and infinite floats, which pass `gt`/`ge` bounds and then break the arithmetic."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SLO(Strict):
@@ -83,6 +84,7 @@ class ReferenceProfile(Strict):
     vcpus: int = Field(gt=0)
     threads: int = Field(gt=0)
     batch_ms: dict[int, float]
+    isa: str | None = None  # CPU ISA measured on (predictors.isa: avx2, avx512_vnni, arm64, ...)
 
     @field_validator("batch_ms")
     @classmethod
@@ -123,7 +125,9 @@ class LambdaFunction(Strict):
 
     arch: Literal["x86_64", "arm64"] = "x86_64"
     memory_mb: int = Field(2048, ge=128, le=10240)
-    keep_alive_s: float = Field(600.0, ge=0)
+    # AWS reclaims idle environments within minutes to hours; a day bounds the keep-alive
+    # window the simulator scans (1e12 s would allocate terabytes).
+    keep_alive_s: float = Field(600.0, ge=0, le=86_400)
     concurrency_limit: int = Field(1000, ge=1)
     scale_up_per_10s: int = Field(1000, ge=1)
     bill_init: bool = True
@@ -154,6 +158,9 @@ class PlannerOptions(Strict):
     )
     max_plan_age_steps: int = Field(8, ge=1)
     instance_epsilon: float = Field(1e-6, ge=0)
+    time_limit_s: float = Field(
+        1.0, gt=0, le=600, description="a MILP solve past this falls back to the greedy plan"
+    )
 
 
 class SpotOptions(Strict):
@@ -317,9 +324,39 @@ def lambda_usd_per_request(sc: Scenario, service_s: float | None = None) -> floa
 # --- loading ---------------------------------------------------------------------------------
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key repeated in one mapping: plain YAML keeps the last value,
+    so a pasted-twice field would silently override the first with no hint."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<:` merges may be overridden: only literal repeats are errors
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # unhashable key: the base constructor reports it
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r}, first on line {first.start_mark.line + 1}",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """The one YAML parser of the project: safe, and duplicate keys are errors."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def _data(name: str) -> dict[str, Any]:
     text = resources.files("hybridserve.data").joinpath(name).read_text()
-    return yaml.safe_load(text)
+    return load_yaml(text)
 
 
 def default_catalog() -> Catalog:
@@ -376,11 +413,11 @@ def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scen
         if isinstance(val, str):
             p = base_dir / val
             try:
-                data = yaml.safe_load(p.read_text())
-            except OSError as e:
-                raise ConfigError(f"{source}: field {key}: cannot read {p}: {e.strerror}") from e
-            if not isinstance(data, dict):
-                raise ConfigError(f"{source}: field {key}: {p} is not a YAML mapping")
+                data = read_yaml_mapping(p, key)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: field {key}: {e}") from None
+            if not data:
+                raise ConfigError(f"{source}: field {key}: {p} is empty")
             if key == "model":
                 data = _merge_profile(_data(fname), data)
         elif isinstance(val, dict):
@@ -398,7 +435,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     """A YAML file's top-level mapping; errors name the file, the line and `what` it should be."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text()) or {}
     except OSError as e:
         raise ConfigError(f"{p}: cannot read {what}: {e.strerror}") from e
     except yaml.YAMLError as e:

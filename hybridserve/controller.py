@@ -25,6 +25,10 @@ class Decision:
     plan: Plan
     actions: list[Action]
     inputs: PlanInput
+    forecast_source: str = ""  # which forecaster of the chain answered
+    plan_source: str = ""  # which planner of the chain decided
+    forecaster_fallbacks: int = 0  # cumulative, since the controller started
+    planner_fallbacks: int = 0
 
 
 class Controller:
@@ -70,4 +74,15 @@ class Controller:
         )
         plan = self.planner.plan(inp)
         actions = self.backend.converge(plan.target)
-        return Decision(now, fleet, plan, actions, inp)
+        f, p = self.forecaster, self.planner
+        return Decision(
+            now,
+            fleet,
+            plan,
+            actions,
+            inp,
+            forecast_source=str(getattr(f, "source", f.name)),
+            plan_source=str(getattr(p, "source", p.name)),
+            forecaster_fallbacks=int(getattr(f, "fallbacks", 0)),
+            planner_fallbacks=int(getattr(p, "fallbacks", 0)),
+        )

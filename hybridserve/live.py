@@ -70,12 +70,20 @@ class LiveLoop:
         self.controller = controller
         self.take_counts = take_counts
         self.decisions: list[Decision] = []
+        # cumulative, read by the router's /metrics (a dict the router holds a reference to)
+        self.stats: dict[str, int] = {
+            "forecaster_fallbacks": 0,
+            "planner_fallbacks": 0,
+            "step_failures": 0,
+        }
 
     def step(self) -> Decision:
         counts = interval_counts(self.take_counts(), self.controller.interval_s)
         d = self.controller.step(counts)
         self.decisions.append(d)
         del self.decisions[:-100]
+        self.stats["forecaster_fallbacks"] = d.forecaster_fallbacks
+        self.stats["planner_fallbacks"] = d.planner_fallbacks
         event(
             log,
             "controller.step",
@@ -83,14 +91,23 @@ class LiveLoop:
             fleet=d.fleet.totals(),
             target=dict(d.plan.target),
             actions=[f"{a.kind} {a.pool} {a.instance_id}" for a in d.actions],
+            forecast_by=d.forecast_source,
+            plan_by=d.plan_source,
         )
         return d
 
+    def safe_step(self) -> Decision | None:
+        """`step`, but a failure is logged and counted instead of raised: the loop never dies."""
+        try:
+            return self.step()
+        except Exception:
+            self.stats["step_failures"] += 1
+            log.exception(
+                "control step failed; the next one runs in %s s", self.controller.interval_s
+            )
+            return None
+
     async def run(self) -> None:
-        interval = self.controller.interval_s
         while True:
-            await asyncio.sleep(interval)
-            try:
-                await asyncio.to_thread(self.step)
-            except Exception:  # a failed step must not stop the next one
-                log.exception("control step failed")
+            await asyncio.sleep(self.controller.interval_s)
+            await asyncio.to_thread(self.safe_step)

@@ -9,18 +9,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridserve.backends.base import Backend
 from hybridserve.config import Scenario, lambda_usd_per_request
-from hybridserve.forecast import Forecaster, make_forecaster
+from hybridserve.controller import Controller
+from hybridserve.forecast import Forecaster, chain_for, make_forecaster
 from hybridserve.forecast.hindsight import HindsightForecaster
 from hybridserve.planner import (
     ExactPlanner,
     GreedyPlanner,
     NoFleetPlanner,
-    Planner,
     ReactivePlanner,
     StaticPlanner,
 )
 from hybridserve.planner.base import cheapest_pool, prune_dominated
+from hybridserve.planner.fallback import FallbackPlanner
 
 POLICIES: dict[str, str] = {
     "static-peak": "VM-only fleet sized for the trace's peak second, never changed",
@@ -35,13 +37,24 @@ HINDSIGHT = {"static-peak", "oracle"}
 
 @dataclass
 class PolicySpec:
+    """A policy's forecaster (a fallback chain where it can fail) and planner (with its
+    fallback: the MILP falls back to greedy, every planner to holding the fleet)."""
+
     name: str
     forecaster: Forecaster
-    planner: Planner
+    planner: FallbackPlanner
     spill: bool  # may the router send requests to Lambda?
 
     def lambda_usd_per_request(self, sc: Scenario) -> float | None:
         return lambda_usd_per_request(sc) if self.spill else None
+
+    @property
+    def forecaster_fallbacks(self) -> int:
+        return int(getattr(self.forecaster, "fallbacks", 0))
+
+    @property
+    def planner_fallbacks(self) -> int:
+        return self.planner.fallbacks
 
 
 def default_forecaster(policy: str) -> str:
@@ -71,23 +84,47 @@ def make_policy(
     if name in HINDSIGHT and hindsight is None:
         raise ValueError(f"policy {name!r} needs the whole trace in advance (offline only)")
     on_demand = [p for p in sc.pools if p.market == "on_demand"] or sc.pools
-    fc = make_forecaster(
-        forecaster or default_forecaster(name),
-        interval_s=sc.control_interval_s,
-        max_horizon=sc.horizon_steps,
-    )
+    fc_name = forecaster or default_forecaster(name)
+    kw = {"interval_s": sc.control_interval_s, "max_horizon": sc.horizon_steps}
+    uses_forecast = name in ("mark", "hybrid")
+    fc = chain_for(fc_name, **kw) if uses_forecast else make_forecaster(fc_name, **kw)
     if name == "static-peak":
         pool = cheapest_pool(prune_dominated(on_demand))
-        return PolicySpec(name, fc, StaticPlanner.for_rate(pool, float(np.max(hindsight))), False)
+        planner = StaticPlanner.for_rate(pool, float(np.max(hindsight)))
+        return PolicySpec(name, fc, FallbackPlanner(planner), False)
     if name == "reactive":
         pool = cheapest_pool(prune_dominated(on_demand))
-        return PolicySpec(name, fc, ReactivePlanner(pool, sc.reactive), False)
+        return PolicySpec(name, fc, FallbackPlanner(ReactivePlanner(pool, sc.reactive)), False)
     if name == "lambda-only":
-        return PolicySpec(name, fc, NoFleetPlanner(), True)
+        return PolicySpec(name, fc, FallbackPlanner(NoFleetPlanner()), True)
     if name == "mark":
-        return PolicySpec(name, fc, GreedyPlanner(), True)
+        return PolicySpec(name, fc, FallbackPlanner(GreedyPlanner()), True)
+    exact = FallbackPlanner(ExactPlanner(sc.planner), GreedyPlanner())
     if name == "hybrid":
-        return PolicySpec(name, fc, ExactPlanner(sc.planner), True)
+        return PolicySpec(name, fc, exact, True)
     assert clock is not None, "oracle needs the backend clock"
     oracle_fc = HindsightForecaster(hindsight, sc.control_interval_s, clock)
-    return PolicySpec(name, oracle_fc, ExactPlanner(sc.planner), True)
+    return PolicySpec(name, oracle_fc, exact, True)
+
+
+def build_controller(
+    policy: str,
+    sc: Scenario,
+    backend: Backend,
+    *,
+    forecaster: str | None = None,
+    hindsight: np.ndarray | None = None,
+) -> tuple[Controller, PolicySpec]:
+    """The one place a Controller is assembled, for the simulator, local serving and AWS alike."""
+    spec = make_policy(policy, sc, forecaster=forecaster, hindsight=hindsight, clock=backend.now)
+    ctl = Controller(
+        spec.forecaster,
+        spec.planner,
+        backend,
+        sc.pools,
+        interval_s=sc.control_interval_s,
+        horizon=sc.horizon_steps,
+        lambda_usd_per_request=spec.lambda_usd_per_request(sc),
+        demand_levels=sc.planner.lambda_levels,
+    )
+    return ctl, spec

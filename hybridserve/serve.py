@@ -456,9 +456,8 @@ class LocalStack(RouterStack):
     def prepare(self) -> None:
         """Artifact, profile, scenario, backend and emulator; the router is built here too."""
         from hybridserve.backends.local import LocalBackend
-        from hybridserve.controller import Controller
         from hybridserve.live import CappedBackend, LiveLoop
-        from hybridserve.policies import make_policy
+        from hybridserve.policies import build_controller
         from hybridserve.router import Router
         from predictors.artifact import artifact_metadata
 
@@ -523,17 +522,11 @@ class LocalStack(RouterStack):
         )
         if cfg.deployment != "fixed":
             policy = "reactive" if cfg.deployment == "vm-only" else cfg.deployment
-            spec = make_policy(policy, sc, forecaster=cfg.forecaster)
-            controller = Controller(
-                spec.forecaster,
-                spec.planner,
-                CappedBackend(self.backend, it.max_instances),
-                sc.pools,
-                interval_s=sc.control_interval_s,
-                horizon=sc.horizon_steps,
-                lambda_usd_per_request=spec.lambda_usd_per_request(sc),
+            controller, _ = build_controller(
+                policy, sc, CappedBackend(self.backend, it.max_instances), forecaster=cfg.forecaster
             )
             self.loop_ = LiveLoop(controller, self.router.take_counts)
+            self.router.metrics.controller = self.loop_.stats
         event(
             log,
             "serve.prepared",

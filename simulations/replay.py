@@ -15,8 +15,7 @@ import numpy as np
 
 from hybridserve.backends import SimulatedBackend
 from hybridserve.config import Scenario
-from hybridserve.controller import Controller
-from hybridserve.policies import make_policy
+from hybridserve.policies import build_controller
 from simulations import dataplane
 from simulations.traces import Trace
 
@@ -50,6 +49,8 @@ class PolicyResult:
     cost_lower_bound_usd: float | None = None
     throttled: int = 0
     plans_solved: int | None = None
+    forecaster_fallbacks: int = 0  # steps the forecast came from a fallback of the chain
+    planner_fallbacks: int = 0  # decisions the primary planner could not take
     timeline: Timeline | None = field(default=None, repr=False)
     instances: list = field(default_factory=list, repr=False)
 
@@ -72,6 +73,8 @@ class PolicyResult:
             "lambda_fraction": round(self.lambda_fraction, 6),
             "instance_hours": {k: round(v, 3) for k, v in sorted(self.instance_hours.items())},
             "cold_starts": self.cold_starts,
+            "forecaster_fallbacks": self.forecaster_fallbacks,
+            "planner_fallbacks": self.planner_fallbacks,
             "sim_wall_s": round(self.sim_wall_s, 3),
         }
 
@@ -90,17 +93,7 @@ def control_pass(
     dt = sc.control_interval_s
     pools = sc.pools
     backend = SimulatedBackend(pools, spot=sc.spot, seed=seed, warm_start=True)
-    spec = make_policy(policy, sc, forecaster=forecaster, hindsight=counts, clock=backend.now)
-    ctl = Controller(
-        spec.forecaster,
-        spec.planner,
-        backend,
-        pools,
-        interval_s=dt,
-        horizon=sc.horizon_steps,
-        lambda_usd_per_request=spec.lambda_usd_per_request(sc),
-        demand_levels=sc.planner.lambda_levels,
-    )
+    ctl, spec = build_controller(policy, sc, backend, forecaster=forecaster, hindsight=counts)
     n_steps = -(-len(counts) // dt)
     sizes = np.zeros(n_steps, dtype=np.int32)
     # warm start: the first interval stands in for the history before the trace
@@ -175,6 +168,8 @@ def run_policy(
         throttled=int(round(tot.throttled)),
         sim_wall_s=time.perf_counter() - t0,
         plans_solved=getattr(planner, "solves", None),
+        forecaster_fallbacks=spec.forecaster_fallbacks,
+        planner_fallbacks=spec.planner_fallbacks,
         timeline=timeline,
         instances=backend.instances,
     )

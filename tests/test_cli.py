@@ -24,6 +24,8 @@ RESULT_KEYS = {
     "lambda_fraction",
     "instance_hours",
     "cold_starts",
+    "forecaster_fallbacks",
+    "planner_fallbacks",
     "sim_wall_s",
 }
 

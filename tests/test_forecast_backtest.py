@@ -19,7 +19,7 @@ from hybridserve.forecast.backtest import (
     rates_per_interval,
 )
 from hybridserve.forecast.base import Forecast
-from hybridserve.forecast.simple import FORECASTERS, make_forecaster
+from hybridserve.forecast.registry import FORECASTERS, make_forecaster
 
 JSON_KEYS = {
     "trace",

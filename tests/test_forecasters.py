@@ -8,7 +8,8 @@ import pytest
 from hybridserve.forecast import LastValue, make_forecaster
 from hybridserve.forecast.auto import Auto
 from hybridserve.forecast.linear import LinearDirect
-from hybridserve.forecast.simple import EWMA, FORECASTERS
+from hybridserve.forecast.registry import FORECASTERS
+from hybridserve.forecast.simple import EWMA
 from hybridserve.forecast.statistical import SARIMAX, HoltWinters
 
 SEASON = 240  # a short "day" keeps the tests fast

@@ -394,19 +394,9 @@ def scale(cfg: DeploymentConfig, c: R.Clients, target: dict[str, int], *, dry_ru
 
 def build_controller(sc: Scenario, backend: Any) -> Controller:
     """The simulator's Controller with the deployment's policy, acting on `backend`."""
-    from hybridserve.controller import Controller
-    from hybridserve.policies import make_policy
+    from hybridserve.policies import build_controller as build
 
-    spec = make_policy(POLICY, sc)
-    return Controller(
-        spec.forecaster,
-        spec.planner,
-        backend,
-        sc.pools,
-        interval_s=sc.control_interval_s,
-        horizon=sc.horizon_steps,
-        lambda_usd_per_request=spec.lambda_usd_per_request(sc),
-    )
+    return build(POLICY, sc, backend)[0]
 
 
 def launch_delays(sc: Scenario) -> dict[str, float]:
@@ -434,13 +424,16 @@ def controller_run(
     try:
         for counts in counts_per_interval:
             t0 = time.monotonic()
-            d = ctl.step(counts)
             steps += 1
-            publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
-            log(
-                f"step {steps}: target {d.plan.target} "
-                f"actions {[(a.kind, a.pool) for a in d.actions]}"
-            )
+            try:
+                d = ctl.step(counts)
+                publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
+                log(
+                    f"step {steps}: target {d.plan.target} "
+                    f"actions {[(a.kind, a.pool) for a in d.actions]}"
+                )
+            except Exception as e:  # an AWS error or a bad interval must not end the loop
+                log(f"step {steps} failed, next step in {interval_s:g} s: {type(e).__name__}: {e}")
             time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
     finally:
         backend.close()

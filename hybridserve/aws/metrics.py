@@ -40,14 +40,20 @@ def controller_metrics(decision: Any, observed_rate: float) -> dict[str, float]:
     capacity = 0.0
     for p in inp.pools:
         capacity += p.capacity_rps * decision.plan.target.get(p.key, 0)
-    spill = float(inp.demand.expected_excess([capacity])[0]) if inp.lambda_usd_per_request else 0.0
-    return {
+    out = {
         "ArrivalRate": observed_rate,
         "FleetSize": float(fleet),
         "PlannedCapacityRate": capacity,
-        "ExpectedSpillRate": spill,
         "ForecastRate": float(inp.forecast.mean[0]),
+        "ForecasterFallbacks": float(decision.forecaster_fallbacks),
+        "PlannerFallbacks": float(decision.planner_fallbacks),
     }
+    try:
+        lam = inp.lambda_usd_per_request
+        out["ExpectedSpillRate"] = float(inp.demand.expected_excess([capacity])[0]) if lam else 0.0
+    except Exception:  # a forecast the planner could not use: no estimate (CloudWatch takes no NaN)
+        pass
+    return out
 
 
 # the router's cumulative counters (RouterMetrics attributes) that interval metrics difference

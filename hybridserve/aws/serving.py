@@ -173,6 +173,7 @@ class AwsStack(RouterStack):
             self.router,
             lambda values: publish(cw, cfg.name, values),
         )
+        self.router.metrics.controller = self.loop_.stats
         eps = self.backend.refresh()  # the router starts with the fleet as it is now
         event(
             log,

@@ -6,21 +6,21 @@ same interface; the Controller and planners never see which one runs.
 """
 
 from hybridserve.forecast.base import Forecast, Forecaster, ResidualQuantiles
-from hybridserve.forecast.simple import (
-    EWMA,
-    LastValue,
-    PointForecaster,
-    SeasonalNaive,
-    make_forecaster,
-)
+from hybridserve.forecast.fallback import FallbackForecaster
+from hybridserve.forecast.registry import CHAINS, FORECASTERS, chain_for, make_forecaster
+from hybridserve.forecast.simple import EWMA, LastValue, PointForecaster, SeasonalNaive
 
 __all__ = [
+    "CHAINS",
     "EWMA",
+    "FORECASTERS",
+    "FallbackForecaster",
     "Forecast",
     "Forecaster",
     "LastValue",
     "PointForecaster",
     "ResidualQuantiles",
     "SeasonalNaive",
+    "chain_for",
     "make_forecaster",
 ]

@@ -6,13 +6,23 @@ ensemble's point forecast per lead weights the candidates by inverse squared rec
 model that is better at short leads and another at long leads each win where they are good. The
 ensemble's own conformal residuals give its quantiles, so they are calibrated for what it
 actually forecasts.
+
+A candidate that raises or forecasts nonsense (NaN, inf, negative, far beyond the history) is
+dropped from the ensemble until its next refit (one season for models that never refit), and
+logged once; the others carry on. Only when every candidate is out does `auto` itself fail, which
+its fallback chain then contains.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from hybridserve.forecast.fallback import FAR_FACTOR, forecast_problem
 from hybridserve.forecast.simple import PointForecaster
+
+log = logging.getLogger("hybridserve.forecast")
 
 DEFAULT_CANDIDATES = ("last-value", "ewma", "seasonal-naive", "holt-winters", "sarimax", "linear")
 
@@ -40,6 +50,11 @@ class Auto(PointForecaster):
         self._wsum = np.zeros(self.H)
         self.n = 0
         self._cache: np.ndarray | None = None  # candidates' forecasts for the current step
+        self.peak = 0.0
+        # candidate index -> (refit marker when dropped, step when dropped)
+        self.dropped: dict[int, tuple[object, int]] = {}
+        self.drops: dict[str, int] = {}
+        self._warned: set[str] = set()
 
     @property
     def season_steps(self) -> int:
@@ -53,10 +68,37 @@ class Auto(PointForecaster):
     def fit_seconds(self, _v: float) -> None:
         pass  # the candidates keep their own fit time
 
+    @staticmethod
+    def _refit_marker(c: PointForecaster) -> object:
+        return getattr(c, "fit_attempts", getattr(c, "fits", None))
+
+    def _drop(self, i: int, why: str) -> None:
+        c = self.cands[i]
+        self.dropped[i] = (self._refit_marker(c), self.n)
+        self.drops[c.name] = self.drops.get(c.name, 0) + 1
+        level = logging.DEBUG if c.name in self._warned else logging.WARNING
+        self._warned.add(c.name)
+        log.log(level, "auto: candidate %s dropped until its next refit (%s)", c.name, why)
+
+    def _readmit(self) -> None:
+        season = max(self.season_steps, 1)
+        for i, (marker, at) in list(self.dropped.items()):
+            c = self.cands[i]
+            refitted = marker is not None and self._refit_marker(c) != marker
+            if refitted or (marker is None and self.n - at >= season):
+                del self.dropped[i]
+
     def observe(self, counts: np.ndarray) -> None:
-        for c in self.cands:
-            c.observe(counts)
+        self.peak = max(self.peak, float(np.mean(counts)))
+        for i, c in enumerate(self.cands):
+            try:
+                c.observe(counts)
+            except Exception as e:  # contained: the candidate is out until its next refit
+                self._drop(
+                    i, f"observe: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                )
         super().observe(counts)
+        self._readmit()
 
     def _update(self, rate: float) -> None:
         t = self.n
@@ -76,15 +118,40 @@ class Auto(PointForecaster):
         self._cache = None
 
     def weights(self) -> np.ndarray:
-        """(candidates, lead) weights: inverse recent error (bias-corrected EW mean) ^ power."""
+        """(candidates, lead) weights: inverse recent error (bias-corrected EW mean) ^ power;
+        zero for dropped candidates."""
         err = self._err / np.maximum(self._wsum, 1e-12)[None, :]
         err = np.where(self._wsum[None, :] > 0, err, 1.0)
         w = 1.0 / np.maximum(err, 1e-9) ** self.power
-        return w / w.sum(axis=0, keepdims=True)
+        if self.dropped:
+            w[list(self.dropped)] = 0.0
+        total = w.sum(axis=0, keepdims=True)
+        if not np.all(total > 0):
+            raise RuntimeError("auto: every candidate forecaster is out")
+        return w / total
+
+    def _candidate(self, i: int) -> np.ndarray:
+        """Candidate i's point forecast over the full horizon; NaN when it is (now) out."""
+        nan = np.full(self.H, np.nan)
+        if i in self.dropped:
+            return nan
+        c = self.cands[i]
+        try:
+            mean = np.asarray(c.forecast(self.H).mean, dtype=float)
+        except Exception as e:
+            self._drop(
+                i, f"forecast: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
+            return nan
+        problem = forecast_problem(mean, self.H, FAR_FACTOR * max(self.peak, 1.0))
+        if problem is not None:
+            self._drop(i, problem)
+            return nan
+        return mean
 
     def _point(self, horizon: int) -> np.ndarray:
         if self._cache is None:
-            self._cache = np.stack([c.forecast(self.H).mean for c in self.cands])  # (C, H)
+            self._cache = np.stack([self._candidate(i) for i in range(len(self.cands))])
             self._made[:, (self.n - 1) % (self.H + 1)] = self._cache
         w = self.weights()
-        return np.sum(w * self._cache, axis=0)[:horizon]
+        return np.sum(w * np.nan_to_num(self._cache), axis=0)[:horizon]

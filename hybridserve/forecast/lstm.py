@@ -106,6 +106,7 @@ class LSTMForecaster(PointForecaster):
         batch_size: int = 64,
         lr: float = 3e-3,
         max_history: int | None = None,
+        quantiles: bool = True,
     ) -> None:
         max_horizon = _check_int("max_horizon", max_horizon, 1)
         window = _check_int("window", window, 1)
@@ -129,7 +130,7 @@ class LSTMForecaster(PointForecaster):
         max_history = _check_int("max_history", max_history, min_history)
         torch = _torch()
 
-        super().__init__(max_horizon=max_horizon, window=window)
+        super().__init__(max_horizon=max_horizon, window=window, quantiles=quantiles)
         self.config: dict[str, Any] = {
             "max_horizon": max_horizon,
             "window": window,
@@ -147,6 +148,7 @@ class LSTMForecaster(PointForecaster):
             "batch_size": batch_size,
             "lr": float(lr),
             "max_history": max_history,
+            "quantiles": bool(quantiles),
         }
         self.max_horizon = max_horizon
         self.lookback = lookback

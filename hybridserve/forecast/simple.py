@@ -11,12 +11,18 @@ class PointForecaster:
     """Shared bookkeeping: interval rates in, conformal quantiles around a point forecast out.
 
     Subclasses implement `_update(rate)` (new interval mean rate) and `_point(horizon)`.
+    With ``quantiles=False`` the forecaster gives its point forecast only (the 0.5 quantile):
+    members of an ensemble or a fallback chain, whose owner calibrates what it emits, skip the
+    conformal bookkeeping, which is most of a cheap model's per-step cost.
     """
 
     name = "point"
 
-    def __init__(self, max_horizon: int = 60, window: int = 1440) -> None:
+    def __init__(self, max_horizon: int = 60, window: int = 1440, quantiles: bool = True) -> None:
         self.rq = ResidualQuantiles(max_horizon=max_horizon, window=window)
+        self.max_horizon = max_horizon
+        self.quantiles = quantiles
+        self.level: float | None = None  # slow EWMA of the rate (about an hour), as rq's
         self.last = 0.0
         self.in_gap = False
         self.fit_seconds = 0.0
@@ -26,9 +32,12 @@ class PointForecaster:
         rate = float(a.mean())
         # a whole interval of zeros where the recent level makes that near impossible
         # (P < e^-20 under Poisson) is a capture gap: models may treat it as missing
-        level = self.rq.level or 0.0
+        level = self.level or 0.0
         self.in_gap = rate == 0.0 and level * len(a) > 20.0
-        self.rq.record_actual(rate)
+        if self.quantiles:
+            self.rq.record_actual(rate)
+        alpha = self.rq.level_alpha
+        self.level = rate if self.level is None else (1 - alpha) * self.level + alpha * rate
         self._update(rate)
         self.last = rate
 
@@ -39,11 +48,14 @@ class PointForecaster:
         return np.full(horizon, self.last)
 
     def forecast(self, horizon: int) -> Forecast:
-        if horizon > self.rq.max_horizon:
+        if horizon > self.max_horizon:
             raise ValueError(
-                f"horizon {horizon} exceeds this forecaster's max_horizon {self.rq.max_horizon}"
+                f"horizon {horizon} exceeds this forecaster's max_horizon {self.max_horizon}"
             )
-        return self.rq.make(self._point(horizon))
+        mean = self._point(horizon)
+        if not self.quantiles:
+            return Forecast(mean=mean, quantiles={0.5: mean})
+        return self.rq.make(mean)
 
 
 class LastValue(PointForecaster):
@@ -96,53 +108,3 @@ class SeasonalNaive(PointForecaster):
             return np.full(horizon, self.last)
         idx = (self.n + np.arange(horizon)) % self.season  # steps n..n+h-1 one season back
         return self.hist[idx].copy()
-
-
-FORECASTERS = {
-    "last-value": LastValue,
-    "ewma": EWMA,
-    "seasonal-naive": SeasonalNaive,
-    "holt-winters": None,
-    "sarimax": None,
-    "linear": None,
-    "auto": None,
-    "lstm": None,
-}
-
-
-def make_forecaster(name: str, *, interval_s: int = 60, max_horizon: int = 60):
-    """Forecaster by name; seasonal models get a daily season at this control interval."""
-    if name not in FORECASTERS:
-        raise ValueError(f"unknown forecaster {name!r}; choose one of {', '.join(FORECASTERS)}")
-    season = max(2, 86400 // interval_s)
-    kw = {"max_horizon": max_horizon, "window": max(season, 100)}  # a day of residuals
-    if name == "seasonal-naive":
-        return SeasonalNaive(season_steps=season, **kw)
-    if name == "holt-winters":
-        from hybridserve.forecast.statistical import HoltWinters
-
-        return HoltWinters(season_steps=season, **kw)
-    if name == "sarimax":
-        from hybridserve.forecast.statistical import SARIMAX
-
-        return SARIMAX(season_steps=season, **kw)
-    if name == "linear":
-        from hybridserve.forecast.linear import LinearDirect
-
-        return LinearDirect(season_steps=season, interval_s=interval_s, **kw)
-    if name == "lstm":
-        from hybridserve.forecast.lstm import LSTMForecaster
-
-        # bounded by epochs, not the clock, so a replay is reproducible on a busy machine too
-        return LSTMForecaster(
-            season_steps=season, min_history=2 * season, epochs=20, max_fit_s=300.0, **kw
-        )
-    if name == "auto":
-        from hybridserve.forecast.auto import DEFAULT_CANDIDATES, Auto
-
-        cands = [
-            make_forecaster(c, interval_s=interval_s, max_horizon=max_horizon)
-            for c in DEFAULT_CANDIDATES
-        ]
-        return Auto(cands, half_life=season, **kw)
-    return FORECASTERS[name](**kw)

@@ -67,8 +67,12 @@ def _structure(n_pools: int, horizon: int, levels: int, mu: tuple[float, ...]) -
     return sp.csr_matrix((vals, (rows, cols)), shape=(r, 2 * nx + H * J))
 
 
-def solve_plan(inp: PlanInput, pools: list[Pool], eps: float = 1e-6) -> tuple[np.ndarray, float]:
-    """Solve the MILP for `pools`; returns planned serving counts (pools, horizon) and the cost."""
+def solve_plan(
+    inp: PlanInput, pools: list[Pool], eps: float = 1e-6, time_limit_s: float | None = None
+) -> tuple[np.ndarray, float]:
+    """Solve the MILP for `pools`; returns planned serving counts (pools, horizon) and the cost.
+
+    Raises RuntimeError unless HiGHS proves the plan optimal within `time_limit_s`."""
     dem = inp.demand
     P, H, J = len(pools), dem.horizon, dem.levels.shape[1]
     dt = inp.interval_s
@@ -100,10 +104,11 @@ def solve_plan(inp: PlanInput, pools: list[Pool], eps: float = 1e-6) -> tuple[np
         constraints=LinearConstraint(A, lb_rows, np.inf),
         integrality=integrality,
         bounds=Bounds(0, ub),
-        options={"mip_rel_gap": 1e-4},
+        options={"mip_rel_gap": 1e-4}
+        | ({"time_limit": float(time_limit_s)} if time_limit_s is not None else {}),
     )
-    if res.x is None:
-        raise RuntimeError(f"planner MILP failed: {res.message}")
+    if res.status != 0 or res.x is None:
+        raise RuntimeError(f"planner MILP failed (status {res.status}): {res.message}")
     x = np.round(res.x[:nx]).reshape(P, H)
     return x, float(res.fun)
 
@@ -201,7 +206,7 @@ class ExactPlanner:
             if reused is not None:
                 self.last.target = reused.target  # what the fleet should match next step
                 return reused
-            x, obj = solve_plan(inp, pools, self.opt.instance_epsilon)
+            x, obj = solve_plan(inp, pools, self.opt.instance_epsilon, self.opt.time_limit_s)
             self.solves += 1
             target = target_from_counts(inp, pools, x)
             self.last = _Solved(

@@ -26,6 +26,8 @@ class RouterMetrics:
         self.lambda_rows = 0
         self.cold_starts = 0
         self.responses: dict[tuple[str, int], int] = {}
+        # the control loop's cumulative counts (LiveLoop.stats), when one runs beside the router
+        self.controller: dict[str, int] = {}
         self.latency = {p: Histogram() for p in PATHS}
         self._spills_seen = 0
 
@@ -186,6 +188,18 @@ class RouterMetrics:
                 "The buffer's current timeout.",
                 [("", batch.timeout_ms / 1000.0)],
             )
+        for key, help_ in (
+            ("forecaster_fallbacks", "Control steps whose forecast came from a fallback model."),
+            ("planner_fallbacks", "Control steps the primary planner could not decide."),
+            ("step_failures", "Control steps that failed outright (the loop carried on)."),
+        ):
+            if key in self.controller:
+                metric(
+                    f"hybridserve_controller_{key}_total",
+                    "counter",
+                    help_,
+                    [("", self.controller[key])],
+                )
         metric(
             "hybridserve_cost_usd_per_hour",
             "gauge",
