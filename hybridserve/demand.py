@@ -11,6 +11,7 @@ that knows the future (the oracle) gives the per-second arrivals directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -22,12 +23,15 @@ _RATE_W = np.array([0.2, 0.2, 0.2, 0.2, 0.1, 0.08, 0.02])
 _BURST_GRID = (np.arange(24) + 0.5) / 24  # equal-probability points of the burst profile
 
 
+@lru_cache(maxsize=32)
 def tail_edges(levels: int) -> np.ndarray:
     """Cumulative-probability bin edges, halving the remaining mass towards the upper tail."""
     if levels == 1:
-        return np.array([0.0, 1.0])
-    upper = 1.0 - 0.5 ** np.arange(1, levels) * 0.9 ** np.arange(levels - 1)
-    edges = np.concatenate([[0.0], np.sort(upper)[: levels - 1], [1.0]])
+        edges = np.array([0.0, 1.0])
+    else:
+        upper = 1.0 - 0.5 ** np.arange(1, levels) * 0.9 ** np.arange(levels - 1)
+        edges = np.concatenate([[0.0], np.sort(upper)[: levels - 1], [1.0]])
+    edges.flags.writeable = False  # shared by every call
     return edges
 
 
@@ -77,21 +81,24 @@ def _compress(
 
     The partial mean M(q) = E[X; F(X) <= q] is piecewise linear in q between sorted points; the
     level of bin (e0, e1] is (M(e1) - M(e0)) / (e1 - e0). All rows at once: offsetting row i's
-    cumulative probabilities by i makes one sorted array for a single interpolation.
+    cumulative probabilities by i makes one sorted array for a single interpolation. `probs`
+    is (rows, points), or (points,) when every row has the same weights; they sum to 1.
     """
     rows, n = values.shape
     order = np.argsort(values, axis=1)
     v = np.take_along_axis(values, order, axis=1)
-    p = np.take_along_axis(probs, order, axis=1)
-    p = p / p.sum(axis=1, keepdims=True)
-    cp = np.concatenate([np.zeros((rows, 1)), np.cumsum(p, axis=1)], axis=1)
-    cv = np.concatenate([np.zeros((rows, 1)), np.cumsum(v * p, axis=1)], axis=1)
+    p = probs[order] if probs.ndim == 1 else np.take_along_axis(probs, order, axis=1)
+    cp = np.zeros((rows, n + 1))
+    np.cumsum(p, axis=1, out=cp[:, 1:])
+    cp[:, -1] = 1.0  # exactly: the last edge must land on the last point
+    cv = np.zeros((rows, n + 1))
+    np.cumsum(v * p, axis=1, out=cv[:, 1:])
     off = np.arange(rows)[:, None] * 2.0  # rows kept apart: cp spans [0, 1]
     q = (off + edges[None, :]).ravel()
     m_at = np.interp(q, (off + cp).ravel(), cv.ravel()).reshape(rows, len(edges))
-    mass = np.broadcast_to(np.diff(edges), (rows, len(edges) - 1))
-    level = np.diff(m_at, axis=1) / np.maximum(mass, 1e-12)
-    return level, np.array(mass)
+    width = np.diff(edges)
+    level = np.diff(m_at, axis=1) / np.maximum(width, 1e-12)
+    return level, np.broadcast_to(width, (rows, len(width))).copy()
 
 
 def build_demand(forecast: Forecast, burst: BurstProfile | None, levels: int = 6) -> Demand:
@@ -99,16 +106,12 @@ def build_demand(forecast: Forecast, burst: BurstProfile | None, levels: int = 6
     edges = tail_edges(levels)
     if forecast.per_second is not None:
         ps = np.asarray(forecast.per_second, dtype=float)
-        vals, probs = ps, np.full(ps.shape, 1.0 / ps.shape[1])
+        vals, probs = ps, np.full(ps.shape[1], 1.0 / ps.shape[1])
     else:
         rate = forecast.quantile(_RATE_P).T  # (H, R)
         ratios = burst.ratios() if burst is not None else np.ones(1)
         vals = (rate[:, :, None] * ratios[None, None, :]).reshape(len(rate), -1)
-        probs = np.repeat(
-            (_RATE_W[:, None] * np.full((1, len(ratios)), 1.0 / len(ratios))).reshape(1, -1),
-            len(rate),
-            axis=0,
-        )
+        probs = np.repeat(_RATE_W / len(ratios), len(ratios))  # same for every step
     lv, w = _compress(vals, probs, edges)
     mean = np.sum(lv * w, axis=1)
     return Demand(levels=lv, weights=w, mean=mean)

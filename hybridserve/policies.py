@@ -60,11 +60,9 @@ class PolicySpec:
 def default_forecaster(policy: str) -> str:
     """mark forecasts with an LSTM as MArk did (when torch is installed); hybrid picks by backtest."""
     if policy == "mark":
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return "last-value"
-        return "lstm"
+        from hybridserve.forecast.lstm import has_torch
+
+        return "lstm" if has_torch() else "last-value"
     if policy == "hybrid":
         return "auto"
     return "last-value"

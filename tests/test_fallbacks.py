@@ -223,7 +223,13 @@ def test_when_every_planner_fails_the_fleet_is_held():
 
 
 def test_milp_time_limit_is_a_failure_the_chain_contains():
-    sc = load_scenario(planner={"time_limit_s": 1e-9})
+    # two pools that neither dominate nor multiply each other: the MILP, not the one-pool DP
+    sc = load_scenario(
+        planner={"time_limit_s": 1e-9},
+        instance_types=["c5.large", "c5.xlarge"],
+        catalog={"instances": {"c5.xlarge": {"on_demand_usd_h": 0.16}}},
+    )
+    assert len(sc.pools) == 2
     backend = SimulatedBackend(sc.pools, warm_start=True)
     ctl, spec = build_controller("hybrid", sc, backend, forecaster="last-value")
     for c in poisson_intervals(3, rate=300.0):

@@ -21,7 +21,7 @@ from hybridserve.planner import (
     ReactivePlanner,
     StaticPlanner,
 )
-from hybridserve.planner.base import cheapest_pool, prune_dominated
+from hybridserve.planner.base import cheapest_pool, prune_dominated, prune_multiples
 from hybridserve.planner.exact import evaluate_plan, solve_plan
 
 DT = 60
@@ -269,7 +269,7 @@ def test_lambda_price_extremes_with_scenario_pools() -> None:
     assert capacity(sc.pools, cheap.target) == 0
     assert np.all(cheap.counts == 0)
     # Lambda dear: the planned fleet covers the top demand level from the first step it can
-    mu = np.array([p.capacity_rps for p in prune_dominated(sc.pools)])
+    mu = np.array([p.capacity_rps for p in prune_multiples(prune_dominated(sc.pools))])
     planned = mu @ dear.counts
     top = inp.demand.levels.max(axis=1)
     assert np.all(planned[lead:] >= top[lead:] - 1e-9)
@@ -562,3 +562,62 @@ def test_cheapest_pool_prefers_smallest_among_ties() -> None:
     best = pool("best", 100, 0.15)
     assert cheapest_pool([big, small]) == small
     assert cheapest_pool([big, small, best]) == best
+
+
+# --------------------------------------------------------------------------------------------
+# one pool: the DP against the MILP; pools that are integer multiples of another
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_single_pool_dp_matches_the_milp(seed: int) -> None:
+    from hybridserve.planner.exact import _base_for
+    from hybridserve.planner.single import solve_single
+
+    rng = np.random.default_rng(seed)
+    delay = float(rng.choice([0.0, 45.0, 90.0, 150.0]))
+    p = pool("a", float(rng.uniform(20, 120)), float(rng.uniform(0.02, 0.4)), delay=delay)
+    H = int(rng.integers(1, 16))
+    level = rng.uniform(0, 600)
+    ps = rng.poisson(level * rng.uniform(0.2, 2.0, (H, 1)), size=(H, DT))
+    pend = tuple(float(t) for t in rng.uniform(0, 200, rng.integers(0, 4)))
+    fleet = {p.key: PoolState(int(rng.integers(0, 8)), pend)}
+    inp = make_input(ps, [p], fleet, c_l=float(rng.uniform(1e-7, 2e-5)))
+    base = _base_for(inp, [p])[0]
+    x_dp, obj_dp = solve_single(inp, p, base)
+    x_milp, obj_milp = solve_plan(inp, [p])
+    assert obj_dp <= obj_milp * (1 + 1e-9) + 1e-12  # never worse than HiGHS (gap 1e-4)
+    assert obj_dp >= obj_milp * (1 - 2e-4) - 1e-12
+    # the DP's counts are feasible and cost what it says under the MILP's own evaluation
+    assert evaluate_plan(inp, [p], x_dp) == pytest.approx(obj_dp - 1e-6 * x_dp.sum(), rel=1e-9)
+
+
+def test_exact_planner_uses_the_dp_for_one_pool_and_the_milp_for_two(monkeypatch) -> None:
+    import hybridserve.planner.exact as exact
+
+    calls = []
+    monkeypatch.setattr(
+        exact,
+        "solve_single",
+        lambda *a, **k: calls.append("dp") or (np.zeros((1, a[0].horizon)), 0.0),
+    )
+    ps = constant([300.0] * 6)
+    ExactPlanner().plan(make_input(ps, [pool("a", 100, 0.1)]))
+    assert calls == ["dp"]
+    ExactPlanner().plan(make_input(ps, [pool("a", 100, 0.1), pool("b", 210, 0.2)]))
+    assert calls == ["dp"]  # two pools: the MILP
+
+
+def test_prune_multiples_drops_exact_multiples_only() -> None:
+    small = pool("s", 100, 0.1)
+    double = pool("d", 200, 0.2)  # two smalls
+    cheaper = pool("c", 200, 0.19)  # cheaper than two smalls: a real choice
+    odd = pool("o", 250, 0.25)  # 2.5 smalls: not replaceable by whole instances
+    slow = pool("l", 200, 0.2, delay=30.0)  # launches later: still two smalls
+    spot = pool("d", 200, 0.2, market="spot")  # another market
+    kept = prune_multiples([small, double, cheaper, odd, slow, spot])
+    assert [p.key for p in kept] == [small.key, cheaper.key, odd.key, spot.key]
+    # a pool with running instances stays, so its instances can be planned
+    assert double.key in {p.key for p in prune_multiples([small, double], keep={double.key})}
+    # default catalog: every c5 size is a multiple of c5.large
+    sc = load_scenario()
+    assert [p.key for p in prune_multiples(prune_dominated(sc.pools))] == ["c5.large/on_demand"]

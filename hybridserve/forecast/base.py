@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -31,33 +32,31 @@ class Forecast:
     def horizon(self) -> int:
         return len(self.mean)
 
+    @cached_property
+    def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Known levels, their normal scores and the (levels, horizon) quantile matrix."""
+        if 0.5 not in self.quantiles:
+            raise ValueError("a Forecast needs the 0.5 quantile")
+        levels = np.array(sorted(self.quantiles))
+        qs = np.stack([self.quantiles[q] for q in levels])
+        return levels, ndtri(levels), qs
+
     def quantile(self, p: float | np.ndarray) -> np.ndarray:
         """Quantile(s) at probability p, shape (len(p), horizon): interpolated between the known
         levels in normal-score space; below the median mirrored around it (floored at 0)."""
         ps = np.atleast_1d(np.asarray(p, dtype=float))
-        levels = sorted(self.quantiles)
-        if 0.5 not in self.quantiles:
-            raise ValueError("a Forecast needs the 0.5 quantile")
-        qs = np.stack([self.quantiles[q] for q in levels])  # (L, H)
-        z = ndtri(np.asarray(levels))
+        levels, z, qs = self._grid
+        med = self.quantiles[0.5]
+        if len(levels) == 1:
+            return np.maximum(np.broadcast_to(med, (len(ps), self.horizon)), 0.0)
         upper = ps >= 0.5
         zp = ndtri(np.where(upper, ps, 1.0 - ps))
-        out = np.empty((len(ps), self.horizon))
-        for i, (zz, up) in enumerate(zip(zp, upper, strict=True)):
-            j = np.searchsorted(z, zz)
-            if j <= 0:
-                row = qs[0]
-            elif j >= len(z):
-                # beyond the last level: extend the last segment's slope in z
-                if len(z) >= 2:
-                    row = qs[-1] + (qs[-1] - qs[-2]) / (z[-1] - z[-2]) * (zz - z[-1])
-                else:
-                    row = qs[-1]
-            else:
-                w = (zz - z[j - 1]) / (z[j] - z[j - 1])
-                row = qs[j - 1] + w * (qs[j] - qs[j - 1])
-            med = self.quantiles[0.5]
-            out[i] = row if up else 2 * med - row
+        # linear in z between known levels; beyond the last, the last segment's slope goes on
+        j = np.clip(np.searchsorted(z, zp), 1, len(z) - 1)
+        w = (zp - z[j - 1]) / (z[j] - z[j - 1])
+        w = np.where(zp <= z[0], 0.0, w)  # below the first level: the first level
+        rows = qs[j - 1] + w[:, None] * (qs[j] - qs[j - 1])
+        out = np.where(upper[:, None], rows, 2 * med[None, :] - rows)
         return np.maximum(out, 0.0)
 
 
@@ -156,9 +155,8 @@ class ResidualQuantiles:
             return Forecast(
                 mean=mean, quantiles={lv: mean.copy() for lv in self.levels} | {0.5: mean}
             )
-        qs = {}
-        for i, lv in enumerate(self.levels):
-            qs[lv] = np.maximum(mean + self._q[i, :h] * max(self.level or 0.0, 1.0), 0.0)
+        grid = np.maximum(mean[None, :] + self._q[:, :h] * max(self.level or 0.0, 1.0), 0.0)
+        qs = dict(zip(self.levels, grid, strict=True))
         if 0.5 not in qs:
             qs[0.5] = mean
         return Forecast(mean=mean, quantiles=qs)

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hybridserve.forecast.base import check_counts
 from hybridserve.forecast.simple import PointForecaster
 
 log = logging.getLogger("hybridserve.forecast")
@@ -31,6 +30,9 @@ def forecast_problem(mean: np.ndarray, horizon: int, ceiling: float) -> str | No
     m = np.asarray(mean, dtype=float)
     if m.shape != (horizon,):
         return f"expected {horizon} steps, got shape {m.shape}"
+    lo, hi = float(m.min()), float(m.max())
+    if lo >= 0.0 and hi <= ceiling:  # the common case, in two reductions (NaN fails both)
+        return None
     if not np.all(np.isfinite(m)):
         return "non-finite value"
     if np.any(m < 0):
@@ -95,21 +97,20 @@ class FallbackForecaster(PointForecaster):
         if self._failing.pop(i, None) is not None:
             log.info("forecaster %s recovered", self.chain[i])
 
-    def observe(self, counts: np.ndarray) -> None:
+    def observe_rate(self, rate: float, seconds: int) -> None:
         """Every member not fed by another observes; one that raises sits this step out."""
-        a = check_counts(counts)
-        self.peak = max(self.peak, float(a.mean()))
+        self.peak = max(self.peak, rate)
         self._observe_failed = set()
         self._steps += 1
         for i, m in enumerate(self.members):
             if self.fed[i]:
                 continue
             try:
-                m.observe(a)
+                m.observe_rate(rate, seconds)
             except Exception as e:  # contained: the member sits this step out
                 self._fail(i, f"observe: {_reason(e)}")
                 self._observe_failed.add(i)
-        super().observe(a)
+        super().observe_rate(rate, seconds)
 
     def _point(self, horizon: int) -> np.ndarray:
         ceiling = FAR_FACTOR * max(self.peak, 1.0)
@@ -117,7 +118,7 @@ class FallbackForecaster(PointForecaster):
             if i in self._observe_failed:
                 continue
             try:
-                mean = np.asarray(m.forecast(horizon).mean, dtype=float)
+                mean = np.asarray(m.point(horizon), dtype=float)
             except Exception as e:
                 self._fail(i, f"forecast: {_reason(e)}")
                 continue

@@ -153,4 +153,5 @@ class LinearDirect(PointForecaster):
         # extend with placeholders so target indices exist; season-ago values are all in the past
         yy = np.concatenate([y, np.zeros(self.H)])
         x = self._features(yy, np.array([len(y) - 1]), self.n - len(y))[0]  # (H, p)
-        return y[-1] + np.einsum("hp,ph->h", x, self.coef)[:horizon]
+        # a regression can extrapolate below zero near an idle spell; a rate cannot
+        return np.maximum(y[-1] + np.einsum("hp,ph->h", x, self.coef)[:horizon], 0.0)

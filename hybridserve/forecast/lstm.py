@@ -22,6 +22,8 @@ it, and only constructing the forecaster needs it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,13 @@ def _torch():
     except ImportError as e:  # pragma: no cover - exercised by monkeypatching sys.modules
         raise RuntimeError(_NEEDS_TORCH) from e
     return torch
+
+
+def has_torch() -> bool:
+    """Whether torch can be imported, without importing it (that takes seconds)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    return importlib.util.find_spec("torch") is not None
 
 
 def _check_int(name: str, value: Any, lo: int) -> int:
@@ -128,7 +137,8 @@ class LSTMForecaster(PointForecaster):
         if max_history is None:
             max_history = max(14 * season_steps, min_history)  # 14 days at the default season
         max_history = _check_int("max_history", max_history, min_history)
-        torch = _torch()
+        if not has_torch():
+            raise RuntimeError(_NEEDS_TORCH)
 
         super().__init__(max_horizon=max_horizon, window=window, quantiles=quantiles)
         self.config: dict[str, Any] = {
@@ -175,18 +185,10 @@ class LSTMForecaster(PointForecaster):
         self._sin = np.sin(ang).astype(np.float32)
         self._cos = np.cos(ang).astype(np.float32)
 
-        self._torch = torch
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self._net = torch.nn.ModuleDict(
-                {
-                    "lstm": torch.nn.LSTM(3, hidden, num_layers=layers, batch_first=True),
-                    "head": torch.nn.Linear(hidden, max_horizon),
-                }
-            )
-        self._net.eval()
+        # the network is built on first use: until the first fit (two days of history by
+        # default) the model forecasts the last value, and importing torch costs seconds
+        self._built: tuple[Any, Any, Any] | None = None  # (torch, net, input tensor)
         self._xbuf = np.zeros((1, lookback, 3), dtype=np.float32)
-        self._x = torch.from_numpy(self._xbuf)  # shares memory: filled in place every step
 
         self.fitted = False
         self.fits = 0
@@ -195,6 +197,38 @@ class LSTMForecaster(PointForecaster):
         self._fit_at = -1  # step count at the latest fit
         self._cache_n = -1  # step of the cached point forecast
         self._cache = np.zeros(max_horizon)
+
+    def _build(self) -> tuple[Any, Any, Any]:
+        """torch, the network (seeded: the same whenever it is built) and the input tensor."""
+        if self._built is None:
+            torch = _torch()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                net = torch.nn.ModuleDict(
+                    {
+                        "lstm": torch.nn.LSTM(
+                            3, self.config["hidden"], num_layers=self.config["layers"],
+                            batch_first=True,
+                        ),
+                        "head": torch.nn.Linear(self.config["hidden"], self.max_horizon),
+                    }
+                )  # fmt: skip
+            net.eval()
+            x = torch.from_numpy(self._xbuf)  # shares memory: filled in place every step
+            self._built = (torch, net, x)
+        return self._built
+
+    @property
+    def _torch(self) -> Any:
+        return self._build()[0]
+
+    @property
+    def _net(self) -> Any:
+        return self._build()[1]
+
+    @property
+    def _x(self) -> Any:
+        return self._build()[2]
 
     # ---------------------------------------------------------------- history
 

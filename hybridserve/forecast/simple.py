@@ -29,11 +29,15 @@ class PointForecaster:
 
     def observe(self, counts: np.ndarray) -> None:
         a = check_counts(counts)
-        rate = float(a.mean())
+        self.observe_rate(float(a.mean()), len(a))
+
+    def observe_rate(self, rate: float, seconds: int) -> None:
+        """The interval's mean rate over `seconds` seconds, already validated (ensembles and
+        chains check the counts once and hand every member the rate)."""
         # a whole interval of zeros where the recent level makes that near impossible
         # (P < e^-20 under Poisson) is a capture gap: models may treat it as missing
         level = self.level or 0.0
-        self.in_gap = rate == 0.0 and level * len(a) > 20.0
+        self.in_gap = rate == 0.0 and level * seconds > 20.0
         if self.quantiles:
             self.rq.record_actual(rate)
         alpha = self.rq.level_alpha
@@ -47,12 +51,16 @@ class PointForecaster:
     def _point(self, horizon: int) -> np.ndarray:
         return np.full(horizon, self.last)
 
-    def forecast(self, horizon: int) -> Forecast:
+    def point(self, horizon: int) -> np.ndarray:
+        """The point forecast alone: what ensembles and chains combine."""
         if horizon > self.max_horizon:
             raise ValueError(
                 f"horizon {horizon} exceeds this forecaster's max_horizon {self.max_horizon}"
             )
-        mean = self._point(horizon)
+        return self._point(horizon)
+
+    def forecast(self, horizon: int) -> Forecast:
+        mean = self.point(horizon)
         if not self.quantiles:
             return Forecast(mean=mean, quantiles={0.5: mean})
         return self.rq.make(mean)

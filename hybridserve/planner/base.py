@@ -140,3 +140,36 @@ def prune_dominated(pools: list[Pool], keep: set[str] | frozenset[str] = frozens
         if not dominated or a.key in keep:
             out.append(a)
     return out
+
+
+def prune_multiples(
+    pools: list[Pool], keep: set[str] | frozenset[str] = frozenset(), rel: float = 1e-9
+) -> list[Pool]:
+    """Drop a pool that k instances of another (k >= 2 an integer) replace at no loss: k times its
+    capacity for at least k times its price, no faster, launching no sooner, in the same market.
+
+    Exact for the planners, which see a pool only through capacity, price, latency and launch
+    delay: c5.xlarge is two c5.large. The finer pool also retires in smaller steps.
+    Pools in `keep` (those with running instances) stay.
+    """
+    out = []
+    for b in pools:
+        replaceable = False
+        if b.key not in keep:
+            for a in pools:
+                if a is b or a.market != b.market:
+                    continue
+                k = b.capacity_rps / a.capacity_rps
+                if round(k) < 2 or abs(k - round(k)) > rel * k:
+                    continue
+                k = round(k)
+                if (
+                    b.price_usd_s >= k * a.price_usd_s * (1 - rel)
+                    and b.latency_s >= a.latency_s
+                    and b.launch_delay_s >= a.launch_delay_s
+                ):
+                    replaceable = True
+                    break
+        if not replaceable:
+            out.append(b)
+    return out

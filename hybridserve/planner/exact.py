@@ -23,7 +23,14 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hybridserve.config import PlannerOptions, Pool
-from hybridserve.planner.base import Plan, PlanInput, prune_dominated, retire_unplanned
+from hybridserve.planner.base import (
+    Plan,
+    PlanInput,
+    prune_dominated,
+    prune_multiples,
+    retire_unplanned,
+)
+from hybridserve.planner.single import MAX_COUNTS, counts_bound, solve_single
 
 
 @dataclass
@@ -168,6 +175,7 @@ class ExactPlanner:
         self.last: _Solved | None = None
         self.step = 0
         self.solves = 0
+        self._pruned: tuple[tuple, list[Pool]] | None = None
 
     def _reuse(self, inp: PlanInput, pools: list[Pool]) -> Plan | None:
         s = self.last
@@ -198,15 +206,31 @@ class ExactPlanner:
             target=target, counts=s.counts[:, shift:], solved=False, objective_usd=s.objective
         )
 
+    def _solve(self, inp: PlanInput, pools: list[Pool]) -> tuple[np.ndarray, float]:
+        """The DP for one pool when its count range is small, else the MILP: same objective."""
+        eps = self.opt.instance_epsilon
+        if len(pools) == 1:
+            base = _base_for(inp, pools)[0]
+            if counts_bound(inp, pools[0], base) + 1 <= MAX_COUNTS:
+                return solve_single(inp, pools[0], base, eps)
+        return solve_plan(inp, pools, eps, self.opt.time_limit_s)
+
+    def _pools(self, inp: PlanInput) -> list[Pool]:
+        """The pools worth planning (pruning is exact), memoised: they rarely change."""
+        keep = frozenset(k for k, v in inp.fleet.totals().items() if v)
+        key = (tuple(p.key for p in inp.pools), keep)
+        if self._pruned is None or self._pruned[0] != key:
+            self._pruned = (key, prune_multiples(prune_dominated(inp.pools, keep), keep))
+        return self._pruned[1]
+
     def plan(self, inp: PlanInput) -> Plan:
-        keep = {k for k, v in inp.fleet.totals().items() if v}
-        pools = prune_dominated(inp.pools, keep)
+        pools = self._pools(inp)
         try:
             reused = self._reuse(inp, pools)
             if reused is not None:
                 self.last.target = reused.target  # what the fleet should match next step
                 return reused
-            x, obj = solve_plan(inp, pools, self.opt.instance_epsilon, self.opt.time_limit_s)
+            x, obj = self._solve(inp, pools)
             self.solves += 1
             target = target_from_counts(inp, pools, x)
             self.last = _Solved(
