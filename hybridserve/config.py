@@ -161,6 +161,19 @@ class PlannerOptions(Strict):
     time_limit_s: float = Field(
         1.0, gt=0, le=600, description="a MILP solve past this falls back to the greedy plan"
     )
+    retire_cost_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of a launch's cost charged per retirement: hysteresis against "
+        "retiring an instance the load will need again beyond the horizon",
+    )
+    tail_steps: int = Field(
+        15,
+        ge=0,
+        le=1440,
+        description="steps past the horizon the last planned step stands for (terminal cost)",
+    )
 
 
 class SpotOptions(Strict):

@@ -583,12 +583,14 @@ def test_single_pool_dp_matches_the_milp(seed: int) -> None:
     fleet = {p.key: PoolState(int(rng.integers(0, 8)), pend)}
     inp = make_input(ps, [p], fleet, c_l=float(rng.uniform(1e-7, 2e-5)))
     base = _base_for(inp, [p])[0]
-    x_dp, obj_dp = solve_single(inp, p, base)
-    x_milp, obj_milp = solve_plan(inp, [p])
+    rf = float(rng.choice([0.0, 0.5, 1.0]))  # the retirement charge, as a share of a launch
+    x_dp, obj_dp = solve_single(inp, p, base, retire_fraction=rf)
+    x_milp, obj_milp = solve_plan(inp, [p], retire_fraction=rf)
     assert obj_dp <= obj_milp * (1 + 1e-9) + 1e-12  # never worse than HiGHS (gap 1e-4)
     assert obj_dp >= obj_milp * (1 - 2e-4) - 1e-12
     # the DP's counts are feasible and cost what it says under the MILP's own evaluation
-    assert evaluate_plan(inp, [p], x_dp) == pytest.approx(obj_dp - 1e-6 * x_dp.sum(), rel=1e-9)
+    got = evaluate_plan(inp, [p], x_dp, retire_fraction=rf)
+    assert got == pytest.approx(obj_dp - 1e-6 * x_dp.sum(), rel=1e-9)
 
 
 def test_exact_planner_uses_the_dp_for_one_pool_and_the_milp_for_two(monkeypatch) -> None:

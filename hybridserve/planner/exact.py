@@ -46,7 +46,8 @@ class _Solved:
 
 @lru_cache(maxsize=32)
 def _structure(n_pools: int, horizon: int, levels: int, mu: tuple[float, ...]) -> sp.csr_matrix:
-    """Constraint matrix: demand rows (H*J) then launch rows (P*H); fixed for a shape."""
+    """Constraint matrix: demand rows (H*J), launch rows (P*H), then retire rows (P*H); fixed
+    for a shape. Columns: x (P*H), y launches (P*H), l Lambda (H*J), r retirements (P*H)."""
     P, H, J = n_pools, horizon, levels
     nx = P * H
     rows, cols, vals = [], [], []
@@ -61,24 +62,34 @@ def _structure(n_pools: int, horizon: int, levels: int, mu: tuple[float, ...]) -
             cols.append(2 * nx + h * J + j)
             vals.append(1.0)
             r += 1
-    for p in range(P):
-        for h in range(H):
-            rows += [r, r]
-            cols += [nx + p * H + h, p * H + h]
-            vals += [1.0, -1.0]
-            if h > 0:
-                rows.append(r)
-                cols.append(p * H + h - 1)
-                vals.append(1.0)
-            r += 1
-    return sp.csr_matrix((vals, (rows, cols)), shape=(r, 2 * nx + H * J))
+    for sign, first in ((-1.0, nx), (1.0, 2 * nx + H * J)):
+        # launches: y[h] - x[h] + x[h-1] >= -arrivals[h]; retirements: r[h] + x[h] - x[h-1] >=
+        # arrivals[h]
+        for p in range(P):
+            for h in range(H):
+                rows += [r, r]
+                cols += [first + p * H + h, p * H + h]
+                vals += [1.0, sign]
+                if h > 0:
+                    rows.append(r)
+                    cols.append(p * H + h - 1)
+                    vals.append(-sign)
+                r += 1
+    return sp.csr_matrix((vals, (rows, cols)), shape=(r, 3 * nx + H * J))
 
 
 def solve_plan(
-    inp: PlanInput, pools: list[Pool], eps: float = 1e-6, time_limit_s: float | None = None
+    inp: PlanInput,
+    pools: list[Pool],
+    eps: float = 1e-6,
+    time_limit_s: float | None = None,
+    retire_fraction: float = 0.0,
+    tail_steps: int = 0,
 ) -> tuple[np.ndarray, float]:
     """Solve the MILP for `pools`; returns planned serving counts (pools, horizon) and the cost.
 
+    A retirement is charged `retire_fraction` of a launch's cost; the last step's serving cost
+    counts `1 + tail_steps` times (see PlannerOptions).
     Raises RuntimeError unless HiGHS proves the plan optimal within `time_limit_s`."""
     dem = inp.demand
     P, H, J = len(pools), dem.horizon, dem.levels.shape[1]
@@ -92,20 +103,25 @@ def solve_plan(
     if c_l is None:
         raise ValueError("the exact planner needs Lambda (lambda_usd_per_request) to price spill")
     nx = P * H
+    span = step_weights(H, tail_steps)
     c = np.concatenate(
         [
-            np.repeat(price * dt + eps, H),
+            ((price * dt + eps)[:, None] * span[None, :]).ravel(),
             np.repeat(price * delay, H),
-            (c_l * dt * dem.weights).ravel(),
+            (c_l * dt * dem.weights * span[:, None]).ravel(),
+            np.repeat(retire_fraction * price * delay, H),
         ]
     )
     A = _structure(P, H, J, tuple(mu.tolist()))
-    lb_rows = np.concatenate([dem.levels.ravel(), -np.diff(base, axis=1, prepend=0).ravel()])
+    arrivals = np.diff(base, axis=1, prepend=0).ravel()
+    lb_rows = np.concatenate([dem.levels.ravel(), -arrivals, arrivals])
     ub_x = np.full((P, H), np.inf)
     fixed = np.arange(H)[None, :] < lead[:, None]
     ub_x[fixed] = base[fixed]
-    ub = np.concatenate([ub_x.ravel(), np.full(nx, np.inf), np.full(H * J, np.inf)])
-    integrality = np.concatenate([np.ones(nx), np.zeros(nx + H * J)])
+    ub = np.concatenate(
+        [ub_x.ravel(), np.full(nx, np.inf), np.full(H * J, np.inf), np.full(nx, np.inf)]
+    )
+    integrality = np.concatenate([np.ones(nx), np.zeros(2 * nx + H * J)])
     res = milp(
         c,
         constraints=LinearConstraint(A, lb_rows, np.inf),
@@ -120,8 +136,26 @@ def solve_plan(
     return x, float(res.fun)
 
 
-def evaluate_plan(inp: PlanInput, pools: list[Pool], x: np.ndarray) -> float:
-    """The MILP's objective for given serving counts x (pools, horizon), launches implied.
+def step_weights(horizon: int, tail_steps: int) -> np.ndarray:
+    """How many control steps each planned step stands for: the last one also stands for the
+    `tail_steps` after the horizon, as if its plan ran on. Without that, an instance launched
+    late in the horizon must repay its launch within the few steps left, and the receding
+    horizon under-provisions steady load (measured: 1-hour mooncake x29, 9.7% over the oracle
+    at a 15-step horizon against 3.2% at 30)."""
+    w = np.ones(horizon)
+    w[-1] += tail_steps
+    return w
+
+
+def evaluate_plan(
+    inp: PlanInput,
+    pools: list[Pool],
+    x: np.ndarray,
+    retire_fraction: float = 0.0,
+    tail_steps: int = 0,
+) -> float:
+    """The MILP's objective for given serving counts x (pools, horizon), launches and
+    retirements implied (without the per-instance epsilon).
 
     Raises ValueError when x is infeasible (more instances than can be ready in time)."""
     x = np.asarray(x, dtype=float)
@@ -137,12 +171,15 @@ def evaluate_plan(inp: PlanInput, pools: list[Pool], x: np.ndarray) -> float:
     prev = np.concatenate([np.zeros((len(pools), 1)), x[:, :-1]], axis=1)
     arrivals = np.diff(base, axis=1, prepend=0)
     launches = np.maximum(x - prev - arrivals, 0.0)
+    retired = np.maximum(prev + arrivals - x, 0.0)
     price = np.array([p.price_usd_s for p in pools])[:, None]
     delay = np.array([p.launch_delay_s for p in pools])[:, None]
     mu = np.array([p.capacity_rps for p in pools])
-    ec2 = float(np.sum(price * dt * x) + np.sum(price * delay * launches))
+    switching = price * delay * (launches + retire_fraction * retired)
+    span = step_weights(H, tail_steps)
+    ec2 = float(np.sum(price * dt * x * span[None, :]) + np.sum(switching))
     spill = inp.demand.expected_excess(mu @ x)
-    return ec2 + float(inp.lambda_usd_per_request * dt * np.sum(spill))
+    return ec2 + float(inp.lambda_usd_per_request * dt * np.sum(spill * span))
 
 
 def _base_for(inp: PlanInput, pools: list[Pool]) -> np.ndarray:
@@ -208,12 +245,13 @@ class ExactPlanner:
 
     def _solve(self, inp: PlanInput, pools: list[Pool]) -> tuple[np.ndarray, float]:
         """The DP for one pool when its count range is small, else the MILP: same objective."""
-        eps = self.opt.instance_epsilon
+        o = self.opt
+        eps, rf, tail = o.instance_epsilon, o.retire_cost_fraction, o.tail_steps
         if len(pools) == 1:
             base = _base_for(inp, pools)[0]
             if counts_bound(inp, pools[0], base) + 1 <= MAX_COUNTS:
-                return solve_single(inp, pools[0], base, eps)
-        return solve_plan(inp, pools, eps, self.opt.time_limit_s)
+                return solve_single(inp, pools[0], base, eps, rf, tail)
+        return solve_plan(inp, pools, eps, o.time_limit_s, rf, tail)
 
     def _pools(self, inp: PlanInput) -> list[Pool]:
         """The pools worth planning (pruning is exact), memoised: they rarely change."""
