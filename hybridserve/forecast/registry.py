@@ -68,9 +68,17 @@ def make_forecaster(
     if name == "lstm":
         from hybridserve.forecast.lstm import LSTMForecaster
 
-        # bounded by epochs, not the clock, so a replay is reproducible on a busy machine too
+        # bounded by epochs, not the clock, so a replay is reproducible on a busy machine too.
+        # 8 epochs over 2,000 windows, measured by rolling-origin backtest (10-minute lead):
+        # skill 0.870 on twitter and 0.772 on synthetic, against 0.886 and 0.803 for 20 epochs
+        # over 4,000, at a quarter to a sixth of the training time (the one fit mark pays).
         return LSTMForecaster(
-            season_steps=season, min_history=2 * season, epochs=20, max_fit_s=300.0, **kw
+            season_steps=season,
+            min_history=2 * season,
+            epochs=8,
+            max_samples=2000,
+            max_fit_s=300.0,
+            **kw,
         )
     from hybridserve.forecast.auto import DEFAULT_CANDIDATES, Auto
 
