@@ -52,6 +52,9 @@ class InstanceType(Strict):
     on_demand_usd_h: float = Field(gt=0)
     spot_usd_h: float | None = Field(None, gt=0)
     launch_delay_s: float = Field(90.0, ge=0)
+    # the integer-GEMM ISA of the CPUs AWS gives this type (names as predictors.isa): int8
+    # speed depends on it, so a profile is matched to it
+    cpu_isa: str | None = None
 
     def price_usd_h(self, market: Market) -> float:
         if market == "spot":
@@ -114,10 +117,19 @@ class ModelProfile(Strict):
     name: str
     provenance: str
     reference: ReferenceProfile
+    # the same model measured on other CPUs, by ISA: a type whose `cpu_isa` is here plans with
+    # these numbers instead of the reference's
+    isa_profiles: dict[str, ReferenceProfile] = {}
     gpu_profiles: dict[str, GpuProfile] = {}
     lambda_: LambdaModelProfile = Field(alias="lambda")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def for_isa(self, isa: str | None) -> ReferenceProfile:
+        """The measurements for CPUs of `isa`: its own profile if recorded, else the reference."""
+        if isa is not None and isa in self.isa_profiles:
+            return self.isa_profiles[isa]
+        return self.reference
 
 
 class LambdaFunction(Strict):
@@ -233,6 +245,23 @@ class Scenario(Strict):
     def lambda_pricing(self) -> LambdaPricing:
         return self.catalog.lambda_[self.lambda_.arch]
 
+    @cached_property
+    def profile_warnings(self) -> list[str]:
+        """Eligible CPU types that plan with a profile measured on another ISA (int8 speed
+        differs several-fold between AVX2 and VNNI): each says what to measure."""
+        mismatched: dict[tuple[str, str], list[str]] = {}
+        for name in self.instance_types:
+            it = self.catalog.instances[name]
+            used = self.model.for_isa(it.cpu_isa)
+            if it.gpus or it.cpu_isa is None or used.isa is None or used.isa == it.cpu_isa:
+                continue
+            mismatched.setdefault((it.cpu_isa, used.isa), []).append(name)
+        return [
+            f"{', '.join(types)} run {isa} CPUs but plan with a profile measured on {measured}; "
+            f"run `hybridserve profile` on one and add it under model.isa_profiles.{isa}"
+            for (isa, measured), types in sorted(mismatched.items())
+        ]
+
 
 class Pool(Strict):
     """An instance type in one market, at the batch size that maximises throughput in the SLO."""
@@ -278,8 +307,9 @@ def serving_pools(sc: Scenario) -> list[Pool]:
                 continue
             point, workers = operating_point(gp.batch_ms, budget), it.gpus
         else:
-            point = operating_point(sc.model.reference.batch_ms, budget)
-            workers = max(1, it.vcpus // sc.model.reference.vcpus)
+            ref = sc.model.for_isa(it.cpu_isa)
+            point = operating_point(ref.batch_ms, budget)
+            workers = max(1, it.vcpus // ref.vcpus)
         if point is None:
             continue
         batch, svc = point
@@ -307,8 +337,14 @@ def serving_pools(sc: Scenario) -> list[Pool]:
 
 
 def lambda_service_s(sc: Scenario, batch: int = 1) -> float:
-    """Warm Lambda time for a batch: the worker's time scaled by the function's vCPU share."""
+    """Warm Lambda time for a batch: the worker's time scaled by the function's vCPU share.
+
+    arm64 functions (Graviton) use an arm64 profile when the model has one; x86_64 functions
+    run on whatever Intel or AMD CPU Lambda assigns, so they take the reference."""
     ref = sc.model.reference
+    if sc.lambda_.arch == "arm64":
+        arm = [k for k in sc.model.isa_profiles if k.startswith("arm64")]
+        ref = sc.model.isa_profiles[arm[0]] if arm else ref
     times = ref.batch_ms
     b = min((k for k in times if k >= batch), default=max(times))
     ms = times[b] * (batch / b if batch > b else 1.0)

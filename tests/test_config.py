@@ -14,6 +14,7 @@ from hybridserve.config import (
     default_catalog,
     default_profile,
     load_scenario,
+    read_yaml_mapping,
 )
 
 CPU_TYPES = [
@@ -234,6 +235,70 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     assert "line 3" in msg
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("name: a\nname: b\n", "line 2: not valid YAML (duplicate key 'name', first on line 1)"),
+        ("lambda:\n  memory_mb: 1024\n  arch: arm64\n  memory_mb: 2048\n", "line 4:"),
+    ],
+)
+def test_duplicate_key_names_file_line_and_key(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    msg = config_error(path)
+    assert msg.startswith(f"{path}: ") and where in msg
+
+
+def test_yaml_merge_key_may_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yaml"
+    path.write_text("x: &b {memory_mb: 1024}\ny:\n  <<: *b\n  memory_mb: 2048\n")
+    assert read_yaml_mapping(path, "x")["y"] == {"memory_mb": 2048}
+
+
+def test_duplicate_key_in_catalog_file_names_both_files(tmp_path: Path) -> None:
+    (tmp_path / "cat.yaml").write_text("region: a\nregion: b\n")
+    path = write_yaml(tmp_path / "s.yaml", {"catalog": "cat.yaml"})
+    msg = config_error(path)
+    assert f"{path}: field catalog: {tmp_path / 'cat.yaml'}: line 2:" in msg
+    assert "duplicate key 'region'" in msg
+
+
+def test_malformed_catalog_file_names_its_line(tmp_path: Path) -> None:
+    # used to be a yaml traceback
+    (tmp_path / "cat.yaml").write_text("region: [us\n  x: :\n")
+    path = write_yaml(tmp_path / "s.yaml", {"catalog": "cat.yaml"})
+    msg = config_error(path)
+    assert f"{path}: field catalog: {tmp_path / 'cat.yaml'}: line 2: not valid YAML" in msg
+    (tmp_path / "cat.yaml").write_text("")
+    assert "cat.yaml is empty" in config_error(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("lambda:\n  keep_alive_s: .inf\n", "lambda.keep_alive_s"),
+        ("slo:\n  latency_ms: .nan\n", "slo.latency_ms"),
+        ("model:\n  reference: {vcpus: 1, threads: 1, batch_ms: {1: .nan}}\n", "model.reference.batch_ms.1"),
+        ("catalog:\n  instances:\n    c5.large: {on_demand_usd_h: .inf}\n", "catalog.instances.c5.large.on_demand_usd_h"),
+        ("catalog:\n  lambda:\n    x86_64: {usd_per_gb_s: .inf}\n", "catalog.lambda.x86_64.usd_per_gb_s"),
+        ("spot:\n  notice_s: .nan\n", "spot.notice_s"),
+    ],
+)  # fmt: skip
+def test_non_finite_floats_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "nonfinite.yaml"
+    path.write_text(text)
+    msg = config_error(path)
+    assert f"{path}: field {field}: Input should be a finite number" in msg
+
+
+def test_keep_alive_is_bounded(tmp_path: Path) -> None:
+    # 1e12 s used to allocate terabytes in the replay's keep-alive window
+    path = write_yaml(tmp_path / "s.yaml", {"lambda": {"keep_alive_s": 1e12}})
+    assert "field lambda.keep_alive_s: Input should be less than or equal to 86400" in config_error(
+        path
+    )
+
+
 def test_missing_file_is_config_error(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:
@@ -331,3 +396,36 @@ def test_slo_just_fits_batch_one() -> None:
     assert sc.pools
     assert all(p.batch == 1 for p in sc.pools)
     assert all(math.isclose(p.latency_s, 0.01165) for p in sc.pools)
+
+
+def test_instance_types_plan_with_the_profile_of_their_cpu_isa():
+    """int8 on AVX-512 without VNNI is not the speed of a VNNI type, and the reverse."""
+    slow = {"vcpus": 2, "threads": 2, "batch_ms": {1: 40.0, 2: 75.0, 4: 143.0}, "isa": "avx512bw"}
+    fast = {"vcpus": 2, "threads": 2, "batch_ms": {1: 11.6, 2: 21.2, 4: 40.8}, "isa": "avx512_vnni"}
+    sc = load_scenario(
+        instance_types=["c6i.large", "c5.large", "g5.xlarge"],
+        model={"reference": fast, "isa_profiles": {"avx512bw": slow}},
+    )
+    cap = {p.instance_type: p.capacity_rps for p in sc.pools}
+    assert cap["c6i.large"] == pytest.approx(4 / 0.0408)  # its own ISA: the reference
+    assert cap["c5.large"] == pytest.approx(4 / 0.143)  # avx512bw: the profile measured there
+    assert sc.profile_warnings == []  # g5 is a GPU type without a GPU profile: not eligible
+    only_ref = load_scenario(
+        instance_types=["c6i.large", "c5.large", "m5.large"], model={"reference": fast}
+    )
+    assert only_ref.profile_warnings == [
+        "c5.large, m5.large run avx512bw CPUs but plan with a profile measured on avx512_vnni; "
+        "run `hybridserve profile` on one and add it under model.isa_profiles.avx512bw"
+    ]
+
+
+def test_arm64_lambda_uses_an_arm64_profile_when_there_is_one():
+    from hybridserve.config import lambda_service_s
+
+    arm = {"vcpus": 2, "threads": 2, "batch_ms": {1: 30.0}, "isa": "arm64_dotprod"}
+    x86 = load_scenario(**{"lambda": {"arch": "arm64"}})
+    graviton = load_scenario(
+        **{"lambda": {"arch": "arm64"}}, model={"isa_profiles": {"arm64_dotprod": arm}}
+    )
+    assert lambda_service_s(graviton) > lambda_service_s(x86)
+    assert lambda_service_s(graviton) == pytest.approx((30.0 * 2 / (2048 / 1769) + 8.0) / 1000)
