@@ -160,4 +160,5 @@ class Auto(PointForecaster):
             self._cache = np.stack([self._candidate(i) for i in range(len(self.cands))])
             self._made[:, (self.n - 1) % (self.H + 1)] = self._cache
         w = self.weights()
-        return np.sum(w * np.nan_to_num(self._cache), axis=0)[:horizon]
+        cache = np.nan_to_num(self._cache) if self.dropped else self._cache
+        return np.sum(w * cache, axis=0)[:horizon]

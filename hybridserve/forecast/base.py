@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -45,19 +45,32 @@ class Forecast:
         """Quantile(s) at probability p, shape (len(p), horizon): interpolated between the known
         levels in normal-score space; below the median mirrored around it (floored at 0)."""
         ps = np.atleast_1d(np.asarray(p, dtype=float))
-        levels, z, qs = self._grid
+        levels, _, qs = self._grid
         med = self.quantiles[0.5]
         if len(levels) == 1:
             return np.maximum(np.broadcast_to(med, (len(ps), self.horizon)), 0.0)
-        upper = ps >= 0.5
-        zp = ndtri(np.where(upper, ps, 1.0 - ps))
-        # linear in z between known levels; beyond the last, the last segment's slope goes on
-        j = np.clip(np.searchsorted(z, zp), 1, len(z) - 1)
-        w = (zp - z[j - 1]) / (z[j] - z[j - 1])
-        w = np.where(zp <= z[0], 0.0, w)  # below the first level: the first level
+        j, w, upper = _interpolation(tuple(levels.tolist()), tuple(ps.tolist()))
         rows = qs[j - 1] + w[:, None] * (qs[j] - qs[j - 1])
         out = np.where(upper[:, None], rows, 2 * med[None, :] - rows)
         return np.maximum(out, 0.0)
+
+
+@lru_cache(maxsize=64)
+def _interpolation(
+    levels: tuple[float, ...], ps: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where probabilities `ps` fall among known `levels` in normal-score space: upper index,
+    weight and side of the median. Depends on the levels only, which rarely change, so it is
+    memoised (the planner asks for the same probabilities every step)."""
+    z = ndtri(np.asarray(levels))
+    p = np.asarray(ps)
+    upper = p >= 0.5
+    zp = ndtri(np.where(upper, p, 1.0 - p))
+    # linear in z between known levels; beyond the last, the last segment's slope goes on
+    j = np.clip(np.searchsorted(z, zp), 1, len(z) - 1)
+    w = (zp - z[j - 1]) / (z[j] - z[j - 1])
+    w = np.where(zp <= z[0], 0.0, w)  # below the first level: the first level
+    return j, w, upper
 
 
 class Forecaster(Protocol):
