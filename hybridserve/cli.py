@@ -50,11 +50,11 @@ def main() -> None:
 )
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
     help="Policies replayed in parallel (default: one per core).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
     "--days",
     type=float,
@@ -106,6 +106,8 @@ def _simulate(
 
     slo = {k: v for k, v in (("latency_ms", slo_ms), ("target", slo_target)) if v is not None}
     sc = load_scenario(scenario_path, slo=slo or None)
+    for w in sc.profile_warnings:
+        click.echo(f"warning: {w}", err=True)
     if trace_path:
         trace = load_trace(
             trace_path,

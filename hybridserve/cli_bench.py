@@ -52,7 +52,7 @@ DEFAULT_QPS_DURATION_S = 10.0
     show_default=True,
     help="Requests scheduled in the first S seconds are sent but not counted.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def bench(**kw: Any) -> None:
     """Send open-loop load (Poisson --qps, or a --trace replay) to a V2 model endpoint.

@@ -62,7 +62,9 @@ def model_names() -> list[str]:
     help="Evaluate over the last this many days (the last third of a trace under twice that).",
 )
 @trace_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --rate-scale.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of --rate-scale."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (an object, a list for 'all').")
 @click.option(
     "--plot",

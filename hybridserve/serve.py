@@ -19,12 +19,10 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -39,6 +37,7 @@ from hybridserve.config import (
     read_yaml_mapping,
 )
 from hybridserve.logs import event
+from hybridserve.spawn import spawn_listening
 
 if TYPE_CHECKING:
     from hybridserve.router import RouterConfig
@@ -329,24 +328,6 @@ def start_emulator(
     ]
     err = open(log_dir / "lambda-emulator.log", "ab") if log_dir else subprocess.DEVNULL  # noqa: SIM115
     return spawn_listening(cmd, err, "the local Lambda emulator")
-
-
-def spawn_listening(
-    cmd: list[str], stderr: Any, what: str, timeout_s: float = 60.0
-) -> tuple[subprocess.Popen, str]:
-    """Start a process that prints `listening on URL` when ready (serve, the emulator); its URL."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            return proc, m.group(1)
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError(f"{what} did not start (see its log)")
 
 
 class RouterStack:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from simulations.traces import Trace
+from simulations.traces import MAX_SPAN_S, Trace
 
 __all__ = ["synthetic_trace"]
 
@@ -135,7 +135,7 @@ def synthetic_trace(
     ``mean_rate`` and counts are Poisson draws from it, so the trace mean lands within a
     fraction of a percent of ``mean_rate``. Second 0 is Monday 00:00.
     """
-    _check("days", days, 0.0, open_low=True)
+    _check("days", days, 0.0, MAX_SPAN_S / _DAY_S, open_low=True)  # as long as a file may be
     _check("mean_rate", mean_rate, 0.0, open_low=True)
     _check("diurnal_amplitude", diurnal_amplitude, 0.0, 1.0)
     _check("weekly_amplitude", weekly_amplitude, 0.0, 1.0)

@@ -38,6 +38,7 @@ __all__ = [
     "COUNT_COLUMNS",
     "EPOCH_MS_THRESHOLD",
     "FORMATS",
+    "MAX_COUNT_PER_S",
     "PERIOD_COLUMNS",
     "Trace",
     "TraceError",
@@ -54,6 +55,12 @@ COUNT_COLUMNS = ("count", "requests", "arrivals", "value")
 EPOCH_MS_THRESHOLD = 1e11
 #: Refuse traces longer than this: a stray timestamp years away would allocate gigabytes.
 MAX_SPAN_S = 400 * 86_400
+#: Refuse more arrivals than this in one second, in a file or after ``rate_scale``. Ten million
+#: is 25,000 times the twitter trace's peak second (388) and needs ~10^5 instances of the
+#: built-in profile, past any EC2 account's quota; the simulator keeps one object per instance,
+#: so far above it a replay runs for hours (1e9/s: 4 GB and 213 s for 5 s of one policy). It
+#: also keeps every total exact: 1e7 x MAX_SPAN_S = 3.5e14, far below the int64 limit (9.2e18).
+MAX_COUNT_PER_S = 10_000_000
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _COUNTS_EXPECTED = "whitespace-separated per-second arrival counts"
@@ -117,6 +124,12 @@ def _as_counts(counts: object, name: str) -> np.ndarray:
     if (arr < 0).any():
         first = int(np.argmax(arr < 0))
         raise ValueError(f"trace {name!r}: count at second {first} is negative ({arr[first]})")
+    if (arr > MAX_COUNT_PER_S).any():
+        first = int(np.argmax(arr > MAX_COUNT_PER_S))
+        raise ValueError(
+            f"trace {name!r}: count at second {first} is {arr[first]}, above the "
+            f"{MAX_COUNT_PER_S:,} requests per second a trace may have"
+        )
     view = arr.astype(np.int64, copy=False).view()
     view.flags.writeable = False
     return view
@@ -198,6 +211,13 @@ class Trace:
             raise ValueError(f"trace {self.name!r}: scale factor must be > 0, got {factor!r}")
         if factor == 1.0:
             return self
+        limit = MAX_COUNT_PER_S / max(self.peak, 1)
+        if factor > limit:
+            raise ValueError(
+                f"trace {self.name!r}: rate scale {factor:g} takes the peak second of "
+                f"{self.peak} requests past {MAX_COUNT_PER_S:,} per second (allowed: a factor "
+                f"up to {limit:.4g})"
+            )
         whole = math.floor(factor)
         rng = np.random.default_rng(seed)
         counts = self.counts * whole + rng.binomial(self.counts, factor - whole)
@@ -311,15 +331,16 @@ def _parse_counts(data: bytes, label: str) -> np.ndarray:
     if not tokens:
         raise _error(label, "no counts found (the file is empty or blank)", _COUNTS_EXPECTED)
     try:
-        return np.array(list(map(int, tokens)), dtype=np.int64)
-    except OverflowError:
-        limit = np.iinfo(np.int64).max
-        index = next((i for i, tok in enumerate(tokens) if int(tok) > limit), 0)
-        starts = np.flatnonzero(is_digit & ~np.concatenate(([False], is_digit[:-1])))
-        offset = int(starts[index])
-        text = tokens[index].decode()
-        problem = f"{_shown(text)} is too large for a per-second count"
-        raise _bad_count(data, offset, label, problem) from None
+        counts = np.array(list(map(int, tokens)), dtype=np.int64)
+        if not (counts > MAX_COUNT_PER_S).any():
+            return counts
+        index = int(np.argmax(counts > MAX_COUNT_PER_S))
+    except OverflowError:  # beyond int64: find it in Python ints
+        index = next(i for i, tok in enumerate(tokens) if int(tok) > MAX_COUNT_PER_S)
+    starts = np.flatnonzero(is_digit & ~np.concatenate(([False], is_digit[:-1])))
+    text = tokens[index].decode()
+    problem = f"{_shown(text)} is above the {MAX_COUNT_PER_S:,} requests a second may have"
+    raise _bad_count(data, int(starts[index]), label, problem)
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,13 +598,15 @@ def _period_counts(values: list[str], lines: Sequence[int], label: str, column: 
         raise _error(
             label, f"count {_shown(values[i])} is not a number", expected, line=lines[i]
         ) from None
-    good = (
-        np.isfinite(numbers) & (numbers >= 0) & (numbers == np.floor(numbers)) & (numbers < 2**53)
-    )
+    good = np.isfinite(numbers) & (numbers >= 0) & (numbers == np.floor(numbers))
     if not good.all():
         i = int(np.argmin(good))
         problem = f"count {_shown(values[i])} is not a non-negative integer"
         raise _error(label, problem, expected, line=lines[i])
+    if (numbers >= 2**53).any():  # floats stop being exact; far past the per-second bound too
+        i = int(np.argmax(numbers >= 2**53))
+        problem = f"count {_shown(values[i])} is too large"
+        raise _error(label, problem, f"at most {MAX_COUNT_PER_S:,} per second", line=lines[i])
     return numbers.astype(np.int64)
 
 
@@ -602,10 +625,12 @@ def _spread(per_period: np.ndarray, n: int) -> np.ndarray:
     one request of ``c/n``; arrivals sit centred in the period (a single request lands mid-period,
     not at its start as ``c // n`` plus remainder-first splitting would put it). No randomness is
     used: how bursty the load was inside a period is not in the data, so none is invented.
+    Only the remainder ``c % n`` goes through the products, so they stay below ``2 n^2``.
     """
     seconds = np.arange(per_period.size * n, dtype=np.int64) % n
     c = np.repeat(per_period, n)
-    return (2 * c * (seconds + 1) + n) // (2 * n) - (2 * c * seconds + n) // (2 * n)
+    r = c % n
+    return c // n + (2 * r * (seconds + 1) + n) // (2 * n) - (2 * r * seconds + n) // (2 * n)
 
 
 def _interval_ms(diffs: np.ndarray) -> int:
@@ -678,8 +703,16 @@ def _load_periods(text: str, label: str, timestamp_column: str) -> np.ndarray:
     n = interval // 1000
     slots = (ordered - ordered[0]) // interval
     _check_span(float(slots[-1] + 1) * n, label, "periods")
-    if counts.max() >= 2**62 // (2 * n + 2):
-        raise _error(label, f"a count of {counts.max()} per period", "realistic request counts")
+    too_many = counts > MAX_COUNT_PER_S * n
+    if too_many.any():
+        i = int(np.argmax(too_many))
+        raise _error(
+            label,
+            f"count {c_values[i].strip()} in a {n} s period is {counts[i] / n:.3g} requests per "
+            "second",
+            f"at most {MAX_COUNT_PER_S:,} requests per second, {MAX_COUNT_PER_S * n:,} per period",
+            line=lines[i],
+        )
     per_period = np.zeros(int(slots[-1]) + 1, dtype=np.int64)
     per_period[slots] = counts[order]
     return _spread(per_period, n)

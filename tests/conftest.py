@@ -1,6 +1,9 @@
-"""Shared pytest fixtures: repo on sys.path, the real-trace folder (tests skip without it)."""
+"""Shared pytest fixtures: repo on sys.path, the real-trace folder (tests skip without it), and
+the one wait-for-a-condition helper that tests use instead of fixed sleeps or wall-clock asserts."""
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,16 @@ def aws(monkeypatch):
         monkeypatch.setenv(k, v)
     with moto.mock_aws():
         yield R.clients("us-east-1")
+
+
+def wait_until(
+    cond: Callable[[], object], timeout_s: float = 10.0, what: str = "the condition"
+) -> None:
+    """Poll `cond` until it is truthy; fail naming `what` after `timeout_s`. A generous bound
+    costs nothing when the condition comes early, unlike a fixed sleep tuned to one machine."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

@@ -21,8 +21,16 @@ def echo(event: Any, context: Any) -> dict:
 
 
 def sleep(event: Any, context: Any) -> dict:
-    """Sleep `event["sleep_s"]` seconds: a slow function, to hold an environment busy."""
-    time.sleep(float(event.get("sleep_s", 0.0)))
+    """Sleep `event["sleep_s"]` seconds: a slow function, to hold an environment busy. With
+    `event["until"]` (a path) it returns as soon as that file exists: a test holds it busy for
+    exactly as long as it needs, whatever the machine's speed, then releases it."""
+    seconds, until = float(event.get("sleep_s", 0.0)), event.get("until")
+    if until is None:
+        time.sleep(seconds)
+    else:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not os.path.exists(until):
+            time.sleep(0.01)
     return {"slept": event.get("sleep_s", 0.0), "pid": os.getpid()}
 
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ pytest.importorskip("torch")  # to build the artifact the deployment ships
 boto3 = pytest.importorskip("boto3")
 from moto.server import ThreadedMotoServer  # noqa: E402
 
+from hybridserve.spawn import lines_within  # noqa: E402
 from predictors.artifact import build_artifact  # noqa: E402
 
 DEPLOYMENT = "e2e"
@@ -116,12 +116,12 @@ def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 120
     lines = []
-    while time.time() < deadline and len(lines) < 2:
-        line = proc.stderr.readline()
+    for line in lines_within(proc.stderr, 120):  # a silent controller cannot block past 120 s
         if line.startswith("step"):
             lines.append(line)
+            if len(lines) == 2:
+                break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert lines, "the controller never completed a step"

@@ -141,3 +141,72 @@ def test_example_scenario_runs_with_spot_and_arm_lambda():
     hybrid = next(r for r in out["results"] if r["policy"] == "hybrid")
     assert hybrid["cost_breakdown"]["ec2_spot"] > 0
     assert hybrid["slo_attainment"] >= 0.98
+
+
+# Each bad input of the review, through the real command: one line naming the file and the line
+# or field, exit code 2, no traceback, and no hang (the timeout fails the test instead).
+BAD_INPUTS = {
+    "count-near-int64-limit": (
+        {"t.txt": "1 9223372036854775807 1\n"},
+        ["--trace", "{t.txt}"],
+        ["t.txt: line 1, token 2", "10,000,000"],
+    ),
+    "absurd-period-count": (
+        {"p.csv": "period,count\n0,1\n60,4e15\n"},
+        ["--trace", "{p.csv}"],
+        ["p.csv: line 3", "per second"],
+    ),
+    "malformed-catalog-file": (
+        {"s.yaml": "catalog: cat.yaml\n", "cat.yaml": "region: [us\n  x: :\n"},
+        ["--scenario", "{s.yaml}"],
+        ["s.yaml: field catalog", "cat.yaml: line 2"],
+    ),
+    "infinite-keep-alive": (
+        {"s.yaml": "lambda:\n  keep_alive_s: .inf\n"},
+        ["--scenario", "{s.yaml}"],
+        ["s.yaml: field lambda.keep_alive_s", "finite"],
+    ),
+    "nan-batch-ms": (
+        {"s.yaml": "model:\n  reference: {vcpus: 1, threads: 1, batch_ms: {1: .nan}}\n"},
+        ["--scenario", "{s.yaml}"],
+        ["s.yaml: field model.reference.batch_ms.1", "finite"],
+    ),
+    "infinite-price": (
+        {"s.yaml": "catalog:\n  instances:\n    c5.large: {on_demand_usd_h: .inf}\n"},
+        ["--scenario", "{s.yaml}"],
+        ["field catalog.instances.c5.large.on_demand_usd_h", "finite"],
+    ),
+    "duplicate-yaml-key": (
+        {"s.yaml": "slo:\n  latency_ms: 200\n  latency_ms: 300\n"},
+        ["--scenario", "{s.yaml}"],
+        ["s.yaml: line 3", "duplicate key 'latency_ms', first on line 2"],
+    ),
+    "rate-scale-overflow": (
+        {"t.txt": "5 5\n"},
+        ["--trace", "{t.txt}", "--rate-scale", "1e300"],
+        ["rate scale 1e+300", "10,000,000"],
+    ),
+    "synthetic-days-too-long": ({}, ["--days", "1e6"], ["days=1000000.0"]),
+    "negative-seed": ({}, ["--seed", "-1"], ["--seed"]),
+    "zero-workers": ({}, ["--workers", "0"], ["--workers"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
+def test_bad_input_is_one_line_naming_where(tmp_path, case):
+    files, args, needles = BAD_INPUTS[case]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    argv = list(args)
+    for name in files:
+        argv = [a.replace(f"{{{name}}}", str(tmp_path / name)) for a in argv]
+    p = subprocess.run(
+        [sys.executable, "-m", "hybridserve.cli", "simulate", *argv, "--policy", "static-peak"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    for needle in needles:
+        assert needle in p.stderr

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +28,7 @@ from botocore.config import Config  # noqa: E402
 from hybridserve.local.lambda_emulator import LambdaEmulator  # noqa: E402
 from predictors.artifact import build_artifact, load_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from tests.conftest import REPO, wait_until  # noqa: E402
 
 FN = "hybridserve-spill"
 REPORT = re.compile(
@@ -88,13 +87,6 @@ def invoke(c, event: dict, **kw) -> tuple[dict, dict | None, str | None]:
 def billed_ms(rep: dict, ms: float) -> None:
     """Billed Duration is the duration rounded up to the ms (the REPORT rounds to 0.01 ms)."""
     assert max(1, math.ceil(ms - 0.01)) <= int(rep["billed"]) <= max(1, math.ceil(ms + 0.01))
-
-
-def wait_until(pred, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def alive(pid: int) -> bool:
@@ -165,10 +157,18 @@ def test_request_errors_are_the_modelled_exceptions(tmp_path):
         wait_until(lambda: emu.stats()["invocations"] == 2)
 
 
-def test_concurrency_exhausted_is_throttled_like_aws():
+def held(tmp_path: Path) -> tuple[dict, Path]:
+    """A sleep event that holds its environment until the returned path is touched (60 s at
+    most): busy for as long as the test needs, on any machine."""
+    go = tmp_path / "go"
+    return {"sleep_s": 60, "until": str(go)}, go
+
+
+def test_concurrency_exhausted_is_throttled_like_aws(tmp_path):
+    hold, go = held(tmp_path)
     with LambdaEmulator(None, handler=SLEEP, concurrency=1) as emu, ThreadPoolExecutor(1) as pool:
         c = client(emu.url)
-        slow = pool.submit(invoke, client(emu.url), {"sleep_s": 1.0})
+        slow = pool.submit(invoke, client(emu.url), hold)
         wait_until(lambda: emu.stats()["busy"] == 1)
         with pytest.raises(c.exceptions.TooManyRequestsException) as ei:
             c.invoke(FunctionName=FN, Payload=b'{"sleep_s": 0}')
@@ -176,6 +176,7 @@ def test_concurrency_exhausted_is_throttled_like_aws():
         assert err["ResponseMetadata"]["HTTPStatusCode"] == 429
         assert err["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
         assert err["Error"]["Message"] == "Rate Exceeded."
+        go.touch()
         first, _, _ = slow.result(timeout=30)
         out, rep, _ = invoke(c, {"sleep_s": 0})  # the freed environment, warm
         assert out["pid"] == first["pid"] and rep["init"] is None
@@ -197,9 +198,12 @@ def test_keep_alive_expiry_reaps_the_environment_and_next_invoke_is_cold():
         assert emu.stats()["cold_starts"] == 2
 
 
-def test_two_environments_scale_out_and_most_recent_is_reused():
+def test_two_environments_scale_out_and_most_recent_is_reused(tmp_path):
+    hold, go = held(tmp_path)
     with LambdaEmulator(None, handler=SLEEP, concurrency=2) as emu, ThreadPoolExecutor(2) as pool:
-        futs = [pool.submit(invoke, client(emu.url), {"sleep_s": 0.5}) for _ in range(2)]
+        futs = [pool.submit(invoke, client(emu.url), hold) for _ in range(2)]
+        wait_until(lambda: emu.stats()["busy"] == 2, 30, "two invokes in flight together")
+        go.touch()
         pids = {f.result(timeout=30)[0]["pid"] for f in futs}
         assert len(pids) == 2 and emu.stats()["cold_starts"] == 2
         c = client(emu.url)
@@ -235,7 +239,7 @@ def test_a_killed_worker_fails_its_invoke_and_the_next_one_succeeds():
     with LambdaEmulator(None, handler=SLEEP, concurrency=1) as emu, ThreadPoolExecutor(1) as pool:
         c = client(emu.url)
         first, _, _ = invoke(c, {})
-        slow = pool.submit(invoke, client(emu.url), {"sleep_s": 5.0})
+        slow = pool.submit(invoke, client(emu.url), {"sleep_s": 60.0})  # ended by the kill
         wait_until(lambda: emu.stats()["busy"] == 1)
         os.kill(first["pid"], signal.SIGKILL)
         out, _, err = slow.result(timeout=30)
@@ -274,18 +278,22 @@ def test_log_tail_has_the_handler_output_and_context_is_lambdas():
     assert 0 < out["remaining_ms"] <= 30_000
 
 
-def test_stop_ends_every_worker_even_busy_ones():
-    emu = LambdaEmulator(None, handler=SLEEP, concurrency=3).start()
+def test_stop_ends_every_worker_even_busy_ones(tmp_path):
+    hold, go = held(tmp_path)
+    emu = LambdaEmulator(None, handler=SLEEP, concurrency=3, timeout_s=600).start()
     with ThreadPoolExecutor(3) as pool:
-        futs = [pool.submit(invoke, client(emu.url), {"sleep_s": 0.3}) for _ in range(3)]
+        futs = [pool.submit(invoke, client(emu.url), hold) for _ in range(3)]
+        wait_until(lambda: emu.stats()["busy"] == 3, 30, "three invokes in flight together")
+        go.touch()
         pids = {f.result(timeout=30)[0]["pid"] for f in futs}
-        busy = pool.submit(invoke, client(emu.url), {"sleep_s": 30})
+        busy = pool.submit(invoke, client(emu.url), {"sleep_s": 600})
         wait_until(lambda: emu.stats()["busy"] == 1)
         assert set(emu.worker_pids()) == pids
-        t0 = time.monotonic()
-        emu.stop()
-        emu.stop()  # idempotent
-        assert time.monotonic() - t0 < 10
+        # waiting out the busy handler would take 600 s: a stop within 120 s did not
+        stopper = threading.Thread(target=lambda: (emu.stop(), emu.stop()))  # idempotent
+        stopper.start()
+        stopper.join(120)
+        assert not stopper.is_alive(), "stop() waited for the busy handler"
         try:
             _, _, err = busy.result(timeout=30)
         except Exception as e:  # the connection was cut

@@ -8,6 +8,7 @@ import json
 import random
 import socket
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -99,14 +100,20 @@ def test_throttled_invokes_back_off_and_all_succeed():
     assert max(r.attempts for r in results) > 1 and emu_stats["invocations"] == 4
 
 
-def test_still_throttled_after_max_attempts_raises():
+def test_still_throttled_after_max_attempts_raises(tmp_path):
+    go = tmp_path / "go"  # the slow invoke holds its environment until this file exists
+
     async def run(url: str) -> dict:
         async with invoker(url, max_attempts=1) as inv:
-            slow = asyncio.ensure_future(inv.invoke(sleep_event(1.0)))
+            hold = json.dumps({"sleep_s": 60, "until": str(go)}).encode()
+            slow = asyncio.ensure_future(inv.invoke(hold))
+            deadline = time.monotonic() + 30
             while emu.stats()["busy"] == 0:
+                assert time.monotonic() < deadline, "the slow invoke never started"
                 await asyncio.sleep(0.01)
             with pytest.raises(LambdaThrottled, match=f"{FN}.*TooManyRequestsException"):
                 await inv.invoke(sleep_event(0))
+            go.touch()
             assert (await slow).function_error is None
             return inv.stats()
 

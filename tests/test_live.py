@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from hybridserve.config import ConfigError
 from hybridserve.live import CappedBackend, interval_counts
 from hybridserve.serve import load_serve_config
+from tests.conftest import wait_until
 
 
 def test_interval_counts_aligns_to_the_last_second_and_pads_with_zeros():
@@ -105,13 +105,6 @@ def stack(tmp_path_factory):
     s.stop_background()
 
 
-def _wait(pred, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_stepped_load_scales_the_fleet_and_a_killed_instance_loses_nothing(stack):
     from hybridserve.loadgen import bench_sync, build_payload, poisson_schedule
 
@@ -126,10 +119,11 @@ def test_stepped_load_scales_the_fleet_and_a_killed_instance_loses_nothing(stack
 
     t = threading.Thread(target=load)
     t.start()
-    _wait(lambda: len(backend.endpoints()) == 2, 14, "two ready instances under 120 req/s")
+    wait_until(lambda: len(backend.endpoints()) == 2, 14, "two ready instances under 120 req/s")
     victim = backend.endpoints()[0].instance_id
     backend.kill(victim)  # under load: its in-flight requests go to Lambda
-    t.join(40)
+    t.join(60)
+    assert not t.is_alive(), "the load generator did not finish"
     r = result["r"]
     assert r.sent == r.scheduled and r.error_count == 0 and r.ok == r.sent, r.errors
     kinds = [(k, i) for _, k, _, i in backend.events()]
@@ -137,7 +131,7 @@ def test_stepped_load_scales_the_fleet_and_a_killed_instance_loses_nothing(stack
     m = stack.router.metrics
     assert m.spills > 0 and m.responses.get(("fleet", 200), 0) > 0
     # the lost instance is replaced, then load stops and the fleet is retired
-    _wait(lambda: backend.observe().totals() == {}, 40, "scale-in to zero after the load")
+    wait_until(lambda: backend.observe().totals() == {}, 40, "scale-in to zero after the load")
     assert any(k == "retire" for _, k, _, _ in backend.events())
 
 
@@ -165,3 +159,21 @@ def test_example_serve_config_loads():
 
     cfg = load_serve_config(Path(__file__).resolve().parents[1] / "examples" / "serve.yaml")
     assert cfg.deployment == "hybrid" and cfg.router.port == 8080 and cfg.lambda_.concurrency == 2
+
+
+def test_spawn_listening_gives_up_on_a_silent_or_dead_child():
+    """A child that never prints (a plain readline would block forever) or that exits."""
+    import sys
+
+    from hybridserve.spawn import spawn_listening
+
+    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(RuntimeError, match="silent did not start: it was silent for 0.5 s"):
+        spawn_listening(silent, None, "silent", 0.5)
+    with pytest.raises(RuntimeError, match="dead did not start: it exited with code 3"):
+        spawn_listening([sys.executable, "-c", "raise SystemExit(3)"], None, "dead", 30)
+    talks = "print('warming up'); print('listening on http://127.0.0.1:1', flush=True); input()"
+    proc, url = spawn_listening([sys.executable, "-c", talks], None, "ok", 30)
+    proc.kill()
+    proc.wait()
+    assert url == "http://127.0.0.1:1"

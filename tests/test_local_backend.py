@@ -20,6 +20,7 @@ from hybridserve.backends.local import LocalBackend  # noqa: E402
 from hybridserve.config import Pool  # noqa: E402
 from predictors.artifact import build_artifact, load_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
+from tests.conftest import wait_until  # noqa: E402
 
 POOL = Pool(
     instance_type="c5.large",
@@ -75,11 +76,7 @@ def _alive(pid: int) -> bool:
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(0.05)
+    wait_until(cond, timeout_s)
 
 
 def call(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -139,10 +136,12 @@ def test_nothing_is_ready_or_started_before_the_launch_delay(make):
     b = make(launch_delay_s=1.5)
     (launch,) = b.converge({KEY: 1})
     for _ in range(2):  # right after converge, and half a second later
-        st = b.observe().get(KEY)
+        st, eps, pids = b.observe().get(KEY), b.endpoints(), b.pids()
+        if b.now() >= launch.time_s + 1.5:
+            break  # a busy machine read them past the delay: they prove nothing then
         assert st.ready == 0 and len(st.pending_ready_in_s) == 1
         assert st.pending_ready_in_s[0] > b.expected_start_s  # boot time still to come
-        assert b.endpoints() == [] and b.pids() == {}
+        assert eps == [] and pids == {}
         time.sleep(0.5)
     wait_for(lambda: len(b.endpoints()) == 1)
     ready_at = next(t for t, k, _, _ in b.events() if k == "ready")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,16 @@ from hybridserve.forecast.lstm import LSTMForecaster  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SEASON = 240
 N_STEPS = 1200
-SMALL = {"lookback": 48, "min_history": 600, "season_steps": SEASON, "max_fit_s": 5.0}
+# Training is bounded by epochs, never by the clock: a slow or busy CPU trains as far as a fast
+# one (max_fit_s only guards against a hang; runs assert they were not cut short).
+SMALL = {"lookback": 48, "min_history": 600, "season_steps": SEASON, "max_fit_s": 3600.0}
+EPOCHS = 20
+# Skill (MAE / last value's MAE, h=10, last 300 steps) measured at 20 epochs for seeds 0-7 on an
+# AMD EPYC (AVX2): 0.564 0.558 0.561 0.565 0.564 0.561 0.563 0.558. At 1-3 epochs (what a
+# clock-bound fit gets on a busy host) it was 0.77-1.36. The median of five seeds must stay
+# well inside the trained band: torch's floats differ across CPUs, the band is ~0.01 wide.
+SKILL_SEEDS = (0, 1, 2, 3, 4)
+MAX_MEDIAN_SKILL = 0.75
 
 
 def seasonal_counts(n: int = N_STEPS, seed: int = 1) -> np.ndarray:
@@ -34,12 +44,9 @@ def counts() -> np.ndarray:
     return seasonal_counts()
 
 
-@pytest.fixture(scope="module")
-def trained(counts, tmp_path_factory):
-    """One forecaster run over the whole series, with its and last value's h=10 forecasts, and
-    a file saved from it at the end (tests that feed it more data use a copy: `fresh`)."""
-    h = 10
-    f = LSTMForecaster(epochs=20, **SMALL)
+def replay(counts: np.ndarray, seed: int, h: int = 10):
+    """One forecaster run over the whole series, with its and last value's h-step forecasts."""
+    f = LSTMForecaster(epochs=EPOCHS, seed=seed, **SMALL)
     lv = LastValue()
     pred_f, pred_lv, last_fc = {}, {}, None
     for i, c in enumerate(counts):
@@ -48,6 +55,19 @@ def trained(counts, tmp_path_factory):
         last_fc = f.forecast(h)
         pred_f[i + h] = last_fc.mean[h - 1]
         pred_lv[i + h] = lv.forecast(h).mean[h - 1]
+    return f, pred_f, pred_lv, last_fc
+
+
+@pytest.fixture(scope="module")
+def runs(counts) -> dict[int, tuple]:
+    return {seed: replay(counts, seed) for seed in SKILL_SEEDS}
+
+
+@pytest.fixture(scope="module")
+def trained(runs, tmp_path_factory):
+    """The seed-0 run, and a file saved from it at the end (tests that feed it more data use a
+    copy: `fresh`)."""
+    f, pred_f, pred_lv, last_fc = runs[0]
     path = tmp_path_factory.mktemp("lstm") / "trained.pt"
     f.save(path)
     return f, pred_f, pred_lv, last_fc, path
@@ -59,15 +79,18 @@ def fresh(trained) -> LSTMForecaster:
     return LSTMForecaster.load(trained[4])
 
 
-def test_beats_last_value_on_a_daily_season(trained, counts):
-    f, pred_f, pred_lv, *_ = trained
-    assert f.fitted and f.fits == 1 and f.fit_seconds > 0
+def test_beats_last_value_on_a_daily_season(runs, counts):
     actual = counts.mean(axis=1)
     steps = range(N_STEPS - 300, N_STEPS)
-    mae_f = np.mean([abs(pred_f[i] - actual[i]) for i in steps])
-    mae_lv = np.mean([abs(pred_lv[i] - actual[i]) for i in steps])
-    skill = mae_f / mae_lv
-    assert skill < 0.9, f"lstm MAE {mae_f:.2f} vs last value {mae_lv:.2f} (skill {skill:.2f})"
+    skills = {}
+    for seed, (f, pred_f, pred_lv, _) in runs.items():
+        assert f.fitted and f.fits == 1 and f.fit_seconds > 0
+        assert f.last_fit["epochs"] == EPOCHS and not f.last_fit["cut_short"]
+        mae_f = np.mean([abs(pred_f[i] - actual[i]) for i in steps])
+        mae_lv = np.mean([abs(pred_lv[i] - actual[i]) for i in steps])
+        skills[seed] = round(float(mae_f / mae_lv), 3)
+    assert np.median(list(skills.values())) < MAX_MEDIAN_SKILL, f"skill per seed: {skills}"
+    assert max(skills.values()) < 1.0, f"a seed worse than last value: {skills}"
 
 
 def test_quantiles_are_ordered_once_calibrated(trained):
@@ -184,18 +207,23 @@ def test_forecast_is_cached_per_step(fresh, monkeypatch):
     assert len(calls) == 2
 
 
-def test_refit_every_and_time_bound():
+def test_refit_every_and_time_bound(monkeypatch):
     rng = np.random.default_rng(0)
     kw = {"max_horizon": 4, "lookback": 8, "min_history": 40, "season_steps": 24}
     f = LSTMForecaster(refit_every=25, epochs=1, **kw)
     for _ in range(100):
         f.observe(rng.poisson(20, 60))
     assert f.fits == 3  # at steps 40, 65, 90
+    # the time bound on a fake clock where every reading is 0.1 s later (a batch takes 0.1 s):
+    # cut short within max_fit_s plus one batch, whatever this machine's speed
+    ticks = iter(np.arange(1, 10_000) * 0.1)
+    clock = SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    monkeypatch.setattr("hybridserve.forecast.lstm.time", clock)
     g = LSTMForecaster(epochs=100_000, max_fit_s=0.3, **kw)
     for _ in range(40):
         g.observe(rng.poisson(20, 60))
-    assert g.fits == 1 and g.last_fit["cut_short"]
-    assert g.fit_seconds < 2.0
+    assert g.fits == 1 and g.last_fit["cut_short"] and g.last_fit["epochs"] < 10
+    assert g.fit_seconds <= 0.3 + 0.2 + 1e-9  # max_fit_s, one batch, the final reading
 
 
 def test_threads_and_determinism_flag_restored():

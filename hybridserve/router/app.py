@@ -396,8 +396,9 @@ class Router:
             )
         if status == 503:
             out_headers = (*out_headers, (b"retry-after", str(self.cfg.retry_after_s).encode()))
-        await _reply(send, status, payload, extra=out_headers)
+        # counted before the reply: a client holding its response must find it in the metrics
         self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms)
+        await _reply(send, status, payload, extra=out_headers)
 
     def _pick(self, budget_ms: float) -> Upstream | None:
         """The instance `choose` picks within `budget_ms`, or None (spill or reject)."""
