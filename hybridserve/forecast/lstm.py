@@ -21,7 +21,6 @@ it, and only constructing the forecaster needs it.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
 import time
@@ -290,12 +289,11 @@ class LSTMForecaster(PointForecaster):
         x_np, y_np = self._windows()
         x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
         n = len(x_np)
-        det_prev = torch.are_deterministic_algorithms_enabled()
         epochs_done, loss_v, stop = 0, float("nan"), False
         rng = np.random.default_rng([self.seed, self.fits])
         with _Threads(torch, self.threads), torch.random.fork_rng(devices=[]):
-            with contextlib.suppress(Exception):  # best effort: some builds refuse
-                torch.use_deterministic_algorithms(True)
+            # seeded, one thread, CPU: the LSTM's kernels are deterministic as they are
+            # (torch.use_deterministic_algorithms would import torch's compiler: 2.6 s)
             try:
                 torch.manual_seed(self.seed + self.fits)
                 opt = torch.optim.Adam(self._net.parameters(), lr=self.lr)
@@ -322,8 +320,6 @@ class LSTMForecaster(PointForecaster):
                         break
             finally:
                 self._net.eval()
-                with contextlib.suppress(Exception):
-                    torch.use_deterministic_algorithms(det_prev)
         secs = time.perf_counter() - t0
         self.fitted = True
         self.fits += 1

@@ -9,9 +9,18 @@ the horizon never needs, and repeat.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from hybridserve.planner.base import Plan, PlanInput, retire_unplanned
+from hybridserve.config import Pool
+from hybridserve.planner.base import (
+    Plan,
+    PlanInput,
+    prune_dominated,
+    prune_multiples,
+    retire_unplanned,
+)
 
 
 class GreedyPlanner:
@@ -19,9 +28,20 @@ class GreedyPlanner:
 
     def __init__(self, level: str = "mean") -> None:
         self.level = level
+        self._pruned: tuple[tuple, list[Pool]] | None = None
+
+    def _pools(self, inp: PlanInput) -> list[Pool]:
+        """Pools that can win a fill: a dominated pool or a multiple of another never costs
+        less per request, so pruning them changes nothing but ties (memoised)."""
+        keep = frozenset(k for k, v in inp.fleet.totals().items() if v)
+        key = (tuple(p.key for p in inp.pools), keep)
+        if self._pruned is None or self._pruned[0] != key:
+            self._pruned = (key, prune_multiples(prune_dominated(inp.pools, keep), keep))
+        return self._pruned[1]
 
     def plan(self, inp: PlanInput) -> Plan:
-        pools = inp.pools
+        pools = self._pools(inp)
+        inp = replace(inp, pools=pools)
         dt = inp.interval_s
         H = inp.horizon
         base = inp.base_counts()
