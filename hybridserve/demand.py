@@ -115,3 +115,45 @@ def build_demand(forecast: Forecast, burst: BurstProfile | None, levels: int = 6
     lv, w = _compress(vals, probs, edges)
     mean = np.sum(lv * w, axis=1)
     return Demand(levels=lv, weights=w, mean=mean)
+
+
+@dataclass(frozen=True)
+class DemandSketch:
+    """What the demand of each step is made of, before compression: the forecast's mean-rate
+    quantiles at `_RATE_P` (rows, weights `_RATE_W`) times the burst ratios, or the sorted
+    per-second arrivals of a forecast that knows them. Cheap to build, and enough to bound how
+    far the demand moved, which is all plan reuse needs to know."""
+
+    rates: np.ndarray | None  # (H, R)
+    ratios: np.ndarray | None  # (K,)
+    per_second: np.ndarray | None  # (H, n), sorted per row
+
+
+def sketch(forecast: Forecast, burst: BurstProfile | None) -> DemandSketch:
+    if forecast.per_second is not None:
+        return DemandSketch(None, None, np.sort(np.asarray(forecast.per_second, float), axis=1))
+    ratios = burst.ratios() if burst is not None else np.ones(1)
+    return DemandSketch(forecast.quantile(_RATE_P).T, ratios, None)
+
+
+def moved(old: DemandSketch, new: DemandSketch, shift: int) -> np.ndarray:
+    """Per overlapping step, an upper bound on the mean absolute change of per-second demand
+    (the Wasserstein-1 distance between the old demand `shift` steps ahead and the new), which
+    bounds the change of the expected spill at any capacity, (x - c)+ being 1-Lipschitz.
+
+    For rate x ratio, pairing quantile with quantile: E|R'B' - RB| <= E|R' - R| E[B'] +
+    E[R] E|B' - B|."""
+    if old.per_second is not None or new.per_second is not None:
+        if old.per_second is None or new.per_second is None:
+            return np.full(1, np.inf)
+        a = old.per_second[shift:]
+        b = new.per_second[: len(a)]
+        if a.shape != b.shape:
+            return np.full(1, np.inf)
+        return np.mean(np.abs(a - b), axis=1)
+    ro, rn = old.rates[shift:], new.rates[: len(old.rates) - shift]
+    if old.ratios.shape != new.ratios.shape or ro.shape != rn.shape:
+        return np.full(1, np.inf)
+    d_rate = (np.abs(rn - ro) @ _RATE_W) * float(np.mean(new.ratios))
+    d_ratio = (ro @ _RATE_W) * float(np.mean(np.abs(new.ratios - old.ratios)))
+    return d_rate + d_ratio

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hybridserve.config import PlannerOptions, Pool
+from hybridserve.demand import DemandSketch, moved, sketch
 from hybridserve.planner.base import (
     Plan,
     PlanInput,
@@ -38,7 +39,7 @@ class _Solved:
     step: int
     keys: tuple[str, ...]
     lambda_price: float | None
-    levels: np.ndarray
+    demand: DemandSketch
     counts: np.ndarray
     target: dict[str, int]
     objective: float
@@ -221,7 +222,7 @@ class ExactPlanner:
         if s.lambda_price != inp.lambda_usd_per_request:
             return None
         shift = self.step - s.step
-        H = inp.demand.horizon
+        H = inp.horizon
         if (
             shift >= self.opt.max_plan_age_steps
             or shift + max(inp.lead_steps(p) for p in pools) >= H
@@ -229,14 +230,11 @@ class ExactPlanner:
             return None
         if inp.fleet.totals() != {k: v for k, v in s.target.items() if v}:
             return None  # the fleet moved (a loss, a failed launch, an outside change)
-        # the cost of reusing is bounded by the probability-weighted change of demand per step
+        # the cost of reusing is bounded by how far the demand moved per step (in req/s, the
+        # change of expected spill at any capacity); measured without compressing the demand,
+        # which is what a decision that reuses would otherwise spend its time on
         tol = self.opt.resolve_tolerance * min(p.capacity_rps for p in pools)
-        overlap = s.levels[shift:]
-        dem = inp.demand
-        moved = np.sum(
-            dem.weights[: len(overlap)] * np.abs(dem.levels[: len(overlap)] - overlap), axis=1
-        )
-        if np.max(moved) > tol:
+        if np.max(moved(s.demand, sketch(inp.forecast, inp.burst), shift)) > tol:
             return None
         target = target_from_counts(inp, pools, s.counts, shift)
         return Plan(
@@ -275,7 +273,7 @@ class ExactPlanner:
                 self.step,
                 tuple(p.key for p in pools),
                 inp.lambda_usd_per_request,
-                inp.demand.levels.copy(),
+                sketch(inp.forecast, inp.burst),
                 x,
                 target,
                 obj,
