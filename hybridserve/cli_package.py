@@ -1,13 +1,15 @@
 """`hybridserve package`: build a model artifact (and optionally the Lambda package around it).
 
-    hybridserve package --model distilbert --variant int8 --output build/
+    hybridserve package --model distilbert --output build/            # int8, else fp32
     hybridserve package --model my.onnx --variant fp16 --output build/ --json
     hybridserve package --model net.pt --input images:FP32:-1,3,224,224 --output build/
     hybridserve package --model distilbert --target lambda --output build/
 
 `--model` is a reference model name (distilbert, resnet50, tinybert, mlp), an ONNX file or a
-TorchScript archive (which needs ``--input``). The artifact is refused, and nothing written, when
-the variant's outputs drift from fp32 below ``--cosine-threshold``.
+TorchScript archive (which needs ``--input``). A variant is refused, and nothing written, when
+its outputs drift from fp32 below ``--cosine-threshold`` on any int8 kernel path (this CPU's
+and, emulated, the exact-int32 and int16-saturating ones: `predictors.guard`). The default
+variant, ``auto``, is int8 when it passes and fp32 otherwise, saying why.
 """
 
 from __future__ import annotations
@@ -51,9 +53,18 @@ def _lambda_packager() -> Any:
 )
 @click.option(
     "--variant",
-    type=click.Choice(["int8", "fp16", "fp32"]),
-    default="int8",
+    type=click.Choice(["auto", "int8", "fp16", "fp32"]),
+    default="auto",
     show_default=True,
+    help="auto: int8 if it passes the accuracy guard on every int8 kernel path, else fp32.",
+)
+@click.option(
+    "--int8-format",
+    type=click.Choice(["s8-rr", "s8", "u8"]),
+    default="s8-rr",
+    show_default=True,
+    help="Weights: s8-rr 7-bit signed (saturation-free on every CPU), s8 full range (saturates "
+    "on AVX2/AVX-512BW), u8 (exact, slower kernels).",
 )
 @click.option(
     "--target",
@@ -84,7 +95,7 @@ def _lambda_packager() -> Any:
     help="Refuse the variant if its outputs' cosine similarity to fp32 falls below this.",
 )
 @click.option(
-    "--samples", type=int, default=8, show_default=True, help="Random inputs the guard compares."
+    "--samples", type=int, default=16, show_default=True, help="Random inputs the guard compares."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--name", default=None, help="Artifact name (default: the model's).")
@@ -101,6 +112,7 @@ def _lambda_packager() -> Any:
 def package(
     model: str,
     variant: str,
+    int8_format: str,
     target: str,
     output_dir: str,
     compression: str,
@@ -134,6 +146,7 @@ def package(
             input_specs=specs,
             max_batch=max_batch,
             level=compression_level,
+            int8_format=int8_format,
         )
         manifest = read_manifest(art_dir)
         sizes = size_report(art_dir)
@@ -142,15 +155,20 @@ def package(
             lambda_result = packager(art_dir, Path(output_dir))
 
     acc = manifest["accuracy"]
+    warnings = _cpu_warnings(manifest, target)
     if as_json:
         out: dict[str, Any] = {
             "artifact": str(art_dir),
             "name": manifest["name"],
             "version": manifest["version"],
             "variant": manifest["variant"],
+            "variant_requested": variant,
+            "rejected": manifest.get("rejected", []),
             "files": [{"file": f, "bytes": b} for f, b in sizes],
             "sizes": manifest["sizes"],
             "accuracy": acc,
+            "paths": {p: f["cosine"] for p, f in acc.get("paths", {}).items()},
+            "warnings": warnings,
             "manifest": manifest,
         }
         if target == "lambda":
@@ -162,7 +180,13 @@ def package(
         click.echo(json.dumps(out, indent=2))
         return
 
-    click.echo(f"artifact {art_dir}  ({manifest['name']} v{manifest['version']}, {variant})")
+    for r in manifest.get("rejected", []):
+        click.echo(f"variant {r['variant']} rejected: {r['reason']}", err=True)
+    if manifest.get("rejected"):
+        click.echo(f"using the {manifest['variant']} variant instead", err=True)
+    click.echo(
+        f"artifact {art_dir}  ({manifest['name']} v{manifest['version']}, {manifest['variant']})"
+    )
     width = max(len(f) for f, _ in sizes)
     for f, b in sizes:
         click.echo(f"  {f:<{width}}  {b:>14,d} B  {_fmt_bytes(b):>9}")
@@ -172,10 +196,16 @@ def package(
         f"  model: {_fmt_bytes(onnx_bytes)} ONNX -> {_fmt_bytes(comp)} {compression} "
         f"({comp / onnx_bytes:.0%})"
     )
+    paths = ", ".join(f"{p} {f['cosine']:.6f}" for p, f in acc.get("paths", {}).items())
     click.echo(
-        f"  accuracy: min cosine to fp32 {acc['cosine_min']:.6f} over {acc['samples']} samples "
-        f"(threshold {acc['threshold']})"
+        f"  accuracy: {acc.get('metric', 'cosine')} to fp32 {acc['cosine']:.6f} on the worst "
+        f"path ({paths}; threshold {acc['threshold']}, {acc['samples']} samples, seed "
+        f"{acc['seed']}); per-sample min {acc['cosine_min_per_sample']:.6f} (reported only)"
     )
+    if "saturation_free" in acc:
+        click.echo(f"  int8: saturation-free {str(acc['saturation_free']).lower()}")
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if target == "lambda":
         j = lambda_result.as_json() if hasattr(lambda_result, "as_json") else None
         if isinstance(j, dict) and {"kind", "path", "unzipped_mb"} <= set(j):
@@ -186,6 +216,26 @@ def package(
             )
         else:
             click.echo(f"lambda package: {_jsonable(lambda_result)}")
+
+
+def _cpu_warnings(manifest: dict[str, Any], target: str) -> list[str]:
+    """Where the target's CPUs may differ from this one: accuracy is checked, latency is not."""
+    on = manifest["accuracy"].get("measured_on", {})
+    here = f"{on.get('isa', 'unknown')} ({on.get('cpu_model', 'unknown CPU')})"
+    checked = (
+        "accuracy holds there (every int8 kernel path was checked)"
+        if manifest["variant"] == "int8"
+        else "accuracy does not depend on the CPU for this variant"
+    )
+    if target == "lambda":
+        return [
+            f"Lambda x86_64 functions run on several Intel/AMD CPUs (AVX2 to AVX-512 VNNI) and "
+            f"arm64 ones on Graviton; {checked}, but latency profiled here on {here} may differ"
+        ]
+    return [
+        f"EC2 instance types differ in CPU (AVX2, AVX-512, VNNI/AMX, Graviton); {checked}, but "
+        f"profile latency on the instance type, not only here on {here}"
+    ]
 
 
 def _jsonable(x: Any) -> Any:

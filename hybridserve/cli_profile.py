@@ -1,4 +1,8 @@
-"""`hybridserve profile`: measure an artifact's service time per batch size, write a profile."""
+"""`hybridserve profile`: measure an artifact's service time per batch size, write a profile.
+
+The profile records the CPU's ISA (`reference.isa`) next to the latencies: int8 service time
+depends on it (VNNI vs AVX2), so a profile describes instance types with the same ISA.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ def _profile(
     as_json: bool,
 ) -> None:
     from predictors.artifact import load_artifact
+    from predictors.isa import cpu_isa
     from predictors.onnx_model import OnnxModel
     from predictors.profile import profile_document, profile_model
 
@@ -73,6 +78,7 @@ def _profile(
                     "model": model.name,
                     "threads": threads,
                     "profile": out,
+                    "isa": cpu_isa().as_json(),
                     "batches": [r.__dict__ for r in rows],
                 }
             )
@@ -83,4 +89,9 @@ def _profile(
             click.echo(
                 f"{r.batch:>5}  {r.p50_ms:>8.2f}  {r.p99_ms:>8.2f}  {r.throughput_rps:>8.1f}"
             )
-        click.echo(f"profile written to {out}", err=True)
+        isa = cpu_isa()
+        click.echo(
+            f"profile written to {out} (measured on {isa.isa}, {isa.cpu_model}; int8 path "
+            f"{isa.int8_path})",
+            err=True,
+        )

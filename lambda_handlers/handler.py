@@ -1,8 +1,9 @@
 """AWS Lambda entry point of the spill function: V2 inference on an ONNX artifact.
 
-Lean on purpose: onnxruntime, numpy, zstandard and the predictors runtime (no torch). The model
-is loaded once per container (the only module-level state in the project): the artifact is
-verified, decompressed to /tmp and opened with intra-op threads matched to the function's vCPUs.
+Lean on purpose: onnxruntime, numpy, zstandard and the predictors runtime (no torch, no onnx).
+The model is loaded once per container (the only module-level state in the project): the
+artifact is verified, decompressed to /tmp and opened with intra-op threads matched to the
+function's vCPUs; the cold start logs one JSON line with the CPU's ISA and int8 kernel path.
 
 Events served:
 - a V2 inference request (`{"inputs": [...], ...}`), answered with a V2 response;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -75,7 +77,35 @@ def get_plane():
         _CACHE["plane"] = DataPlane([model], max_delay_ms=0.0)
         _CACHE["model"] = model
         _CACHE["load_s"] = time.perf_counter() - t0
+        _log_cold_start(model, _CACHE["load_s"])
     return _CACHE["plane"], _CACHE["model"]
+
+
+def _log_cold_start(model, load_s: float) -> None:
+    """One JSON line (CloudWatch keeps stderr): which CPU this environment got, for latency.
+
+    Lambda runs a function on whichever Intel/AMD (or Graviton) CPU the host has; the int8 path
+    (exact-int32 or int16-saturating-pairs) tells which kernels the int8 variant runs on.
+    """
+    from predictors.isa import cpu_isa
+
+    isa = cpu_isa()
+    _CACHE["isa"] = isa
+    line = {
+        "ts": round(time.time(), 3),
+        "level": "info",
+        "logger": "hybridserve.lambda",
+        "event": "lambda.cold_start",
+        "model": model.name,
+        "variant": model.artifact.variant,
+        "isa": isa.isa,
+        "int8_path": isa.int8_path,
+        "cpu_model": isa.cpu_model,
+        "machine": isa.machine,
+        "threads": _threads(),
+        "load_s": round(load_s, 3),
+    }
+    print(json.dumps(line), file=sys.stderr, flush=True)
 
 
 def _error(status: int, message: str) -> dict:

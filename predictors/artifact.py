@@ -7,8 +7,9 @@ An artifact is what ships to an EC2 instance or inside a Lambda package::
         model.onnx.zst     the ONNX model, zstd level 19 (or model.onnx.xz, lzma)
 
 `build_artifact` (build time: needs onnx, and torch for torch models) exports the fp32 model,
-makes the variant, refuses it if its outputs drift from fp32 (the accuracy guard), compresses it
-and writes the directory atomically. `load_artifact` (serving time: needs only numpy, zstandard
+makes the variant, refuses it if its outputs drift from fp32 on any int8 kernel path (the
+accuracy guard, `predictors.guard`; ``auto`` then falls back to fp32), compresses it and writes
+the directory atomically. `load_artifact` (serving time: needs only numpy, zstandard
 and the standard library, so it runs in the Lambda) checks every file against the manifest
 before decompressing, streams the model out to an extraction directory (``/tmp`` in a Lambda),
 checks the result and reuses an earlier extraction whose hash still matches.
@@ -41,6 +42,9 @@ MODEL_STEM = "model.onnx"
 COMPRESSIONS = {"zstd": ".zst", "xz": ".xz"}
 DEFAULT_LEVELS = {"zstd": 19, "xz": 6}
 VARIANTS = ("int8", "fp16", "fp32")
+AUTO = "auto"  # int8 if it passes the guard on every int8 path, else fp32
+AUTO_ORDER = ("int8", "fp32")
+DEFAULT_GUARD_SAMPLES = 16
 DEFAULT_MAX_BATCH = 32
 CHUNK = 1 << 20
 # compressed bytes are read in pieces below glibc's initial mmap threshold (128 KiB)
@@ -50,10 +54,6 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class ArtifactError(ValueError):
     """A missing, damaged or tampered artifact."""
-
-
-class AccuracyError(ValueError):
-    """A variant whose outputs drift from the fp32 model beyond the threshold."""
 
 
 @dataclass(frozen=True)
@@ -369,85 +369,13 @@ def size_report(artifact_dir: str | Path) -> list[tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------------------------
-# accuracy guard
+# build
 # --------------------------------------------------------------------------------------------
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _run(path: Path, feed: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
-    """Outputs of the ONNX model at `path` on `feed`; ValueError if onnxruntime refuses it."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return session.run(None, feed)
-    except Exception as e:  # onnxruntime's errors derive from Exception only
-        raise ValueError(f"onnxruntime cannot run the {what}: {_first_line(e)}") from None
-
-
-def guard_inputs(
-    specs: Sequence[TensorSpec],
-    ranges: dict[str, tuple[int, int]],
-    samples: int,
-    seed: int,
-) -> dict[str, np.ndarray]:
-    """`samples` seeded random inputs (one batch) of the right dtypes and value ranges."""
-    from predictors.export import example_inputs
-
-    return example_inputs(specs, ranges, batch=samples, seed=seed)
-
-
-def cosine_per_sample(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> np.ndarray:
-    """Cosine similarity per sample (row) of all outputs concatenated; -1 where not finite."""
-    a = np.concatenate([np.asarray(x, np.float64).reshape(len(x), -1) for x in ref], axis=1)
-    b = np.concatenate([np.asarray(x, np.float64).reshape(len(x), -1) for x in got], axis=1)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (a * b).sum(axis=1) / (na * nb)
-    both_zero = (na == 0) & (nb == 0)
-    cos = np.where(both_zero, 1.0, cos)
-    finite = np.isfinite(cos) & np.isfinite(b).all(axis=1)
-    return np.where(finite, np.clip(cos, -1.0, 1.0), -1.0)
-
-
-def accuracy_guard(
-    fp32_path: Path,
-    variant_path: Path,
-    inputs: Sequence[TensorSpec],
-    *,
-    variant: str,
-    ranges: dict[str, tuple[int, int]],
-    samples: int,
-    seed: int,
-    threshold: float,
-    label: str = "",
-) -> float:
-    """Min cosine similarity of the variant's outputs to fp32's; AccuracyError below threshold."""
-    feed = guard_inputs(inputs, ranges, samples, seed)
-    ref = _run(fp32_path, feed, f"fp32 model of {label}")
-    if not all(np.isfinite(np.asarray(r, np.float64)).all() for r in ref):
-        raise AccuracyError(f"{label}: the fp32 model gives non-finite outputs on random inputs")
-    got = ref if variant_path == fp32_path else _run(variant_path, feed, f"{label} variant")
-    cos_min = float(cosine_per_sample(ref, got).min())
-    if cos_min < threshold:
-        raise AccuracyError(
-            f"{label}: the {variant} variant fails the accuracy guard: cosine similarity to fp32 "
-            f"{cos_min:.6f} < threshold {threshold} (min over {samples} random samples, "
-            f"seed {seed}); nothing written"
-        )
-    return cos_min
-
-
-# --------------------------------------------------------------------------------------------
-# build
-# --------------------------------------------------------------------------------------------
 
 
 def _resolve_source(
@@ -472,6 +400,31 @@ def _resolve_source(
     return export.load_user_model(model, input_specs=input_specs, name=name)
 
 
+def _make(export: Any, fp32: Path, work: Path, variant: str, int8_format: str, label: str) -> Path:
+    """The variant's ONNX model in `work` (fp32 itself for fp32)."""
+    if variant == "fp32":
+        return fp32
+    try:
+        return export.make_variant(fp32, work / f"{variant}.onnx", variant, int8_format=int8_format)
+    except (ValueError, RuntimeError):
+        raise
+    except Exception as e:  # quantizer/converter errors on an unusual graph
+        raise ValueError(
+            f"{label}: making the {variant} variant failed: {_first_line(e)}"
+        ) from None
+
+
+def _rejection(variant: str, e: Exception) -> dict[str, Any]:
+    acc = getattr(e, "accuracy", None) or {}
+    return {
+        "variant": variant,
+        "reason": str(e),
+        "worst_path": acc.get("worst_path"),
+        "cosine": acc.get("cosine"),
+        "paths": {p: f["cosine"] for p, f in acc.get("paths", {}).items()},
+    }
+
+
 def build_artifact(
     model: Any,
     output_dir: str | Path,
@@ -479,27 +432,34 @@ def build_artifact(
     variant: str = "int8",
     compression: str = "zstd",
     cosine_threshold: float = 0.99,
-    samples: int = 8,
+    samples: int = DEFAULT_GUARD_SAMPLES,
     seed: int = 0,
     version: str = "1",
     name: str | None = None,
     input_specs: Sequence[TensorSpec] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     level: int | None = None,
+    int8_format: str | None = None,
 ) -> Path:
     """Build the `variant` artifact of `model` into ``output_dir/<name>-<variant>``.
 
     `model` is a reference model name (``distilbert``, ``resnet50``, ``tinybert``, ``mlp``), an
     ONNX or TorchScript file, or a torch.nn.Module (the last two need `input_specs`). The fp32
-    model is exported, the variant made and compared with fp32 on `samples` seeded random inputs;
-    a minimum cosine similarity below `cosine_threshold` raises AccuracyError and writes nothing.
-    Otherwise the model is compressed (zstd level 19, or xz) and the directory written
-    atomically (replacing an earlier build). Returns the artifact directory.
+    model is exported, the variant made and checked by the accuracy guard
+    (`predictors.guard`: `samples` seeded random inputs, every int8 kernel path); a figure
+    below `cosine_threshold` raises AccuracyError and writes nothing. ``variant="auto"`` tries
+    int8, then fp32, and records in the manifest (``rejected``) why a variant was passed over.
+    `int8_format` picks the quantization (`predictors.export.INT8_FORMATS`). The model is
+    compressed (zstd level 19, or xz) and the directory written atomically (replacing an earlier
+    build). Returns the artifact directory.
     """
     from predictors import export
+    from predictors.guard import AccuracyError, accuracy_guard
 
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant not in (*VARIANTS, AUTO):
+        raise ValueError(
+            f"unknown variant {variant!r}; choose one of {', '.join((AUTO, *VARIANTS))}"
+        )
     if compression not in COMPRESSIONS:
         raise ValueError(
             f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSIONS)}"
@@ -510,15 +470,19 @@ def build_artifact(
         raise ValueError(f"max_batch must be at least 1, got {max_batch}")
     if not np.isfinite(cosine_threshold):
         raise ValueError(f"cosine threshold must be a number, got {cosine_threshold}")
+    int8_format = int8_format or export.DEFAULT_INT8_FORMAT
+    if int8_format not in export.INT8_FORMATS:
+        raise ValueError(
+            f"unknown int8 format {int8_format!r}; choose one of {', '.join(export.INT8_FORMATS)}"
+        )
     level = DEFAULT_LEVELS[compression] if level is None else level
 
     src = _resolve_source(model, name=name, input_specs=input_specs, seed=seed)
     art_name = src.name
     if not _NAME_OK.match(art_name):
         raise ValueError(f"model name {art_name!r}: use letters, digits, '.', '_' and '-'")
-    label = f"{art_name}-{variant}"
     output_dir = Path(output_dir)
-    final = output_dir / label
+    candidates = AUTO_ORDER if variant == AUTO else (variant,)
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hybridserve-build-") as work_dir:
@@ -530,27 +494,30 @@ def build_artifact(
         ranges = dict(src.input_ranges)
         if any(s.dtype.kind in "iu" and s.name not in ranges for s in inputs):
             ranges = {**export.integer_input_ranges(fp32, inputs), **ranges}
-        model_path = fp32
-        if variant != "fp32":
+        rejected: list[dict[str, Any]] = []
+        for chosen in candidates:
+            label = f"{art_name}-{chosen}"
+            model_path = _make(export, fp32, work, chosen, int8_format, label)
             try:
-                model_path = export.make_variant(fp32, work / f"{variant}.onnx", variant)
-            except (ValueError, RuntimeError):
-                raise
-            except Exception as e:  # quantizer/converter errors on an unusual graph
-                raise ValueError(
-                    f"{label}: making the {variant} variant failed: {_first_line(e)}"
-                ) from None
-        cos_min = accuracy_guard(
-            fp32,
-            model_path,
-            inputs,
-            variant=variant,
-            ranges=ranges,
-            samples=samples,
-            seed=seed,
-            threshold=cosine_threshold,
-            label=label,
-        )
+                accuracy = accuracy_guard(
+                    fp32,
+                    model_path,
+                    inputs,
+                    variant=chosen,
+                    ranges=ranges,
+                    samples=samples,
+                    seed=seed,
+                    threshold=cosine_threshold,
+                    label=label,
+                )
+                break
+            except AccuracyError as e:
+                if chosen == candidates[-1]:
+                    raise
+                rejected.append(_rejection(chosen, e))
+        if chosen == "int8":
+            accuracy["int8_format"] = export.INT8_FORMATS[int8_format].as_json(int8_format)
+        final = output_dir / label
         onnx_sha, onnx_bytes = sha256_file(model_path)
 
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -563,7 +530,8 @@ def build_artifact(
                 "format": FORMAT,
                 "name": art_name,
                 "version": str(version),
-                "variant": variant,
+                "variant": chosen,
+                "variant_requested": variant,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "inputs": [s.as_json() for s in inputs],
                 "outputs": [s.as_json() for s in outputs],
@@ -572,13 +540,8 @@ def build_artifact(
                 "compression_level": level,
                 "files": {model_file: {"sha256": file_sha, "bytes": file_bytes}},
                 "model": {"sha256": onnx_sha, "bytes": onnx_bytes},
-                "accuracy": {
-                    "reference": "fp32",
-                    "cosine_min": round(cos_min, 6),
-                    "samples": samples,
-                    "threshold": cosine_threshold,
-                    "seed": seed,
-                },
+                "accuracy": accuracy,
+                "rejected": rejected,
                 "sizes": {"onnx_bytes": onnx_bytes, "compressed_bytes": file_bytes},
                 "source": {**src.describe(), "seed": seed if src.kind == "reference" else None},
                 "build_seconds": round(time.perf_counter() - t0, 2),

@@ -3,7 +3,8 @@
 - `export_onnx`: a torch module to fp32 ONNX (TorchScript exporter, opset 17, every batch axis
   and every other -1 dimension dynamic);
 - `quantize_int8`: dynamic int8 quantization of the weights (MatMul/Gemm, and Gather so that the
-  embedding tables shrink too), activations quantized at run time;
+  embedding tables shrink too), activations quantized at run time; by default 7-bit signed
+  weights, which cannot saturate onnxruntime's int16 pair sums on any CPU (`INT8_FORMATS`);
 - `to_fp16`: float weights and compute in fp16, inputs and outputs kept fp32;
 - `load_user_model`: an ONNX file (kept as is), a TorchScript archive or a torch module, as a
   `SourceModel` that knows its tensors and writes its fp32 ONNX.
@@ -176,29 +177,62 @@ def _quiet_quantizer() -> Iterator[None]:
         root.removeFilter(f)
 
 
+@dataclass(frozen=True)
+class Int8Format:
+    """How `quantize_int8` stores weights (activations are always uint8, scaled at run time)."""
+
+    weight_type: str  # "int8" or "uint8"
+    reduce_range: bool  # 7-bit weights, [-64, 64]
+    text: str
+
+    def as_json(self, name: str) -> dict[str, Any]:
+        return {"name": name, "weights": self.weight_type, "reduce_range": self.reduce_range,
+                "per_channel": True, "activations": "uint8, dynamic per tensor"}  # fmt: skip
+
+
+# Why s8-rr is the default (AVX2 machine, 2 threads, batch 1; guard figures on every path, seeds
+# 0-4, 8/16/32 samples; README "The model side" has the table):
+# - int8 weights with reduce_range are at most 64 in magnitude, so a pair of u8 * s8 products is
+#   at most 255 * 64 * 2 = 32640 < 32767: saturation-free by construction, on the int16-pair
+#   path (AVX2, AVX-512BW without VNNI) as on every exact one, and on VNNI/AMX/arm64 it runs the
+#   same fast U8S8 kernels. DistilBERT 40.2 ms (s8 full range 40.2, fp32 78.8).
+# - full-range s8 saturates on AVX2/AVX-512BW: mlp pooled cosine 0.976 there (0.99997 exact).
+# - u8 weights (U8U8 kernels) are exact everywhere too but slower: DistilBERT 61.8 ms.
+INT8_FORMATS: dict[str, Int8Format] = {
+    "s8-rr": Int8Format("int8", True, "int8 per channel, 7-bit range: saturation-free, fast"),
+    "s8": Int8Format("int8", False, "int8 per channel, full range: saturates on AVX2/AVX-512BW"),
+    "u8": Int8Format("uint8", False, "uint8 per channel: exact everywhere, U8U8 kernels, slower"),
+}
+DEFAULT_INT8_FORMAT = "s8-rr"
+
+
 def quantize_int8(
     src: str | Path,
     dst: str | Path,
     *,
     op_types: Sequence[str] = INT8_OP_TYPES,
-    per_channel: bool = True,
+    fmt: str = DEFAULT_INT8_FORMAT,
 ) -> Path:
-    """Dynamic int8 quantization: int8 weights (signed, per channel), activations at run time.
+    """Dynamic int8 quantization: int8 weights per channel (`fmt`), activations at run time.
 
     MatMul/Gemm with constant weights become MatMulInteger (the attention score products, which
     have no constant operand, stay fp32) and Gather on constant tables (embeddings) gathers
-    int8 and dequantizes. Per-channel scales keep the cosine to fp32 of a DistilBERT above 0.995.
+    int8 and dequantizes. See `INT8_FORMATS` for why the default is 7-bit signed weights.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if fmt not in INT8_FORMATS:
+        raise ValueError(f"unknown int8 format {fmt!r}; choose one of {', '.join(INT8_FORMATS)}")
+    f = INT8_FORMATS[fmt]
     dst = Path(dst)
     with _quiet_quantizer():
         quantize_dynamic(
             Path(src),
             dst,
             op_types_to_quantize=list(op_types),
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=f.reduce_range,
+            weight_type=QuantType.QInt8 if f.weight_type == "int8" else QuantType.QUInt8,
             extra_options={"MatMulConstBOnly": True},
         )
     return dst
@@ -255,10 +289,12 @@ def _fp16_weights_only(model: Any) -> Any:
     return model
 
 
-def make_variant(src: str | Path, dst: str | Path, variant: str) -> Path:
+def make_variant(
+    src: str | Path, dst: str | Path, variant: str, *, int8_format: str = DEFAULT_INT8_FORMAT
+) -> Path:
     """The `variant` (int8, fp16 or fp32) of the fp32 ONNX model `src`, written to `dst`."""
     if variant == "int8":
-        return quantize_int8(src, dst)
+        return quantize_int8(src, dst, fmt=int8_format)
     if variant == "fp16":
         return to_fp16(src, dst)
     if variant == "fp32":

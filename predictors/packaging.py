@@ -31,6 +31,7 @@ RUNTIME_MODULES = (
     "batching.py",
     "artifact.py",
     "onnx_model.py",
+    "isa.py",  # the handler logs the CPU's ISA and int8 path at cold start
 )
 HANDLER = "lambda_handlers.handler.handler"
 

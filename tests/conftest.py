@@ -1,6 +1,7 @@
 """Shared pytest fixtures: repo on sys.path, the real-trace folder (tests skip without it), and
 the one wait-for-a-condition helper that tests use instead of fixed sleeps or wall-clock asserts."""
 
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +15,15 @@ if str(REPO) not in sys.path:
 
 TRACES = REPO.parent / "shared" / "traces"
 TWITTER = TRACES / "twitter-2021-08.per-second.txt.gz"
+
+
+@pytest.fixture(autouse=True)
+def _restore_hybridserve_logger():
+    """A CLI run in-process calls logs.configure (propagate off): undo it so caplog sees records."""
+    log = logging.getLogger("hybridserve")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved
 
 
 @pytest.fixture

@@ -155,7 +155,8 @@ def test_a_tampered_artifact_is_refused_with_an_error_object(artifact, tmp_path,
 def test_cold_path_in_a_fresh_interpreter(artifact, tmp_path):
     code = (
         "import json, sys; from lambda_handlers.handler import handler, _CACHE; "
-        "r = handler(json.loads(sys.argv[1])); print(json.dumps({'r': r, 'load_s': _CACHE['load_s']}))"
+        "r = handler(json.loads(sys.argv[1])); handler(json.loads(sys.argv[1])); "
+        "print(json.dumps({'r': r, 'load_s': _CACHE['load_s'], 'onnx': 'onnx' in sys.modules}))"
     )
     env = {
         **os.environ,
@@ -176,6 +177,12 @@ def test_cold_path_in_a_fresh_interpreter(artifact, tmp_path):
     assert "torch" not in p.stderr
     assert out["r"]["outputs"][0]["shape"] == [1, 4] and out["load_s"] > 0
     assert (tmp_path / "cold").exists()
+    assert out["onnx"] is False  # the handler needs onnxruntime, never onnx
+    # one structured line at cold start (not per request) naming the CPU's int8 kernel path
+    [line] = [json.loads(x) for x in p.stderr.splitlines() if '"lambda.cold_start"' in x]
+    assert line["level"] == "info" and line["model"] == "mlp" and line["variant"] == "fp32"
+    assert line["int8_path"] in ("exact-int32", "int16-saturating-pairs", "unknown")
+    assert line["isa"] and line["cpu_model"] and line["load_s"] > 0
 
 
 def test_warmup_loads_the_model_but_never_infers(env, monkeypatch):

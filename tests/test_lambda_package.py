@@ -29,6 +29,8 @@ def test_zip_within_the_limit_holds_only_the_lambda_path(fake_artifact, tmp_path
     names = zipfile.ZipFile(pkg.path).namelist()
     assert "lambda_handlers/handler.py" in names
     assert "predictors/v2.py" in names and "predictors/artifact.py" in names
+    assert "predictors/isa.py" in names  # the handler logs the CPU's int8 path at cold start
+    assert "predictors/int8_paths.py" not in names and "predictors/guard.py" not in names
     assert "artifact/manifest.json" in names
     assert any(n.startswith("onnxruntime/") for n in names)
     assert any(n.startswith("numpy/") for n in names)
@@ -47,6 +49,7 @@ def test_zip_is_self_contained(fake_artifact, tmp_path):
         "import sys; sys.path.insert(0, sys.argv[1]); "
         "import numpy, onnxruntime, zstandard; "
         "import lambda_handlers.handler as h; import predictors.v2, predictors.onnx_model; "
+        "from predictors.isa import cpu_isa; cpu_isa(); "
         "assert numpy.__file__.startswith(sys.argv[1]), numpy.__file__; print('ok')"
     )
     # -S: no site-packages, as in the Lambda runtime (only the task root and the runtime's own)

@@ -85,8 +85,14 @@ def test_package_then_profile_a_users_onnx_model(tmp_path):
     assert all(b["p50_ms"] > 0 and b["throughput_rps"] > 0 for b in out["batches"])
     doc = yaml.safe_load(prof.read_text())
     assert "measured by `hybridserve profile`" in doc["provenance"]
+    from predictors.isa import cpu_isa
+
+    here = cpu_isa()
+    assert doc["reference"]["isa"] == here.isa == out["isa"]["isa"]
+    assert f"(ISA {here.isa}, int8 path {here.int8_path})" in doc["provenance"]
     sc = load_scenario(model=doc)  # the profile plugs straight into a scenario
     assert sc.model.reference.batch_ms.keys() == {1, 2, 4}
+    assert sc.model.reference.isa == here.isa
     assert sc.pools and sc.pools[0].capacity_rps > 0
 
 
