@@ -278,3 +278,29 @@ def test_module_imports_without_torch():
         "assert m.LSTMForecaster.name == 'lstm'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_hand_adam_matches_torch_adam():
+    # the LSTM trains with a hand-written Adam (torch.optim imports torch's compiler, seconds):
+    # it must be torch's single-tensor CPU Adam, bit for bit, over many steps and a skipped grad
+    from hybridserve.forecast.lstm import _Adam
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(4, 8, batch_first=True)
+    ours = torch.nn.LSTM(4, 8, batch_first=True)
+    ours.load_state_dict(ref.state_dict())
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=3e-3)
+    opt_ours = _Adam(ours.parameters(), lr=3e-3)
+    x = torch.randn(16, 5, 4)
+    for step in range(30):
+        for net, opt in ((ref, opt_ref), (ours, opt_ours)):
+            opt.zero_grad()
+            loss = net(x * (1 + step / 10))[0].pow(2).mean()
+            loss.backward()
+            if step == 7:  # a parameter without a gradient is left alone by both
+                net.bias_hh_l0.grad = None
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt_ref.step()
+        opt_ours.step(torch)
+    for (name, a), b in zip(ref.state_dict().items(), ours.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
