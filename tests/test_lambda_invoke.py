@@ -235,3 +235,38 @@ def test_report_parsing_is_robust():
     assert parse_report(tail("no report here")) == (None, None, None)
     assert parse_report(None) == (None, None, None)
     assert parse_report("%%% not base64") == (None, None, None)
+
+
+def test_a_connection_that_is_never_accepted_is_a_timeout_or_an_error(tmp_path):
+    # a listening socket whose accept queue is full drops new SYNs (Linux): connect hangs
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    fillers = []
+    for _ in range(4):  # fill the accept queue; never accepted
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(srv.getsockname())
+        fillers.append(c)
+
+    async def run(timeout_s: float) -> Exception:
+        async with invoker(url, timeout_s=timeout_s) as inv:
+            with pytest.raises((LambdaTimeout, LambdaInvokeError)) as e:
+                await inv.invoke(b"{}")
+            assert inv.in_flight == 0
+            return e.value
+
+    try:
+        # the deadline is the connect limit: a timeout, whichever of the invoke's deadline and
+        # botocore's connect timeout (both 0.3 s) fires first
+        short = asyncio.run(run(0.3))
+        assert isinstance(short, LambdaTimeout) and "0.3 s" in str(short)
+        long = asyncio.run(run(5.0))  # unreachable within 3 s, deadline not reached: an error
+        assert isinstance(long, LambdaInvokeError) and "cannot connect within 3 s" in str(long)
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()

@@ -42,6 +42,9 @@ class InvokeResult:
     attempts: int
 
 
+CONNECT_TIMEOUT_S = 3.0  # an endpoint that does not accept within this is unreachable
+
+
 class LambdaThrottled(RuntimeError):
     """Still throttled (429 or a retryable 5xx) after `max_attempts`."""
 
@@ -151,7 +154,7 @@ class LambdaInvoker:
             retries={"total_max_attempts": 1},  # our backoff is the only one
             max_pool_connections=self.max_concurrency,
             read_timeout=self.timeout_s,
-            connect_timeout=min(self.timeout_s, 3.0),
+            connect_timeout=self._connect_timeout_s(),
         )
         stack = contextlib.AsyncExitStack()
         self._client = await stack.enter_async_context(
@@ -205,6 +208,10 @@ class LambdaInvoker:
                 f"Lambda {self.function_name}: no answer within {self.timeout_s:g} s"
             ) from e
 
+    def _connect_timeout_s(self) -> float:
+        """3 s to connect, or the whole deadline when that is shorter."""
+        return min(self.timeout_s, CONNECT_TIMEOUT_S)
+
     async def _bounded(self, payload: bytes) -> InvokeResult:
         assert self._sem is not None
         async with self._sem:
@@ -216,7 +223,12 @@ class LambdaInvoker:
 
     async def _attempts(self, payload: bytes) -> InvokeResult:
         from aiohttp import ClientError as HttpError
-        from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            ReadTimeoutError,
+        )
 
         kwargs: dict[str, Any] = {
             "FunctionName": self.function_name,
@@ -259,6 +271,15 @@ class LambdaInvoker:
             except ReadTimeoutError as e:
                 raise LambdaTimeout(
                     f"Lambda {name}: no answer within {self.timeout_s:g} s ({e})"
+                ) from e
+            except ConnectTimeoutError as e:
+                if self._connect_timeout_s() >= self.timeout_s:  # the deadline ran out first
+                    raise LambdaTimeout(
+                        f"Lambda {name}: no connection within the {self.timeout_s:g} s deadline"
+                    ) from e
+                self._counts["errors"] += 1
+                raise LambdaInvokeError(
+                    f"Lambda {name}: cannot connect within {CONNECT_TIMEOUT_S:g} s: {e}"
                 ) from e
             except (BotoCoreError, HttpError, OSError) as e:
                 self._counts["errors"] += 1
