@@ -45,7 +45,8 @@ def _torch():
     return torch
 
 
-def _onnx():
+def require_onnx() -> Any:
+    """The onnx module, or a RuntimeError naming the extra that installs it."""
     try:
         import onnx
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -129,7 +130,7 @@ def export_onnx(
 
 def onnx_specs(path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Input and output specs of an ONNX graph (-1 for a symbolic or unknown dimension)."""
-    onnx = _onnx()
+    onnx = require_onnx()
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
@@ -240,7 +241,7 @@ def quantize_int8(
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
     """fp16 weights and compute; graph inputs and outputs stay as they were (fp32)."""
-    onnx = _onnx()
+    onnx = require_onnx()
     dst = Path(dst)
     model = onnx.load(str(src))
     try:
@@ -260,7 +261,7 @@ def _fp16_weights_only(model: Any) -> Any:
 
     Halves the weights on disk and in the artifact; compute stays fp32.
     """
-    onnx = _onnx()
+    onnx = require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -517,7 +518,7 @@ def _check_same_names(what: str, path: Path, want: list[str], got: list[TensorSp
 
 
 def _onnx_parameters(path: str | Path) -> int:
-    onnx = _onnx()
+    onnx = require_onnx()
     model = onnx.load(str(path), load_external_data=False)
     return int(sum(int(np.prod(i.dims)) for i in model.graph.initializer))
 
@@ -533,7 +534,7 @@ def integer_input_ranges(
     ints = [s for s in specs if s.dtype.kind in "iu"]
     if not ints:
         return {}
-    onnx = _onnx()
+    onnx = require_onnx()
     model = onnx.load(str(path), load_external_data=False)
     tables = {i.name: list(i.dims) for i in model.graph.initializer}
     # follow an input through Cast/Identity to the Gathers that use it as indices

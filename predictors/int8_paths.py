@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from predictors.export import require_onnx
 from predictors.isa import EXACT, SATURATING
 
 INT16_MAX = 32767
@@ -40,18 +41,8 @@ class EmulationError(ValueError):
     """A quantized graph this module cannot emulate (the guard then relies on the static check)."""
 
 
-def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "checking int8 paths needs onnx: pip install 'hybridserve[predictors]'"
-        ) from e
-    return onnx
-
-
 def _load(model: Any) -> Any:
-    return _onnx().load(str(model)) if isinstance(model, (str, Path)) else model
+    return require_onnx().load(str(model)) if isinstance(model, (str, Path)) else model
 
 
 def _constants(model: Any) -> dict[str, np.ndarray]:
@@ -257,7 +248,7 @@ def emulated_model(model: Any, path: str) -> Any:
 
     Raises EmulationError for integer ops or operands this cannot emulate.
     """
-    onnx = _onnx()
+    onnx = require_onnx()
     if path not in (EXACT, SATURATING):
         raise ValueError(f"unknown int8 path {path!r}; one of {EXACT}, {SATURATING}")
     model = _load(model)
