@@ -101,22 +101,6 @@ def _compress(
     return level, np.broadcast_to(width, (rows, len(width))).copy()
 
 
-def build_demand(forecast: Forecast, burst: BurstProfile | None, levels: int = 6) -> Demand:
-    """Discrete per-second demand per step from a forecast and the recent burst profile."""
-    edges = tail_edges(levels)
-    if forecast.per_second is not None:
-        ps = np.asarray(forecast.per_second, dtype=float)
-        vals, probs = ps, np.full(ps.shape[1], 1.0 / ps.shape[1])
-    else:
-        rate = forecast.quantile(_RATE_P).T  # (H, R)
-        ratios = burst.ratios() if burst is not None else np.ones(1)
-        vals = (rate[:, :, None] * ratios[None, None, :]).reshape(len(rate), -1)
-        probs = np.repeat(_RATE_W / len(ratios), len(ratios))  # same for every step
-    lv, w = _compress(vals, probs, edges)
-    mean = np.sum(lv * w, axis=1)
-    return Demand(levels=lv, weights=w, mean=mean)
-
-
 @dataclass(frozen=True)
 class DemandSketch:
     """What the demand of each step is made of, before compression: the forecast's mean-rate
@@ -134,6 +118,19 @@ def sketch(forecast: Forecast, burst: BurstProfile | None) -> DemandSketch:
         return DemandSketch(None, None, np.sort(np.asarray(forecast.per_second, float), axis=1))
     ratios = burst.ratios() if burst is not None else np.ones(1)
     return DemandSketch(forecast.quantile(_RATE_P).T, ratios, None)
+
+
+def build_demand(sk: DemandSketch, levels: int = 6) -> Demand:
+    """Discrete per-second demand per step from its sketch (a forecast and the burst profile)."""
+    edges = tail_edges(levels)
+    if sk.per_second is not None:
+        vals, probs = sk.per_second, np.full(sk.per_second.shape[1], 1.0 / sk.per_second.shape[1])
+    else:
+        vals = (sk.rates[:, :, None] * sk.ratios[None, None, :]).reshape(len(sk.rates), -1)
+        probs = np.repeat(_RATE_W / len(sk.ratios), len(sk.ratios))  # same for every step
+    lv, w = _compress(vals, probs, edges)
+    mean = np.sum(lv * w, axis=1)
+    return Demand(levels=lv, weights=w, mean=mean)
 
 
 def moved(old: DemandSketch, new: DemandSketch, shift: int) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from hybridserve.config import Pool
-from hybridserve.demand import BurstProfile, Demand, build_demand
+from hybridserve.demand import BurstProfile, Demand, DemandSketch, build_demand, sketch
 from hybridserve.forecast import Forecast
 
 
@@ -43,8 +43,8 @@ class FleetView:
 class PlanInput:
     """Everything a planner may look at for one decision.
 
-    `demand` (per-second rate levels per step) is built on first use: only planners that price
-    the spill need it.
+    `demand` (per-second rate levels per step) and its `sketch` are built on first use, once:
+    only planners that price the spill need them.
     """
 
     forecast: Forecast
@@ -58,8 +58,12 @@ class PlanInput:
     demand_levels: int = 6
 
     @cached_property
+    def sketch(self) -> DemandSketch:
+        return sketch(self.forecast, self.burst)
+
+    @cached_property
     def demand(self) -> Demand:
-        return build_demand(self.forecast, self.burst, self.demand_levels)
+        return build_demand(self.sketch, self.demand_levels)
 
     @property
     def horizon(self) -> int:

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from hybridserve.config import PlannerOptions, Pool
-from hybridserve.demand import DemandSketch, moved, sketch
+from hybridserve.demand import DemandSketch, moved
 from hybridserve.planner.base import (
     Plan,
     PlanInput,
@@ -234,7 +234,7 @@ class ExactPlanner:
         # change of expected spill at any capacity); measured without compressing the demand,
         # which is what a decision that reuses would otherwise spend its time on
         tol = self.opt.resolve_tolerance * min(p.capacity_rps for p in pools)
-        if np.max(moved(s.demand, sketch(inp.forecast, inp.burst), shift)) > tol:
+        if np.max(moved(s.demand, inp.sketch, shift)) > tol:
             return None
         target = target_from_counts(inp, pools, s.counts, shift)
         return Plan(
@@ -273,7 +273,7 @@ class ExactPlanner:
                 self.step,
                 tuple(p.key for p in pools),
                 inp.lambda_usd_per_request,
-                sketch(inp.forecast, inp.burst),
+                inp.sketch,
                 x,
                 target,
                 obj,
