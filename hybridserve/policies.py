@@ -56,6 +56,11 @@ class PolicySpec:
     def planner_fallbacks(self) -> int:
         return self.planner.fallbacks
 
+    @property
+    def training_s(self) -> float:
+        """Wall seconds the forecaster spent training (models that report it: the LSTM)."""
+        return float(getattr(self.forecaster, "fit_seconds", 0.0) or 0.0)
+
 
 def default_forecaster(policy: str) -> str:
     """mark forecasts with an LSTM as MArk did (when torch is installed); hybrid picks by backtest."""

@@ -51,6 +51,7 @@ class PolicyResult:
     plans_solved: int | None = None
     forecaster_fallbacks: int = 0  # steps the forecast came from a fallback of the chain
     planner_fallbacks: int = 0  # decisions the primary planner could not take
+    training_s: float = 0.0  # of sim_wall_s, what the forecaster spent training
     timeline: Timeline | None = field(default=None, repr=False)
     instances: list = field(default_factory=list, repr=False)
 
@@ -76,6 +77,7 @@ class PolicyResult:
             "forecaster_fallbacks": self.forecaster_fallbacks,
             "planner_fallbacks": self.planner_fallbacks,
             "sim_wall_s": round(self.sim_wall_s, 3),
+            "training_s": round(self.training_s, 3),
         }
 
 
@@ -170,6 +172,7 @@ def run_policy(
         plans_solved=getattr(planner, "solves", None),
         forecaster_fallbacks=spec.forecaster_fallbacks,
         planner_fallbacks=spec.planner_fallbacks,
+        training_s=spec.training_s,
         timeline=timeline,
         instances=backend.instances,
     )

@@ -27,6 +27,7 @@ RESULT_KEYS = {
     "forecaster_fallbacks",
     "planner_fallbacks",
     "sim_wall_s",
+    "training_s",
 }
 
 

@@ -33,19 +33,18 @@ class Forecast:
         return len(self.mean)
 
     @cached_property
-    def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Known levels, their normal scores and the (levels, horizon) quantile matrix."""
+    def _grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Known levels and the (levels, horizon) quantile matrix."""
         if 0.5 not in self.quantiles:
             raise ValueError("a Forecast needs the 0.5 quantile")
-        levels = np.array(sorted(self.quantiles))
-        qs = np.stack([self.quantiles[q] for q in levels])
-        return levels, ndtri(levels), qs
+        levels = sorted(self.quantiles)
+        return np.array(levels), np.stack([self.quantiles[q] for q in levels])
 
     def quantile(self, p: float | np.ndarray) -> np.ndarray:
         """Quantile(s) at probability p, shape (len(p), horizon): interpolated between the known
         levels in normal-score space; below the median mirrored around it (floored at 0)."""
         ps = np.atleast_1d(np.asarray(p, dtype=float))
-        levels, _, qs = self._grid
+        levels, qs = self._grid
         med = self.quantiles[0.5]
         if len(levels) == 1:
             return np.maximum(np.broadcast_to(med, (len(ps), self.horizon)), 0.0)
