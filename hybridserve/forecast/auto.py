@@ -132,15 +132,14 @@ class Auto(PointForecaster):
         if self.dropped:
             w[list(self.dropped)] = 0.0
         total = w.sum(axis=0, keepdims=True)
-        if not np.all(total > 0):
+        if not np.minimum.reduce(total, axis=None) > 0:  # NaN fails too
             raise RuntimeError("auto: every candidate forecaster is out")
         return w / total
 
     def _candidate(self, i: int) -> np.ndarray:
         """Candidate i's point forecast over the full horizon; NaN when it is (now) out."""
-        nan = np.full(self.H, np.nan)
         if i in self.dropped:
-            return nan
+            return np.full(self.H, np.nan)
         c = self.cands[i]
         try:
             mean = np.asarray(c.point(self.H), dtype=float)
@@ -148,11 +147,11 @@ class Auto(PointForecaster):
             self._drop(
                 i, f"forecast: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             )
-            return nan
+            return np.full(self.H, np.nan)
         problem = forecast_problem(mean, self.H, FAR_FACTOR * max(self.peak, 1.0))
         if problem is not None:
             self._drop(i, problem)
-            return nan
+            return np.full(self.H, np.nan)
         return mean
 
     def _point(self, horizon: int) -> np.ndarray:

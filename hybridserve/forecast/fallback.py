@@ -30,8 +30,10 @@ def forecast_problem(mean: np.ndarray, horizon: int, ceiling: float) -> str | No
     m = np.asarray(mean, dtype=float)
     if m.shape != (horizon,):
         return f"expected {horizon} steps, got shape {m.shape}"
-    lo, hi = float(m.min()), float(m.max())
-    if lo >= 0.0 and hi <= ceiling:  # the common case, in two reductions (NaN fails both)
+    # the common case in two reductions (NaN fails both); the ufuncs' own reduce, without the
+    # ndarray.min wrapper: 2 us against 10 (this runs for every candidate every step)
+    lo, hi = float(np.minimum.reduce(m)), float(np.maximum.reduce(m))
+    if lo >= 0.0 and hi <= ceiling:
         return None
     if not np.all(np.isfinite(m)):
         return "non-finite value"

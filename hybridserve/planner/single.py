@@ -60,14 +60,17 @@ def solve_single(
     at0 = serve[:, 0]
     slope = serve[:, 1:] - serve[:, :-1]
     lead = min(inp.lead_steps(pool), H)
-    slope[:lead][xs[None, :-1] >= base[:lead, None] - 1e-9] = np.inf
+    for h in range(lead):
+        slope[h, math.ceil(base[h] - 1e-9) :] = np.inf
     L = pool.price_usd_s * pool.launch_delay_s  # a launch
     R = retire_fraction * L  # a retirement
     arrivals = np.rint(base).astype(np.int64)  # ready at each step
     arrivals[1:] -= arrivals[:-1].copy()
     # step 0 moves from the a0 instances there are: retire below a0, launch above it
     arrive = arrivals.tolist()
-    s = slope[0] + np.where(xs[:-1] < arrive[0], -R, L)
+    s = slope[0].copy()
+    s[: arrive[0]] -= R
+    s[arrive[0] :] += L
     v0 = float(at0[0]) + R * arrive[0]
     band = [(0, 0)] * H
     for h in range(1, H):
