@@ -6,7 +6,6 @@ any field. Every validation error names the file and the field path and says wha
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -356,18 +355,13 @@ def lambda_cold_start_s(sc: Scenario) -> float:
     return sc.lambda_.cold_start_s or sc.model.lambda_.cold_start_s
 
 
-def billed_ms(seconds: float) -> int:
-    """Lambda bills duration in whole milliseconds, rounded up (float noise is not a millisecond)."""
-    return math.ceil(round(seconds * 1000.0, 6))
-
-
 def lambda_usd_per_request(sc: Scenario, service_s: float | None = None) -> float:
     """Warm cost of one invocation: memory × billed ms (rounded up to 1 ms) + request charge."""
+    from hybridserve.pricing import lambda_invoke_usd
+
     s = lambda_service_s(sc) if service_s is None else service_s
     p = sc.lambda_pricing
-    return (
-        sc.lambda_.memory_mb / 1024.0 * billed_ms(s) / 1000.0 * p.usd_per_gb_s + p.usd_per_request
-    )
+    return lambda_invoke_usd(s * 1000.0, sc.lambda_.memory_mb, p.usd_per_gb_s, p.usd_per_request)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -7,28 +7,16 @@ request goes to the fleet and which spills to Lambda is the router's per-request
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from hybridserve.backends.base import Action, Backend
+from hybridserve.backends.base import Backend
 from hybridserve.config import Pool
 from hybridserve.demand import BurstProfile
+from hybridserve.fleet import Decision
 from hybridserve.forecast import Forecaster
-from hybridserve.planner.base import FleetView, Plan, PlanInput, Planner
+from hybridserve.planner.base import PlanInput, Planner
 
-
-@dataclass(frozen=True)
-class Decision:
-    time_s: float
-    fleet: FleetView
-    plan: Plan
-    actions: list[Action]
-    inputs: PlanInput
-    forecast_source: str = ""  # which forecaster of the chain answered
-    plan_source: str = ""  # which planner of the chain decided
-    forecaster_fallbacks: int = 0  # cumulative, since the controller started
-    planner_fallbacks: int = 0
+__all__ = ["Controller", "Decision"]
 
 
 class Controller:

@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from hybridserve.backends.base import Action
-from hybridserve.controller import Controller, Decision
+from hybridserve.controller import Controller
+from hybridserve.fleet import Action, Decision, FleetView
 from hybridserve.logs import event
-from hybridserve.planner.base import FleetView
 
 log = logging.getLogger("hybridserve.live")
 

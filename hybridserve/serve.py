@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hybridserve.config import (
     ConfigError,
+    PlannerOptions,
     Scenario,
     build_scenario,
     lambda_service_s,
@@ -94,6 +95,7 @@ class ServeConfig(_Strict):
     control_interval_s: int = Field(10, ge=1)
     horizon_steps: int = Field(12, ge=1)
     forecaster: str | None = None
+    planner: PlannerOptions = PlannerOptions()  # as a scenario's `planner:` section
     instances: LocalInstances = LocalInstances()
     lambda_: LocalLambda = Field(LocalLambda(), alias="lambda")
     router: RouterOptions = RouterOptions()
@@ -232,6 +234,7 @@ def local_scenario(cfg: ServeConfig, profile: dict[str, Any]) -> Scenario:
             "instance_types": [it.instance_type],
             "markets": ["on_demand"],
             "catalog": {"instances": {it.instance_type: {"launch_delay_s": it.launch_delay_s}}},
+            "planner": cfg.planner.model_dump(),
             "model": {
                 "name": profile["name"],
                 "provenance": profile["provenance"],

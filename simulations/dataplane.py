@@ -36,13 +36,10 @@ from scipy.ndimage import maximum_filter1d
 from hybridserve.config import (
     Pool,
     Scenario,
-    billed_ms,
     lambda_cold_start_s,
     lambda_service_s,
-    lambda_usd_per_request,
 )
-
-MIN_BILL_S = 60.0
+from hybridserve.pricing import ec2_usd, lambda_compute_usd, lambda_init_usd
 
 
 def histogram_edges(slo_s: float) -> np.ndarray:
@@ -389,22 +386,22 @@ def ec2_bill(
     for inst in instances:
         p = pools[inst.pool]
         stop = end_s if inst.ended_at is None else min(inst.ended_at, end_s)
-        billed = max(MIN_BILL_S, stop - inst.launched_at)
-        if inst.end_reason == "spot-interruption" and stop - inst.launched_at < 3600.0:
-            billed = 0.0
-        usd[p.market] += billed * p.price_usd_s
+        ran = stop - inst.launched_at
+        free = inst.end_reason == "spot-interruption" and ran < 3600.0
+        usd[p.market] += 0.0 if free else ec2_usd(ran, p.price_usd_s)
+        billed = 0.0 if free else ec2_usd(ran, 1.0)  # seconds billed
         hours[p.instance_type] = hours.get(p.instance_type, 0.0) + billed / 3600.0
     return usd, hours
 
 
 def lambda_bill(served: float, cold: float, sc: Scenario) -> tuple[float, float]:
     """(request charges, compute charges) in USD; init time billed on cold starts if configured."""
-    per_req = sc.lambda_pricing.usd_per_request
-    compute_per_req = lambda_usd_per_request(sc) - per_req
+    p, mem = sc.lambda_pricing, sc.lambda_.memory_mb
+    service_ms = lambda_service_s(sc) * 1000.0
+    compute_per_req = lambda_compute_usd(service_ms, mem, p.usd_per_gb_s)
     init = 0.0
-    if sc.lambda_.bill_init:
-        gb = sc.lambda_.memory_mb / 1024.0
-        init = (
-            cold * gb * billed_ms(lambda_cold_start_s(sc)) / 1000.0 * sc.lambda_pricing.usd_per_gb_s
+    if sc.lambda_.bill_init:  # a cold invoke bills its init with its duration, in one rounding
+        init = cold * lambda_init_usd(
+            service_ms, lambda_cold_start_s(sc) * 1000.0, mem, p.usd_per_gb_s
         )
-    return served * per_req, served * compute_per_req + init
+    return served * p.usd_per_request, served * compute_per_req + init

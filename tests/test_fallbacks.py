@@ -94,8 +94,12 @@ def test_a_recovered_member_answers_again(caplog):
 
 
 def test_declared_chains_end_in_a_model_that_cannot_fail():
+    from hybridserve.forecast.registry import FACTORIES
+
+    assert set(CHAINS) == set(FACTORIES)  # every forecaster declares its chain
     for name, chain in CHAINS.items():
         assert chain[0] == name and chain[-1] == "last-value"
+        assert set(chain) <= set(FACTORIES)
     auto_chain = chain_for("auto", interval_s=60, max_horizon=10)
     auto = auto_chain.members[0]
     assert isinstance(auto, Auto)

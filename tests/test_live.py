@@ -30,7 +30,7 @@ class _Recorder:
         return 0.0
 
     def observe(self):
-        from hybridserve.planner.base import FleetView
+        from hybridserve.fleet import FleetView
 
         return FleetView()
 
@@ -96,6 +96,7 @@ def stack(tmp_path_factory):
             "instances.max_instances": 2,
             "instances.drain_s": 0.5,
             "lambda.concurrency": 2,
+            "planner.lambda_levels": 4,  # not the default: it must reach the live planner
         },
     )
     s = LocalStack(cfg)
@@ -133,6 +134,13 @@ def test_stepped_load_scales_the_fleet_and_a_killed_instance_loses_nothing(stack
     # the lost instance is replaced, then load stops and the fleet is retired
     wait_until(lambda: backend.observe().totals() == {}, 40, "scale-in to zero after the load")
     assert any(k == "retire" for _, k, _, _ in backend.events())
+
+
+def test_lambda_levels_reach_the_live_planner(stack):
+    ctl = stack.loop_.controller
+    assert stack.scenario.planner.lambda_levels == 4
+    assert ctl.demand_levels == 4
+    assert ctl.planner.primary.opt.lambda_levels == 4  # the exact planner's own options
 
 
 def test_router_metrics_and_health_through_the_stack(stack):

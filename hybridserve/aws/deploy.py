@@ -259,7 +259,7 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     return {"function": fn, "roles": roles, "actions": [a.kind for a in actions]}
 
 
-def _client(c: R.Clients, service: str) -> Any:
+def service_client(c: R.Clients, service: str) -> Any:
     """Another service's client on the same region, endpoint and retry policy as `c`."""
     import boto3
 
@@ -274,7 +274,7 @@ def _client(c: R.Clients, service: str) -> Any:
 
 
 def _account(c: R.Clients) -> str:
-    return _client(c, "sts").get_caller_identity()["Account"]
+    return service_client(c, "sts").get_caller_identity()["Account"]
 
 
 def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str, Any]:
@@ -419,7 +419,7 @@ def controller_run(
     sc = load_scenario(cfg.scenario)
     backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
     ctl = build_controller(sc, backend)
-    cw = _client(c, "cloudwatch")
+    cw = service_client(c, "cloudwatch")
     steps = 0
     try:
         for counts in counts_per_interval:

@@ -31,9 +31,8 @@ from typing import Any
 
 from hybridserve.aws import tags as T
 from hybridserve.aws.reconcile import Launch, ObservedInstance, Terminate, reconcile
-from hybridserve.backends.base import Action, Endpoint
+from hybridserve.fleet import Action, Endpoint, FleetView, PoolState
 from hybridserve.logs import event
-from hybridserve.planner.base import FleetView, PoolState
 
 log = logging.getLogger("hybridserve.aws.ec2")
 

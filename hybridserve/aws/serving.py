@@ -24,7 +24,8 @@ from hybridserve.aws import resources as R
 from hybridserve.aws.deploy import DeploymentConfig
 from hybridserve.aws.metrics import RouterIntervals, controller_metrics, router_counters
 from hybridserve.config import ConfigError
-from hybridserve.controller import Controller, Decision
+from hybridserve.controller import Controller
+from hybridserve.fleet import Decision
 from hybridserve.live import LiveLoop
 from hybridserve.logs import event
 from hybridserve.serve import RouterOptions, RouterStack, fleet_usd_per_s, router_config
@@ -123,7 +124,12 @@ class AwsStack(RouterStack):
 
     def prepare(self) -> None:
         """Check the deployment exists, then build backend, invoker, router and loop."""
-        from hybridserve.aws.deploy import _client, build_controller, fleet_backend, launch_delays
+        from hybridserve.aws.deploy import (
+            build_controller,
+            fleet_backend,
+            launch_delays,
+            service_client,
+        )
         from hybridserve.aws.invoke import LambdaInvoker
         from hybridserve.aws.metrics import publish
         from hybridserve.config import load_scenario
@@ -167,7 +173,7 @@ class AwsStack(RouterStack):
             metadata=metadata,
             fleet_usd_per_s=fleet_usd_per_s(self.backend.fleet_totals, sc),
         )
-        cw = self.cloudwatch = _client(c, "cloudwatch")
+        cw = self.cloudwatch = service_client(c, "cloudwatch")
         self.loop_ = PublishingLoop(
             build_controller(sc, self.backend),
             self.router,

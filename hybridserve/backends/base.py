@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
-from hybridserve.planner.base import FleetView
+from hybridserve.fleet import Action, Endpoint, FleetView
 
-
-@dataclass(frozen=True)
-class Action:
-    """One change a backend made while converging: an instance launched or retired."""
-
-    kind: Literal["launch", "retire"]
-    pool: str
-    instance_id: str
-    time_s: float
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A ready instance the router may send requests to: its V2 base URL and its pool."""
-
-    instance_id: str
-    pool: str
-    url: str  # e.g. http://127.0.0.1:8101 (no trailing slash); the V2 routes hang below it
+__all__ = ["Action", "Backend", "Endpoint", "ServingBackend"]
 
 
 class Backend(Protocol):

@@ -26,9 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from hybridserve.backends.base import Action, Endpoint
 from hybridserve.config import Pool
-from hybridserve.planner.base import FleetView, PoolState
+from hybridserve.fleet import Action, Endpoint, FleetView, PoolState
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridserve.backends.base import Action
 from hybridserve.config import Pool, SpotOptions
-from hybridserve.planner.base import FleetView, PoolState
+from hybridserve.fleet import Action, FleetView, PoolState
 
 
 @dataclass

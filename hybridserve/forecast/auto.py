@@ -19,8 +19,8 @@ import logging
 
 import numpy as np
 
+from hybridserve.forecast.base import PointForecaster
 from hybridserve.forecast.fallback import FAR_FACTOR, forecast_problem
-from hybridserve.forecast.simple import PointForecaster
 
 log = logging.getLogger("hybridserve.forecast")
 

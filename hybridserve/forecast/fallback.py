@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hybridserve.forecast.simple import PointForecaster
+from hybridserve.forecast.base import PointForecaster
 
 log = logging.getLogger("hybridserve.forecast")
 

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from hybridserve.forecast.simple import PointForecaster
+from hybridserve.forecast.base import PointForecaster
 
 _LAGS = 3
 _MEANS = (5, 15, 60)

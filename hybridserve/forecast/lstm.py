@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridserve.forecast.simple import PointForecaster
+from hybridserve.forecast.base import PointForecaster
 
 _NEEDS_TORCH = "the lstm forecaster needs torch: pip install 'hybridserve[torch]'"
 _FORMAT = "hybridserve-lstm"

@@ -4,66 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridserve.forecast.base import Forecast, ResidualQuantiles, check_counts
+from hybridserve.forecast.base import PointForecaster
 
-
-class PointForecaster:
-    """Shared bookkeeping: interval rates in, conformal quantiles around a point forecast out.
-
-    Subclasses implement `_update(rate)` (new interval mean rate) and `_point(horizon)`.
-    With ``quantiles=False`` the forecaster gives its point forecast only (the 0.5 quantile):
-    members of an ensemble or a fallback chain, whose owner calibrates what it emits, skip the
-    conformal bookkeeping, which is most of a cheap model's per-step cost.
-    """
-
-    name = "point"
-
-    def __init__(self, max_horizon: int = 60, window: int = 1440, quantiles: bool = True) -> None:
-        self.rq = ResidualQuantiles(max_horizon=max_horizon, window=window)
-        self.max_horizon = max_horizon
-        self.quantiles = quantiles
-        self.level: float | None = None  # slow EWMA of the rate (about an hour), as rq's
-        self.last = 0.0
-        self.in_gap = False
-        self.fit_seconds = 0.0
-
-    def observe(self, counts: np.ndarray) -> None:
-        a = check_counts(counts)
-        self.observe_rate(float(a.mean()), len(a))
-
-    def observe_rate(self, rate: float, seconds: int) -> None:
-        """The interval's mean rate over `seconds` seconds, already validated (ensembles and
-        chains check the counts once and hand every member the rate)."""
-        # a whole interval of zeros where the recent level makes that near impossible
-        # (P < e^-20 under Poisson) is a capture gap: models may treat it as missing
-        level = self.level or 0.0
-        self.in_gap = rate == 0.0 and level * seconds > 20.0
-        if self.quantiles:
-            self.rq.record_actual(rate)
-        alpha = self.rq.level_alpha
-        self.level = rate if self.level is None else (1 - alpha) * self.level + alpha * rate
-        self._update(rate)
-        self.last = rate
-
-    def _update(self, rate: float) -> None:
-        pass
-
-    def _point(self, horizon: int) -> np.ndarray:
-        return np.full(horizon, self.last)
-
-    def point(self, horizon: int) -> np.ndarray:
-        """The point forecast alone: what ensembles and chains combine."""
-        if horizon > self.max_horizon:
-            raise ValueError(
-                f"horizon {horizon} exceeds this forecaster's max_horizon {self.max_horizon}"
-            )
-        return self._point(horizon)
-
-    def forecast(self, horizon: int) -> Forecast:
-        mean = self.point(horizon)
-        if not self.quantiles:
-            return Forecast(mean=mean, quantiles={0.5: mean})
-        return self.rq.make(mean)
+__all__ = ["EWMA", "LastValue", "PointForecaster", "SeasonalNaive"]
 
 
 class LastValue(PointForecaster):

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from hybridserve.forecast.simple import PointForecaster
+from hybridserve.forecast.base import PointForecaster
 
 
 class FitError(RuntimeError):

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridserve.local import lambda_worker as proto
+from hybridserve.pricing import lambda_billed_ms, lambda_gb_s
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024  # Lambda's synchronous request and response limit
@@ -467,11 +467,11 @@ class LambdaEmulator:
 
     def _account(self, out: _Outcome) -> _Outcome:
         """Bill the invoke as AWS does: 1 ms granularity, init included on a cold start."""
-        out.billed_ms = max(1, math.ceil(out.duration_ms + (out.init_ms or 0.0)))
+        out.billed_ms = lambda_billed_ms(out.duration_ms + (out.init_ms or 0.0))
         self._counts["invocations"] += 1
         self._counts["errors"] += out.function_error
         self._billed_ms_total += out.billed_ms
-        self._gb_s_total += self.memory_mb / 1024 * out.billed_ms / 1000
+        self._gb_s_total += lambda_gb_s(self.memory_mb, out.billed_ms)
         return out
 
     def _report(self, rid: str, out: _Outcome) -> str:

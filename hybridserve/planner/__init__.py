@@ -4,7 +4,8 @@ A planner never touches a clock, a process or AWS; state it keeps between calls 
 the last solved plan) is explicit on the object.
 """
 
-from hybridserve.planner.base import FleetView, Plan, PlanInput, Planner, PoolState
+from hybridserve.fleet import FleetView, PoolState  # re-exported: planners take them
+from hybridserve.planner.base import Plan, PlanInput, Planner
 from hybridserve.planner.exact import ExactPlanner
 from hybridserve.planner.greedy import GreedyPlanner
 from hybridserve.planner.simple import NoFleetPlanner, ReactivePlanner, StaticPlanner

@@ -1,9 +1,9 @@
-"""Types shared by every planner."""
+"""Types shared by every planner (the fleet types themselves live in `hybridserve.fleet`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Protocol
 
@@ -11,32 +11,8 @@ import numpy as np
 
 from hybridserve.config import Pool
 from hybridserve.demand import BurstProfile, Demand, DemandSketch, build_demand, sketch
+from hybridserve.fleet import FleetView
 from hybridserve.forecast import Forecast
-
-
-@dataclass(frozen=True)
-class PoolState:
-    """Observed instances of one pool: ready ones, and launching ones with seconds until ready."""
-
-    ready: int = 0
-    pending_ready_in_s: tuple[float, ...] = ()
-
-    @property
-    def total(self) -> int:
-        return self.ready + len(self.pending_ready_in_s)
-
-
-@dataclass(frozen=True)
-class FleetView:
-    """What a backend observes of the fleet, by pool key (`type/market`)."""
-
-    pools: dict[str, PoolState] = field(default_factory=dict)
-
-    def get(self, key: str) -> PoolState:
-        return self.pools.get(key, PoolState())
-
-    def totals(self) -> dict[str, int]:
-        return {k: s.total for k, s in self.pools.items() if s.total}
 
 
 @dataclass(frozen=True)

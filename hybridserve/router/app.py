@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from hybridserve.backends.base import Endpoint
+from hybridserve.fleet import Endpoint
 from hybridserve.logs import event
+from hybridserve.pricing import lambda_gb_s
 from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer, batch_params
 from hybridserve.router.metrics import RouterMetrics
 from hybridserve.router.policy import SPILL, choose, completion_table
@@ -239,7 +240,8 @@ class Router:
         self.metrics.lambda_invoke(n, init is not None)
         if billed is not None:
             c = self.cfg
-            gb_s = c.lambda_memory_gb * billed / 1000.0  # billed includes init (AWS since 2025)
+            # billed comes from Lambda and includes the init (AWS since 2025)
+            gb_s = lambda_gb_s(c.lambda_memory_gb * 1024.0, billed)
             self._lambda_usd += gb_s * c.lambda_usd_per_gb_s + c.lambda_usd_per_request
         if dur is not None and init is None and 0 < n < len(self.cfg.lambda_ms):
             r = dur / max(self.cfg.lambda_ms[n], 1e-3)

@@ -1,0 +1,73 @@
+"""The fleet types every layer shares: what a backend observes, what it did, where the router
+may send, and what one control step decided.
+
+They sit at the bottom of the import graph (dataclasses only, no numpy, no planner), so the
+data plane (router, backends) can use them without loading the planner and scipy with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # annotations only: the planner imports this module, never the reverse
+    from hybridserve.planner.base import Plan, PlanInput
+
+
+@dataclass(frozen=True)
+class PoolState:
+    """Observed instances of one pool: ready ones, and launching ones with seconds until ready."""
+
+    ready: int = 0
+    pending_ready_in_s: tuple[float, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.ready + len(self.pending_ready_in_s)
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """What a backend observes of the fleet, by pool key (`type/market`)."""
+
+    pools: dict[str, PoolState] = field(default_factory=dict)
+
+    def get(self, key: str) -> PoolState:
+        return self.pools.get(key, PoolState())
+
+    def totals(self) -> dict[str, int]:
+        return {k: s.total for k, s in self.pools.items() if s.total}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change a backend made while converging: an instance launched or retired."""
+
+    kind: Literal["launch", "retire"]
+    pool: str
+    instance_id: str
+    time_s: float
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A ready instance the router may send requests to: its V2 base URL and its pool."""
+
+    instance_id: str
+    pool: str
+    url: str  # e.g. http://127.0.0.1:8101 (no trailing slash); the V2 routes hang below it
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One control step: the fleet it saw, the plan, what the backend did, and the inputs."""
+
+    time_s: float
+    fleet: FleetView
+    plan: Plan
+    actions: list[Action]
+    inputs: PlanInput
+    forecast_source: str = ""  # which forecaster of the chain answered
+    plan_source: str = ""  # which planner of the chain decided
+    forecaster_fallbacks: int = 0  # cumulative, since the controller started
+    planner_fallbacks: int = 0
