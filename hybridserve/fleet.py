@@ -41,12 +41,15 @@ class FleetView:
 
 @dataclass(frozen=True)
 class Action:
-    """One change a backend made while converging: an instance launched or retired."""
+    """One change to the fleet: an instance launched or retired, and why. `reconcile` decides
+    them (a launch has no instance id yet: ""), a backend executes them and returns them with
+    the ids it got; the simulated, local and AWS backends share this one vocabulary."""
 
     kind: Literal["launch", "retire"]
     pool: str
     instance_id: str
     time_s: float
+    reason: str = ""
 
 
 @dataclass(frozen=True)

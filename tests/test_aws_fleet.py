@@ -5,59 +5,63 @@ from __future__ import annotations
 import pytest
 
 from hybridserve.aws import iam
-from hybridserve.aws.reconcile import Launch, ObservedInstance, Terminate, reconcile
+from hybridserve.aws.ec2 import Ec2Instance
+from hybridserve.reconcile import reconcile
+
+OD, SPOT, XL = "c5.large/on_demand", "c5.large/spot", "c5.xlarge/spot"
 
 
-def inst(i, pool="c5.large/on_demand", state="running", t=0.0, interrupted=False):
-    return ObservedInstance(f"i-{i}", pool, state, t, interrupted)
+def inst(i, pool=OD, state="running", t=0.0, interrupted=False):
+    return Ec2Instance(f"i-{i}", pool, state, t, interrupted)
+
+
+def plan(target, instances):
+    seen = [o for o in (i.observed() for i in instances) if o is not None]
+    return [(a.kind, a.pool, a.instance_id, a.reason) for a in reconcile(target, seen, 5.0)]
 
 
 @pytest.mark.parametrize(
     ("target", "observed", "expected"),
     [
-        ({"c5.large/on_demand": 2}, [], [Launch("c5.large/on_demand", 2)]),
-        ({"c5.large/on_demand": 2}, [inst(1), inst(2)], []),
-        (
-            {"c5.large/on_demand": 1},
-            [inst(1, t=1), inst(2, t=2)],
-            [Terminate(("i-2",), "scale in c5.large/on_demand to 1")],
-        ),
+        ({OD: 2}, [], [("launch", OD, "", f"scale out {OD} to 2")] * 2),
+        ({OD: 2}, [inst(1), inst(2)], []),
+        ({OD: 1}, [inst(1, t=1), inst(2, t=2)], [("retire", OD, "i-2", f"scale in {OD} to 1")]),
         # pending goes first, whatever its age
         (
-            {"c5.large/on_demand": 1},
+            {OD: 1},
             [inst(1, state="pending", t=0), inst(2, t=5)],
-            [Terminate(("i-1",), "scale in c5.large/on_demand to 1")],
+            [("retire", OD, "i-1", f"scale in {OD} to 1")],
         ),
         # absent pools go to zero; stopped and interrupted ones are terminated and replaced
+        ({}, [inst(1, pool=XL)], [("retire", XL, "i-1", f"scale in {XL} to 0")]),
         (
-            {},
-            [inst(1, pool="c5.xlarge/spot")],
-            [Terminate(("i-1",), "scale in c5.xlarge/spot to 0")],
-        ),
-        (
-            {"c5.large/spot": 2},
+            {SPOT: 2},
+            [inst(1, pool=SPOT, interrupted=True), inst(2, pool=SPOT), inst(3, state="stopped")],
             [
-                inst(1, pool="c5.large/spot", interrupted=True),
-                inst(2, pool="c5.large/spot"),
-                inst(3, state="stopped"),
+                ("retire", SPOT, "i-1", "interrupted or stopped"),
+                ("retire", OD, "i-3", "interrupted or stopped"),
+                ("launch", SPOT, "", f"scale out {SPOT} to 2"),
             ],
-            [Terminate(("i-1", "i-3"), "interrupted or stopped"), Launch("c5.large/spot", 1)],
         ),
         # terminated / shutting-down instances are gone: not counted, not touched
         (
-            {"c5.large/on_demand": 1},
+            {OD: 1},
             [inst(1, state="shutting-down"), inst(2, state="terminated")],
-            [Launch("c5.large/on_demand", 1)],
+            [("launch", OD, "", f"scale out {OD} to 1")],
         ),
     ],
 )
 def test_reconcile_tables(target, observed, expected):
-    assert reconcile(target, observed) == expected
+    assert plan(target, observed) == expected
+    # level-triggered: the state the actions lead to needs no action
+    after = [i for i in observed if i.live and i.instance_id not in {e[2] for e in expected}]
+    after += [inst(100 + k, pool=e[1]) for k, e in enumerate(expected) if e[0] == "launch"]
+    assert plan(target, after) == []
 
 
 def test_reconcile_rejects_negative_targets():
     with pytest.raises(ValueError, match="negative"):
-        reconcile({"c5.large/on_demand": -1}, [])
+        reconcile({OD: -1}, [])
 
 
 def test_iam_documents_are_least_privilege():

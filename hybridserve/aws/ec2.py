@@ -1,7 +1,7 @@
 """EC2 fleet of one deployment: launch template, launch, observe and terminate, all by tags.
 
 Level-triggered: `AwsBackend.converge` observes the tagged instances, asks the pure reconciler
-for actions and applies them. Idempotent by construction: the launch template is looked up by
+every backend shares (`hybridserve.reconcile`) for actions and executes them. Idempotent by construction: the launch template is looked up by
 name before it is created, `run_instances` carries a client token derived from the deployment,
 pool and observed fleet (a retried call cannot launch twice), and everything is found again by
 tags, so a restarted controller adopts the fleet it finds. Throttling and eventual consistency
@@ -26,13 +26,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hybridserve.aws import tags as T
-from hybridserve.aws.reconcile import Launch, ObservedInstance, Terminate, reconcile
 from hybridserve.fleet import Action, Endpoint, FleetView, PoolState
 from hybridserve.logs import event
+from hybridserve.reconcile import Observed, reconcile
 
 log = logging.getLogger("hybridserve.aws.ec2")
 
@@ -44,11 +44,32 @@ SPOT_FALLBACK_ERRORS = {
 }
 
 
-@dataclass(frozen=True)
-class Ec2Instance(ObservedInstance):
-    """An observed instance plus what serving needs: the address the router reaches it on."""
+LIVE_STATES = ("pending", "running")
 
+
+@dataclass(frozen=True)
+class Ec2Instance:
+    """An instance found by its tags, and the address the router reaches it on."""
+
+    instance_id: str
+    pool: str  # "type/market"
+    state: str  # pending | running | stopping | stopped | shutting-down | terminated
+    launch_time: float  # epoch seconds
+    interrupted: bool = False  # a spot interruption notice or a failed health check: replace it
     private_ip: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES and not self.interrupted
+
+    def observed(self) -> Observed | None:
+        """What the reconciler sees (None once shutting down or terminated: gone already)."""
+        if self.state not in (*LIVE_STATES, "stopping", "stopped"):
+            return None
+        dead = self.state in ("stopping", "stopped") or self.interrupted
+        return Observed(
+            self.instance_id, self.pool, self.state == "pending", self.launch_time, dead
+        )
 
 
 @dataclass
@@ -179,7 +200,7 @@ class Ec2Fleet:
             self.client.terminate_instances(InstanceIds=list(instance_ids))
 
 
-def _token(deployment: str, pool: str, observed: list[ObservedInstance], count: int) -> str:
+def _token(deployment: str, pool: str, observed: list[Ec2Instance], count: int) -> str:
     """Same fleet, same decision, same token: a retry of this launch cannot launch twice."""
     ids = ",".join(sorted(i.instance_id for i in observed if i.pool == pool))
     return hashlib.sha256(f"{deployment}|{pool}|{count}|{ids}".encode()).hexdigest()[:48]
@@ -334,28 +355,31 @@ class AwsBackend:
                 pools[inst.pool] = PoolState(st.ready, (*st.pending_ready_in_s, eta))
         return FleetView(pools)
 
-    def plan_actions(self, target: Mapping[str, int]) -> tuple[list[ObservedInstance], list]:
-        observed = self.fleet.observe()
-        return observed, reconcile(target, observed)
+    def plan_actions(self, target: Mapping[str, int]) -> tuple[list[Ec2Instance], list[Action]]:
+        """The instances found and the actions `reconcile` takes them to `target` with."""
+        found = self.fleet.observe()
+        seen = [o for o in (i.observed() for i in found) if o is not None]
+        return found, reconcile(target, seen, self.now())
 
     def converge(self, target: Mapping[str, int], *, dry_run: bool = False) -> list[Action]:
-        observed, actions = self.plan_actions(target)
-        pool_of = {i.instance_id: i.pool for i in observed}
-        now = self.now()
-        done: list[Action] = []
+        """Execute the plan: one terminate call for every retirement, one launch call (with
+        its idempotency token) per pool; returns the actions with the ids EC2 gave."""
+        found, actions = self.plan_actions(target)
+        retire = [a for a in actions if a.kind == "retire"]
+        launches: dict[str, list[Action]] = {}
         for a in actions:
-            if isinstance(a, Terminate):
-                if not dry_run:
-                    self.fleet.terminate(list(a.instance_ids))
-                done += [Action("retire", pool_of.get(i, ""), i, now) for i in a.instance_ids]
-            elif isinstance(a, Launch):
-                if dry_run:
-                    done += [Action("launch", a.pool, "(dry-run)", now)] * a.count
-                    continue
-                ids = self.fleet.launch(
-                    a.pool, a.count, _token(self.fleet.deployment, a.pool, observed, a.count)
-                )
-                done += [Action("launch", a.pool, i, now) for i in ids]
+            if a.kind == "launch":
+                launches.setdefault(a.pool, []).append(a)
+        if retire and not dry_run:
+            self.fleet.terminate([a.instance_id for a in retire])
+        done = list(retire)
+        for pool, todo in launches.items():
+            if dry_run:
+                done += [replace(a, instance_id="(dry-run)") for a in todo]
+                continue
+            token = _token(self.fleet.deployment, pool, found, len(todo))
+            ids = self.fleet.launch(pool, len(todo), token)
+            done += [replace(a, instance_id=i) for a, i in zip(todo, ids, strict=False)]
         if done and not dry_run:
             self._wake.set()  # the router sees retirements within one refresh, not a TTL later
         return done

@@ -21,13 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
 from hybridserve.config import Pool
 from hybridserve.fleet import Action, Endpoint, FleetView, PoolState
+from hybridserve.reconcile import Observed, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -149,41 +150,39 @@ class LocalBackend:
     def converge(self, target: Mapping[str, int]) -> list[Action]:
         """Launch or retire so each pool's count (ready + launching) equals its target.
 
-        Retires launching instances first, then the most recently ready (as SimulatedBackend).
-        The whole target is checked before anything changes: every key must name a pool.
+        Executes `hybridserve.reconcile`'s actions, as every backend does: launching instances
+        retire first, then the most recently ready ones, which drain for `drain_s`. The whole
+        target is checked before anything changes: every key must name a pool.
         """
-        wants = {}
-        for key, n in target.items():
+        for key in target:
             if key not in self.pools:
                 raise KeyError(f"unknown pool {key!r}; known: {sorted(self.pools)}")
-            wants[key] = int(n)
-            if wants[key] < 0:
-                raise ValueError(f"target for {key} is negative: {n}")
         actions: list[Action] = []
         with self._lock:
             if self._closed:
                 raise RuntimeError("LocalBackend is closed")
             now = self.now()
-            for key in sorted(set(wants) | set(self._live)):
-                want = wants.get(key, 0)
-                live = self._live.setdefault(key, [])
-                if want > len(live):
-                    delay = self._launch_delay(key)
-                    for _ in range(want - len(live)):
-                        inst = LocalInstance(f"local-{self._next_id}", key, now, now + delay)
-                        self._next_id += 1
-                        self._instances[inst.id] = inst
-                        live.append(inst)
-                        self._events.append((now, "launch", key, inst.id))
-                        actions.append(Action("launch", key, inst.id, now))
-                elif want < len(live):
-                    live.sort(key=_retire_order)
-                    for inst in live[want:]:
-                        drain = self.drain_s if inst.state == "ready" else 0.0
-                        self._end_locked(inst, "retired", now + drain)
-                        self._events.append((now, "retire", key, inst.id))
-                        actions.append(Action("retire", key, inst.id, now))
-                    del live[want:]
+            observed = [
+                Observed(i.id, key, not _serving(i), _since(i))
+                for key, live in self._live.items()
+                for i in live
+            ]
+            for a in reconcile(target, observed, now):  # raises before any change
+                if a.kind == "launch":
+                    inst = LocalInstance(
+                        f"local-{self._next_id}", a.pool, now, now + self._launch_delay(a.pool)
+                    )
+                    self._next_id += 1
+                    self._instances[inst.id] = inst
+                    self._live.setdefault(a.pool, []).append(inst)
+                    a = replace(a, instance_id=inst.id)
+                else:
+                    inst = self._instances[a.instance_id]
+                    drain = self.drain_s if inst.state == "ready" else 0.0
+                    self._end_locked(inst, "retired", now + drain)
+                    self._live[a.pool].remove(inst)
+                self._events.append((now, a.kind, a.pool, a.instance_id))
+                actions.append(a)
             if actions:
                 self._refresh_endpoints_locked()
             self._ensure_thread_locked()
@@ -485,11 +484,13 @@ class LocalBackend:
         return max(0.0, start - (now - inst.spawned_at))
 
 
-def _retire_order(inst: LocalInstance) -> tuple[bool, float]:
-    """Ready ones first by ready time, then launching ones by launch: the tail retires first."""
-    if inst.state == "ready" and inst.ready_at is not None:
-        return (False, inst.ready_at)
-    return (True, inst.launched_at)
+def _serving(inst: LocalInstance) -> bool:
+    return inst.state == "ready" and inst.ready_at is not None
+
+
+def _since(inst: LocalInstance) -> float:
+    """Ready time once serving, launch time before: scale-in retires the newest first."""
+    return inst.ready_at if _serving(inst) and inst.ready_at is not None else inst.launched_at
 
 
 def _signal(proc: subprocess.Popen[bytes], *, kill: bool) -> None:

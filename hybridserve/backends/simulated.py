@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from hybridserve.config import Pool, SpotOptions
 from hybridserve.fleet import Action, FleetView, PoolState
+from hybridserve.reconcile import Observed, reconcile
 
 
 @dataclass
@@ -85,29 +86,35 @@ class SimulatedBackend:
         return FleetView(out)
 
     def converge(self, target: Mapping[str, int]) -> list[Action]:
+        """Execute `reconcile`'s actions; launches are ready after the pool's launch delay."""
+        for key in target:
+            if key not in self.pools:
+                raise KeyError(f"unknown pool {key!r}; known: {sorted(self.pools)}")
+        live = self._live
+        if all(len(live.get(k, ())) == int(n) for k, n in target.items()) and all(
+            k in target or not v for k, v in live.items()
+        ):
+            return []  # converged: most steps of a replay end here, before any object is built
         now = self.clock
-        actions: list[Action] = []
-        for key in sorted(set(target) | set(self._live)):
-            want = int(target.get(key, 0))
-            if want < 0:
-                raise ValueError(f"target for {key} is negative: {want}")
-            live = self._live.setdefault(key, [])
-            if want > len(live):
-                pool = self.pools.get(key)
-                if pool is None:
-                    raise KeyError(f"unknown pool {key!r}; known: {sorted(self.pools)}")
+        by_id: dict[str, SimInstance] = {}
+        observed = []
+        for key, insts in live.items():
+            for i in insts:
+                by_id[str(i.id)] = i
+                observed.append(Observed(str(i.id), key, i.ready_at > now, i.ready_at))
+        done: list[Action] = []
+        for a in reconcile(target, observed, now):
+            if a.kind == "launch":
+                pool = self.pools[a.pool]
                 delay = 0.0 if (self.warm_start and now == 0.0) else pool.launch_delay_s
-                for _ in range(want - len(live)):
-                    inst = SimInstance(len(self.instances), key, now, now + delay)
-                    self.instances.append(inst)
-                    live.append(inst)
-                    actions.append(Action("launch", key, str(inst.id), now))
-            elif want < len(live):
-                # retire launching ones first, then the most recently ready
-                live.sort(key=lambda i: (i.ready_at > now, i.ready_at))
-                for inst in live[want:]:
-                    inst.ended_at = now
-                    inst.end_reason = "retired"
-                    actions.append(Action("retire", key, str(inst.id), now))
-                del live[want:]
-        return actions
+                inst = SimInstance(len(self.instances), a.pool, now, now + delay)
+                self.instances.append(inst)
+                live.setdefault(a.pool, []).append(inst)
+                done.append(replace(a, instance_id=str(inst.id)))
+            else:
+                inst = by_id[a.instance_id]
+                inst.ended_at = now
+                inst.end_reason = "retired"
+                live[a.pool].remove(inst)
+                done.append(a)
+        return done

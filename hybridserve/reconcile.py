@@ -1,0 +1,63 @@
+"""Level-triggered reconciliation, the one every backend runs: desired counts per pool against
+the instances observed, to the actions that take one to the other.
+
+Pure: observed instances, a target and the time in, an ordered list of `Action`s out. Running
+it again on the state those actions produce yields none, so a controller that crashes mid-way
+and restarts converges without duplicates: it adopts what it finds. The simulated, local and
+AWS backends only execute what it returns, so they retire the same instances in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hybridserve.fleet import Action
+
+
+@dataclass(frozen=True)
+class Observed:
+    """An instance as a backend sees it."""
+
+    instance_id: str
+    pool: str  # "type/market"
+    launching: bool  # not serving yet (booting, or not yet answering health)
+    since: float  # ready time, or launch time while launching: the newest retires first
+    dead: bool = False  # stopped, interrupted or failed: retired, and its share replaced
+
+
+def reconcile(
+    target: Mapping[str, int], observed: Sequence[Observed], now: float = 0.0
+) -> list[Action]:
+    """Actions that take the observed fleet to `target` (pools absent from it go to zero).
+
+    Dead instances are retired and not counted. Scale-in retires launching instances first (they
+    serve nobody yet), then the newest ready ones; among equals, the one observed last.
+    Raises ValueError on a negative target, naming the pool.
+    """
+    for pool, n in target.items():
+        if int(n) < 0:
+            raise ValueError(f"target for {pool} is negative: {n}")
+    actions = [
+        Action("retire", i.pool, i.instance_id, now, "interrupted or stopped")
+        for i in observed
+        if i.dead
+    ]
+    by_pool: dict[str, list[tuple[int, Observed]]] = {}
+    for k, inst in enumerate(observed):
+        if not inst.dead:
+            by_pool.setdefault(inst.pool, []).append((k, inst))
+    for pool in sorted(set(target) | set(by_pool)):
+        want = int(target.get(pool, 0))
+        have = by_pool.get(pool, [])
+        if want > len(have):
+            actions += [Action("launch", pool, "", now, f"scale out {pool} to {want}")] * (
+                want - len(have)
+            )
+        elif want < len(have):
+            order = sorted(have, key=lambda e: (not e[1].launching, -e[1].since, -e[0]))
+            actions += [
+                Action("retire", pool, i.instance_id, now, f"scale in {pool} to {want}")
+                for _, i in order[: len(have) - want]
+            ]
+    return actions
