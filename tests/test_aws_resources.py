@@ -139,9 +139,9 @@ def test_roles_idempotent_least_privilege(aws):
     ):
         role = c.iam.get_role(RoleName=name)["Role"]
         assert T.as_dict(role["Tags"])[T.DEPLOYMENT] == DEP
-        assert R._doc(role["AssumeRolePolicyDocument"]) == I.trust_policy(service)
+        assert R.policy_doc(role["AssumeRolePolicyDocument"]) == I.trust_policy(service)
         assert c.iam.list_role_policies(RoleName=name)["PolicyNames"] == [R.INLINE_POLICY]
-        doc = R._doc(
+        doc = R.policy_doc(
             c.iam.get_role_policy(RoleName=name, PolicyName=R.INLINE_POLICY)["PolicyDocument"]
         )
         assert I.least_privilege_problems(doc) == []
@@ -357,7 +357,7 @@ def test_teardown_keeps_preexisting_bucket_and_other_deployments(aws, tmp_path):
     assert [b["Name"] for b in c.s3.list_buckets()["Buckets"]] == [BUCKET]
     left = sorted(o["Key"] for o in c.s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
     assert left == ["other-dep/x", "other/keep.txt"]
-    tags = R._bucket_tags(c.s3, BUCKET)
+    tags = R.bucket_tags(c.s3, BUCKET)
     assert not any(k.startswith(R.ADOPTED_BY) for k in tags)  # adoption mark removed
     assert R.teardown(c, DEP, region=REGION, wait_s=5) == {k: [] for k in R.KINDS}
 

@@ -314,11 +314,11 @@ def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str,
                 )
             raise ConfigError(_image_uri_missing(cfg, account, pkg.path, pkg.reason))
         zpath = pkg.path
-    key = f"{(cfg.prefix or cfg.name).strip('/')}/lambda-{R._file_sha256(zpath)[:16]}.zip"
+    key = f"{(cfg.prefix or cfg.name).strip('/')}/lambda-{R.file_sha256(zpath)[:16]}.zip"
     try:
         c.s3.head_object(Bucket=cfg.bucket, Key=key)  # content-addressed: present is current
     except ClientError as e:
-        if not R._missing(e):
+        if not R.is_missing(e):
             raise
         tagging = urllib.parse.urlencode(T.tags_for(cfg.name, R.ROLE_ARTIFACT))
         c.s3.upload_file(

@@ -1,0 +1,114 @@
+"""What every AWS resource module shares: clients with adaptive retries, resource names,
+tag roles, and the ClientError codes that mean \"missing\"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from hybridserve.aws import tags as T
+
+ROLE_BUCKET = "artifact-bucket"
+ROLE_ARTIFACT = "artifact"
+ROLE_LAMBDA_ROLE = "lambda-role"
+ROLE_INSTANCE_ROLE = "instance-role"
+ROLE_INSTANCE_PROFILE = "instance-profile"
+ROLE_SECURITY_GROUP = "security-group"
+
+CREATED_BY = "hybridserve:created-by"
+ADOPTED_BY = "hybridserve:adopted-by"  # key suffix `:<deployment>`, on buckets adopted, not made
+INLINE_POLICY = "hybridserve-inline"
+ALIAS = "live"
+RUNTIME = "python3.11"
+HANDLER = "lambda_handlers.handler.handler"
+CODE_KEY_ENV = "HYBRIDSERVE_CODE_KEY"
+
+KINDS = (
+    "instances",
+    "launch_templates",
+    "functions",
+    "security_groups",
+    "instance_profiles",
+    "roles",
+    "objects",
+    "buckets",
+)
+
+
+def error_code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def http_status(e: ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def is_missing(e: ClientError) -> bool:
+    code = error_code(e)
+    return (
+        "NotFound" in code
+        or code in {"NoSuchEntity", "NoSuchBucket", "NoSuchKey", "404", "NoSuchTagSet"}
+        or http_status(e) == 404
+    )
+
+
+def lambda_role_name(deployment: str) -> str:
+    return f"hybridserve-{deployment}-lambda"
+
+
+def instance_role_name(deployment: str) -> str:
+    return f"hybridserve-{deployment}-instance"
+
+
+def profile_name(deployment: str) -> str:
+    return f"hybridserve-{deployment}"
+
+
+def security_group_name(deployment: str) -> str:
+    return f"hybridserve-{deployment}"
+
+
+def function_name(deployment: str) -> str:
+    return f"hybridserve-{deployment}-spill"
+
+
+template_name = T.launch_template_name
+
+
+@dataclass
+class Clients:
+    ec2: Any
+    s3: Any
+    iam: Any
+    lam: Any
+
+
+def client_config(region: str) -> Any:
+    """botocore's adaptive retries with backoff and jitter (throttling, eventual consistency)."""
+    from botocore.config import Config
+
+    return Config(region_name=region, retries={"mode": "adaptive", "max_attempts": 10})
+
+
+def clients(region: str, endpoint_url: str | None = None, session: Any = None) -> Clients:
+    """boto3 clients of every service a deployment uses, with adaptive retries."""
+    import boto3
+
+    cfg = client_config(region)
+    src = session or boto3
+
+    def make(name: str) -> Any:
+        return src.client(name, endpoint_url=endpoint_url, config=cfg)
+
+    return Clients(ec2=make("ec2"), s3=make("s3"), iam=make("iam"), lam=make("lambda"))
+
+
+def as_clients(session_or_clients: Any, region: str) -> Clients:
+    if isinstance(session_or_clients, Clients):
+        return session_or_clients
+    if all(hasattr(session_or_clients, k) for k in ("ec2", "s3", "iam", "lam")):
+        c = session_or_clients
+        return Clients(ec2=c.ec2, s3=c.s3, iam=c.iam, lam=c.lam)
+    return clients(region, session=session_or_clients)  # a boto3.Session (or None)
