@@ -110,6 +110,9 @@ def controller() -> None:
     help="Wall seconds per control step (default: the scenario's interval).",
 )
 @click.option("--steps", type=int, default=None, help="Stop after this many steps.")
+@click.option(
+    "--dry-run", is_flag=True, help="Decide every step and print it; launch and retire nothing."
+)
 def controller_run(
     config_path: str,
     region: str | None,
@@ -117,6 +120,7 @@ def controller_run(
     trace_path: str | None,
     interval_s: float | None,
     steps: int | None,
+    dry_run: bool,
 ) -> None:
     """Forecast, plan and converge every interval (the simulator's Controller, on AWS)."""
     with user_errors(), _aws_errors():
@@ -144,6 +148,7 @@ def controller_run(
             intervals,
             interval_s=dt if interval_s is None else interval_s,
             log=lambda m: click.echo(m, err=True),
+            dry_run=dry_run,
         )
 
 

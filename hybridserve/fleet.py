@@ -63,7 +63,7 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Decision:
-    """One control step: the fleet it saw, the plan, what the backend did, and the inputs."""
+    """One control step: the fleet it saw, the plan, the inputs, and (once applied) what the\n    backend did."""
 
     time_s: float
     fleet: FleetView
@@ -74,3 +74,4 @@ class Decision:
     plan_source: str = ""  # which planner of the chain decided
     forecaster_fallbacks: int = 0  # cumulative, since the controller started
     planner_fallbacks: int = 0
+    valid: bool = True  # False: no planner could plan, the fleet is held as it is

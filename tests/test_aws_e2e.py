@@ -164,6 +164,17 @@ def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
     )  # a dict literal from our own log
     assert {k: v for k, v in target.items() if v} == st["fleet"]
 
+    # a dry run decides every step and changes nothing, even where its decision differs
+    cli(env, moto_url, "scale", "--config", c, "--instances", "c5.large=4")
+    before = sorted(i["InstanceId"] for i in live_instances(moto_url)[0])
+    dry = cli(env, moto_url, "controller", "run", "--config", c, "--trace", trace,
+              "--interval-s", "0", "--steps", "2", "--dry-run")  # fmt: skip
+    steps = [line for line in dry.stderr.splitlines() if line.startswith("step")]
+    assert len(steps) == 2 and all("dry run, valid: True" in line for line in steps)
+    decided = eval(steps[-1].split("target ", 1)[1].split(" (dry run")[0])  # our own log
+    assert decided.get("c5.large/on_demand", 0) != 4  # it would have changed the fleet
+    assert sorted(i["InstanceId"] for i in live_instances(moto_url)[0]) == before
+
     out = json.loads(cli(env, moto_url, "teardown", "--config", c, "--yes").stdout)
     assert out["functions"] == ["hybridserve-e2e-spill"] and out["buckets"] == [
         "hybridserve-e2e-bucket"

@@ -224,6 +224,7 @@ def test_when_every_planner_fails_the_fleet_is_held():
     ds = _decide(fp)
     assert fp.source == "hold" and fp.failures == {"exact": 5, "negative": 5}
     assert all(d.plan.target == d.fleet.totals() for d in ds)
+    assert not any(d.valid for d in ds) and all(d.actions == [] for d in ds)
 
 
 def test_milp_time_limit_is_a_failure_the_chain_contains():

@@ -411,8 +411,11 @@ def controller_run(
     *,
     interval_s: float,
     log=print,
+    dry_run: bool = False,
 ) -> int:
-    """The same Controller as the simulator, acting on AWS: one step per interval of arrivals."""
+    """The same Controller as the simulator, acting on AWS: one step per interval of arrivals.
+    With `dry_run` every step is decided and logged but not applied (nothing is launched or
+    retired, no metric is published)."""
     from hybridserve.aws.metrics import controller_metrics, publish
     from hybridserve.config import load_scenario
 
@@ -426,12 +429,16 @@ def controller_run(
             t0 = time.monotonic()
             steps += 1
             try:
-                d = ctl.step(counts)
-                publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
-                log(
-                    f"step {steps}: target {d.plan.target} "
-                    f"actions {[(a.kind, a.pool) for a in d.actions]}"
-                )
+                if dry_run:
+                    d = ctl.decide(counts)
+                    log(f"step {steps}: target {d.plan.target} (dry run, valid: {d.valid})")
+                else:
+                    d = ctl.step(counts)
+                    publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
+                    log(
+                        f"step {steps}: target {d.plan.target} "
+                        f"actions {[(a.kind, a.pool) for a in d.actions]}"
+                    )
             except Exception as e:  # an AWS error or a bad interval must not end the loop
                 log(f"step {steps} failed, next step in {interval_s:g} s: {type(e).__name__}: {e}")
             time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))

@@ -32,6 +32,9 @@ def plan_problem(plan: Plan, inp: PlanInput) -> str | None:
     return None
 
 
+HOLD = "hold"  # the last resort of every chain: keep the fleet as it is
+
+
 def hold(inp: PlanInput) -> Plan:
     """Keep every instance there is: the plan of last resort."""
     return Plan(target=dict(inp.fleet.totals()), solved=False)
@@ -44,7 +47,7 @@ class FallbackPlanner:
         self.primary = primary
         self.fallback = fallback
         self.name = primary.name
-        self.chain = (primary.name, *((fallback.name,) if fallback else ()), "hold")
+        self.chain = (primary.name, *((fallback.name,) if fallback else ()), HOLD)
         self.fallbacks = 0  # decisions not taken by the primary
         self.failures: dict[str, int] = {}
         self.source = primary.name
@@ -83,5 +86,5 @@ class FallbackPlanner:
             if plan is not None:
                 self.source = self.fallback.name
                 return plan
-        self.source = "hold"
+        self.source = HOLD
         return hold(inp)
