@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hybridserve.cli_forecast import format_table, model_names  # noqa: E402
+from hybridserve.cli.forecast import format_table, model_names  # noqa: E402
 from hybridserve.forecast.backtest import backtest, default_eval_start  # noqa: E402
 from hybridserve.forecast.registry import make_forecaster  # noqa: E402
 from simulations.traces import load_trace  # noqa: E402

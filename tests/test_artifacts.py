@@ -462,7 +462,7 @@ def test_integer_input_ranges_follow_the_embedding(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from hybridserve.cli_package import package; package()", *args],
+        [sys.executable, "-c", "from hybridserve.cli.package import package; package()", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -508,7 +508,7 @@ def test_cli_package_auto_falls_back_to_fp32_and_explicit_int8_exits_2(tmp_path)
     out = json.loads(r.stdout)
     assert (out["variant"], out["variant_requested"]) == ("fp32", "auto")
     assert out["rejected"][0]["worst_path"] == SATURATING and out["paths"] == {"native": 1.0}
-    from hybridserve.cli_package import _cpu_warnings
+    from hybridserve.cli.package import _cpu_warnings
 
     on = {"isa": "avx2", "cpu_model": "AMD EPYC"}
     [w] = _cpu_warnings({"variant": "int8", "accuracy": {"measured_on": on}}, "lambda")

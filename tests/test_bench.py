@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hybridserve.cli_bench import bench
+from hybridserve.cli.bench import bench
 from hybridserve.loadgen import (
     BenchError,
     BenchResult,

@@ -754,7 +754,7 @@ def test_cli_model_server_wires_the_artifact_into_the_server(monkeypatch, tmp_pa
 
     pytest.importorskip("starlette")
     import predictors.server
-    from hybridserve.cli_serve import model_server
+    from hybridserve.cli.model_server import model_server
 
     seen = {}
 
@@ -786,7 +786,7 @@ def test_cli_model_server_without_the_artifact_modules_is_a_clear_error(monkeypa
 
     from click.testing import CliRunner
 
-    from hybridserve.cli_serve import model_server
+    from hybridserve.cli.model_server import model_server
 
     monkeypatch.setitem(sys.modules, "predictors.onnx_model", None)
     r = CliRunner().invoke(model_server, ["--artifact", str(tmp_path)])

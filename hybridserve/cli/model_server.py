@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import user_errors
+from hybridserve.cli.common import user_errors
 
 
 @click.command("model-server")

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_aws import _aws_errors
-from hybridserve.cli_common import UserError, user_errors
+from hybridserve.cli.aws_common import aws_errors
+from hybridserve.cli.common import UserError, user_errors
 
 
 @click.command("serve")
@@ -44,7 +44,7 @@ from hybridserve.cli_common import UserError, user_errors
 def serve(**kw: Any) -> None:
     """Serve a model: V2 router + Controller + instances + Lambda spill, locally (no AWS needed)
     or in front of a deployment made by `hybridserve deploy` (credentials: the AWS chain)."""
-    with user_errors(), _aws_errors():
+    with user_errors(), aws_errors():
         _serve(**kw)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import user_errors
+from hybridserve.cli.common import user_errors
 
 
 def _fmt_bytes(n: int) -> str:

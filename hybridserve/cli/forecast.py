@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import UserError, trace_options, user_errors
+from hybridserve.cli.common import UserError, trace_options, user_errors
 
 ALL = "all"
 

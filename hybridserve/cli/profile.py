@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from hybridserve.cli_common import user_errors
+from hybridserve.cli.common import user_errors
 
 
 @click.command()

@@ -1,4 +1,4 @@
-"""`hybridserve` command line. Errors go to stderr with a non-zero exit, never a traceback."""
+"""`hybridserve simulate`: replay a trace under each policy; cost and attainment."""
 
 from __future__ import annotations
 
@@ -9,18 +9,12 @@ from typing import Any
 
 import click
 
-from hybridserve.cli_common import trace_options, user_errors
+from hybridserve.cli.common import trace_options, user_errors
 from hybridserve.config import load_scenario
 from hybridserve.policies import POLICIES
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="hybridserve")
-def main() -> None:
-    """Serve ML models on AWS at the lowest cost that meets a latency SLO."""
-
-
-@main.command()
+@click.command()
 @click.option(
     "--trace",
     "trace_path",
@@ -161,22 +155,3 @@ def _progress(total: int):
     with click.progressbar(length=total, label="replaying", file=sys.stderr, show_eta=True) as bar:
         tick: Callable[[int], None] = bar.update
         yield tick
-
-
-def _register() -> None:
-    from hybridserve.cli_aws import COMMANDS as AWS_COMMANDS
-    from hybridserve.cli_bench import bench
-    from hybridserve.cli_forecast import forecast
-    from hybridserve.cli_live import serve
-    from hybridserve.cli_package import package
-    from hybridserve.cli_profile import profile
-    from hybridserve.cli_serve import model_server
-
-    for command in (forecast, package, profile, model_server, serve, bench, *AWS_COMMANDS):
-        main.add_command(command)
-
-
-_register()
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,36 @@
+"""`hybridserve` command line: one module per command, named after it. Errors go to stderr
+with a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hybridserve")
+def main() -> None:
+    """Serve ML models on AWS at the lowest cost that meets a latency SLO."""
+
+
+def _register() -> None:
+    from hybridserve.cli.bench import bench
+    from hybridserve.cli.controller import controller
+    from hybridserve.cli.deploy import deploy
+    from hybridserve.cli.forecast import forecast
+    from hybridserve.cli.model_server import model_server
+    from hybridserve.cli.package import package
+    from hybridserve.cli.profile import profile
+    from hybridserve.cli.scale import scale
+    from hybridserve.cli.serve import serve
+    from hybridserve.cli.simulate import simulate
+    from hybridserve.cli.status import status
+    from hybridserve.cli.teardown import teardown
+
+    for command in (
+        simulate, forecast, package, profile, model_server, serve, bench,
+        deploy, status, scale, controller, teardown,
+    ):  # fmt: skip
+        main.add_command(command)
+
+
+_register()
