@@ -104,8 +104,9 @@ class _FittedSeasonal(PointForecaster):
 class HoltWinters(_FittedSeasonal):
     """Additive Holt-Winters (ETS(A,N,A)) with a daily season.
 
-    statsmodels estimates the smoothing weights and the initial states; the recursion
-    `l = a (y - s[t-m]) + (1 - a) l`, `s[t] = g (y - l) + (1 - g) s[t-m]` then runs per step.
+    statsmodels estimates the smoothing weights and the initial states; its recursion
+    `l[t] = a (y - s[t-m]) + (1 - a) l[t-1]`, `s[t] = g (y - l[t-1]) + (1 - g) s[t-m]` then
+    runs per step, by hand.
     """
 
     name = "holt-winters"
@@ -121,9 +122,16 @@ class HoltWinters(_FittedSeasonal):
         res = ExponentialSmoothing(
             y, trend=None, seasonal="add", seasonal_periods=m, initialization_method="heuristic"
         ).fit()
+        self._adopt(res)
+
+    def _adopt(self, res) -> None:
+        """Take a statsmodels fit's smoothing weights and final states, to run on by hand."""
+        m = self.season_steps
         self.alpha = float(res.params["smoothing_level"])
         self.gamma = float(res.params["smoothing_seasonal"])
-        self.level = float(res.level[-1])
+        # its own name: `level` is PointForecaster's slow EWMA, which observe_rate moves every
+        # step (sharing it nudged the Holt-Winters level by 1/60 of each error)
+        self.hw_level = float(res.level[-1])
         # seasonal state for the next m steps, indexed by absolute step modulo m
         season = np.asarray(res.season)[-m:]
         if self.smooth_steps > 1:
@@ -138,13 +146,15 @@ class HoltWinters(_FittedSeasonal):
         m = self.season_steps
         i = (self.n - 1) % m  # slot of the step just observed
         s_old = self.season[i]
-        new_level = self.alpha * (y - s_old) + (1 - self.alpha) * self.level
-        self.season[i] = self.gamma * (y - new_level) + (1 - self.gamma) * s_old
-        self.level = new_level
+        new_level = self.alpha * (y - s_old) + (1 - self.alpha) * self.hw_level
+        # statsmodels' form (its gamma): the season learns from y minus the *previous* level;
+        # with the new level it would need gamma / (1 - alpha) (tests/test_statistical_recursions)
+        self.season[i] = self.gamma * (y - self.hw_level) + (1 - self.gamma) * s_old
+        self.hw_level = new_level
 
     def _ahead(self, horizon: int) -> np.ndarray:
         idx = (self.n + np.arange(horizon)) % self.season_steps
-        return self.level + self.season[idx]
+        return self.hw_level + self.season[idx]
 
 
 class SARIMAX(_FittedSeasonal):

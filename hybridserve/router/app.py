@@ -33,7 +33,7 @@ from hybridserve.pricing import lambda_gb_s
 from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer, batch_params
 from hybridserve.router.metrics import RouterMetrics
 from hybridserve.router.policy import SPILL, choose, completion_table
-from hybridserve.router.upstream import UpstreamError, UpstreamPool
+from hybridserve.router.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("hybridserve.router")
 
@@ -421,6 +421,12 @@ class Router:
         hdrs = JSON_HEADERS if hl is None else {**BINARY_HEADERS, HL_NAME: hl.decode()}
         try:
             status, rh, payload = await u.pool.request(b"POST", path, body, hdrs)
+        except UpstreamTimeout:
+            # slow, not dead: it stays in the fleet, and what it took teaches its latency model
+            # (fewer requests go its way), while this request is retried elsewhere
+            self.metrics.upstream_timeouts += 1
+            u.learn(predicted, (time.perf_counter() - t0) * 1000.0)
+            return 0, b"", (), False
         except UpstreamError as e:
             self._instance_failed(u, e)
             return 0, b"", (), False

@@ -20,6 +20,7 @@ class RouterMetrics:
         self.spills = 0
         self.retries = 0
         self.instance_failures = 0
+        self.upstream_timeouts = 0  # requests an instance took but did not answer in time
         self.within_slo = 0
         self.slo_counted = 0  # responses that count for attainment (not client errors)
         self.lambda_invocations = 0
@@ -97,8 +98,15 @@ class RouterMetrics:
         metric(
             "hybridserve_router_instance_failures_total",
             "counter",
-            "Instances that failed under a request.",
+            "Instances that failed under a request (unreachable, or dropped it).",
             [("", self.instance_failures)],
+        )
+        metric(
+            "hybridserve_router_upstream_timeouts_total",
+            "counter",
+            "Requests an instance took but did not answer within the upstream timeout (slow, "
+            "kept in the fleet; the request is retried).",
+            [("", self.upstream_timeouts)],
         )
         metric(
             "hybridserve_router_responses_total",

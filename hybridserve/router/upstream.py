@@ -19,7 +19,12 @@ IDLE_S = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the ser
 
 
 class UpstreamError(ConnectionError):
-    """The instance could not be reached or dropped the connection mid-request."""
+    """The instance could not be reached or dropped the connection mid-request: it is dead."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The instance took the request but gave no answer within the timeout: it is slow, not
+    dead (its connection is closed all the same, so the answer cannot arrive late)."""
 
 
 class _Conn(asyncio.Protocol):
@@ -104,6 +109,11 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(conn: _Conn, expired: list[bool]) -> None:
+    expired.append(True)
+    conn.close()
+
+
 class UpstreamPool:
     """Pooled connections to one instance (`http://host:port`)."""
 
@@ -163,11 +173,16 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect()
             loop = asyncio.get_running_loop()
-            timer = loop.call_later(self.timeout_s, conn.close)
+            expired: list[bool] = []
+            timer = loop.call_later(self.timeout_s, _expire, conn, expired)
             try:
                 status, hdrs, payload = await conn.send(raw)
             except UpstreamError:
                 conn.close()
+                if expired:
+                    raise UpstreamTimeout(
+                        f"{self.host}:{self.port} gave no answer within {self.timeout_s:g} s"
+                    ) from None
                 if reused and not conn.got_bytes:  # the server dropped an idle connection
                     conn, reused = None, False
                     continue
