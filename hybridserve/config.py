@@ -26,7 +26,9 @@ class Strict(BaseModel):
     """Base model: unknown fields are errors (a typo must not be ignored silently), and so are
     NaN and infinite floats, which pass `gt`/`ge` bounds and then break the arithmetic."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True
+    )
 
 
 class SLO(Strict):
@@ -77,8 +79,6 @@ class Catalog(Strict):
     instances: dict[str, InstanceType]
     lambda_: dict[Literal["x86_64", "arm64"], LambdaPricing] = Field(alias="lambda")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
 
 class ReferenceProfile(Strict):
     """Service time per batch size of one model-server worker on the reference machine."""
@@ -121,8 +121,6 @@ class ModelProfile(Strict):
     isa_profiles: dict[str, ReferenceProfile] = {}
     gpu_profiles: dict[str, GpuProfile] = {}
     lambda_: LambdaModelProfile = Field(alias="lambda")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def for_isa(self, isa: str | None) -> ReferenceProfile:
         """The measurements for CPUs of `isa`: its own profile if recorded, else the reference."""
@@ -216,8 +214,6 @@ class Scenario(Strict):
     spot: SpotOptions = SpotOptions()
     catalog: Catalog
     model: ModelProfile
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
     def _known_types(self) -> Scenario:
@@ -428,6 +424,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a parsed config) with `overrides` merged over it, the one way every config takes
+    them: a key may be dotted (`router.port`), mappings merge key by key, and None means "not
+    given" (a CLI option left unset)."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *path, last = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return _merge(data, nested)
+
+
 def _merge_profile(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """A model profile over the built-in one: measured sections (`reference`, `gpu_profiles`)
     replace the built-in ones whole, so no batch size of another model leaks in; `lambda`
@@ -497,6 +509,4 @@ def load_scenario(path: str | Path | None = None, **overrides: Any) -> Scenario:
     if path is not None:
         source = str(path)
         data = read_yaml_mapping(path, "scenario")
-    return build_scenario(
-        _merge(data, {k: v for k, v in overrides.items() if v is not None}), source
-    )
+    return build_scenario(apply_overrides(data, overrides), source)

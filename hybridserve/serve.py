@@ -23,20 +23,25 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from hybridserve.config import (
     ConfigError,
     PlannerOptions,
     Scenario,
+    Strict,
+    apply_overrides,
     build_scenario,
+    format_validation_error,
     lambda_service_s,
     read_yaml_mapping,
 )
+from hybridserve.deployment import DeploymentConfig
 from hybridserve.logs import event
 from hybridserve.spawn import spawn_listening
 
@@ -45,15 +50,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hybridserve.serve")
 
-DEPLOYMENTS = ("hybrid", "mark", "lambda-only", "vm-only", "fixed")
+# the simulator's policy names, plus `fixed` (a fleet of instances.initial, no controller);
+# the old serve names still work for a while, with a deprecation warning
+DEPLOYMENTS = ("hybrid", "mark", "lambda-only", "reactive", "fixed")
+DEPRECATED_DEPLOYMENTS = {"vm-only": "reactive"}
 API_KEY_ENV = "HYBRIDSERVE_API_KEY"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class LocalInstances(_Strict):
+class LocalInstances(Strict):
     """The local fleet: model-server processes standing in for one EC2 instance type."""
 
     instance_type: str = "c5.large"  # whose price the planner and the cost metric use
@@ -66,7 +70,7 @@ class LocalInstances(_Strict):
     drain_s: float = Field(2.0, ge=0)
 
 
-class LocalLambda(_Strict):
+class LocalLambda(Strict):
     """The local Lambda emulator's function settings."""
 
     function_name: str = "hybridserve-spill"
@@ -77,7 +81,7 @@ class LocalLambda(_Strict):
     max_batch: int = Field(8, ge=1)
 
 
-class RouterOptions(_Strict):
+class RouterOptions(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     margin_ms: float = Field(10.0, ge=0)
@@ -86,10 +90,10 @@ class RouterOptions(_Strict):
     api_key_env: str = API_KEY_ENV  # the key comes from this variable, never from the file
 
 
-class ServeConfig(_Strict):
+class ServeConfig(Strict):
     model: str = "distilbert"  # a reference model built in code (no downloads)
     artifact: Path | None = None  # or an artifact directory (`hybridserve package`)
-    deployment: Literal["hybrid", "mark", "lambda-only", "vm-only", "fixed"] = "hybrid"
+    deployment: Literal["hybrid", "mark", "lambda-only", "reactive", "fixed"] = "hybrid"
     slo_ms: float = Field(300.0, gt=0)
     slo_target: float = Field(0.99, gt=0, lt=1)
     control_interval_s: int = Field(10, ge=1)
@@ -103,16 +107,29 @@ class ServeConfig(_Strict):
     cache_dir: Path | None = None
     log_dir: Path | None = None
 
+    @field_validator("deployment", mode="before")
+    @classmethod
+    def _old_name(cls, v: Any) -> Any:
+        if isinstance(v, str) and v in DEPRECATED_DEPLOYMENTS:
+            new = DEPRECATED_DEPLOYMENTS[v]
+            warnings.warn(
+                f"deployment {v!r} is deprecated: it is the simulator's {new!r} policy",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            log.warning("deployment %r is deprecated; use %r (the simulator's name)", v, new)
+            return new
+        return v
 
-# Top-level keys only a deployment config (hybridserve.aws.deploy.DeploymentConfig) has; a
-# serve config has none of them. Spelled out so that telling the two apart needs no AWS
-# libraries; tests/test_aws_serving.py checks it against both models.
-DEPLOYMENT_KEYS = frozenset({"name", "region", "bucket", "prefix", "scenario", "ec2", "fleet"})
+
+# Top-level keys only a deployment config has (hybridserve.deployment.DeploymentConfig, which
+# loads without AWS libraries): every key of its model but the two a serve config shares
+SHARED_KEYS = frozenset({"artifact", "lambda"})
+DEPLOYMENT_KEYS = (
+    frozenset(f.alias or n for n, f in DeploymentConfig.model_fields.items()) - SHARED_KEYS
+)
 # Serve-only keys: every ServeConfig key but the two the configs share (artifact, lambda).
-SERVE_KEYS = frozenset(f.alias or n for n, f in ServeConfig.model_fields.items()) - {
-    "artifact",
-    "lambda",
-}
+SERVE_KEYS = frozenset(f.alias or n for n, f in ServeConfig.model_fields.items()) - SHARED_KEYS
 
 
 def config_kind(data: Mapping[str, Any], source: str = "<config>") -> Literal["local", "aws"]:
@@ -143,20 +160,10 @@ def load_serve_config(path: str | Path | None = None, **overrides: Any) -> Serve
                 f"{src}: a deployment config (it has {sorted(DEPLOYMENT_KEYS & set(data))}), "
                 "not a local serve config; serve it on AWS with hybridserve.aws.serving.AwsStack"
             )
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        head, _, tail = k.partition(".")
-        if tail:
-            data.setdefault(head, {})[tail] = v
-        else:
-            data[k] = v
     try:
-        return ServeConfig.model_validate(data)
+        return ServeConfig.model_validate(apply_overrides(data, overrides))
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{src}: field {where}: {err['msg']}") from None
+        raise ConfigError(format_validation_error(e, src)) from None
 
 
 def cache_dir(cfg: ServeConfig) -> Path:
@@ -505,7 +512,7 @@ class LocalStack(RouterStack):
             fleet_usd_per_s=fleet_usd_per_s(lambda: self.backend.observe().totals(), sc),
         )
         if cfg.deployment != "fixed":
-            policy = "reactive" if cfg.deployment == "vm-only" else cfg.deployment
+            policy = cfg.deployment
             controller, _ = build_controller(
                 policy, sc, CappedBackend(self.backend, it.max_instances), forecaster=cfg.forecaster
             )

@@ -454,7 +454,7 @@ def test_keep_warm_reports_a_failing_function_without_raising():
 
 
 def _load(tmp_path: Path, lam: str) -> Any:
-    from hybridserve.aws.deploy import load_deployment
+    from hybridserve.deployment import load_deployment
 
     (tmp_path / "art").mkdir(exist_ok=True)
     cfg = tmp_path / "deploy.yaml"

@@ -27,13 +27,15 @@ CREDS = {
 
 
 # ------------------------------------------------------------------------ config detection
-def test_deployment_keys_are_the_fields_only_a_deployment_config_has():
-    pytest.importorskip("botocore")
-    from hybridserve.aws.deploy import DeploymentConfig
+def test_the_two_configs_share_only_the_keys_that_cannot_tell_them_apart():
+    from hybridserve.deployment import DeploymentConfig
+    from hybridserve.serve import SHARED_KEYS
 
     def keys(model):
         return {f.alias or n for n, f in model.model_fields.items()}
 
+    # a key both models had would make config_kind guess; the shared ones are declared
+    assert keys(DeploymentConfig) & keys(ServeConfig) == SHARED_KEYS
     assert keys(DeploymentConfig) - keys(ServeConfig) == DEPLOYMENT_KEYS
 
 
@@ -205,8 +207,7 @@ def test_health_readiness_pending_until_the_model_server_answers(ec2, model_serv
 
 
 def test_deployment_config_picks_the_readiness(tmp_path):
-    pytest.importorskip("botocore")
-    from hybridserve.aws.deploy import load_deployment
+    from hybridserve.deployment import load_deployment
 
     p = tmp_path / "d.yaml"
     p.write_text("name: d\nartifact: a\nbucket: bkt\n")
@@ -295,8 +296,9 @@ def deployment_yaml(artifact, tmp_path_factory):
 def deployment(moto_url, deployment_yaml):
     """The deployment, made by the real `deploy` on the moto server, and torn down after (moto
     keeps one state per process, which other test modules' servers share)."""
-    from hybridserve.aws.deploy import deploy, load_deployment
+    from hybridserve.aws.deploy import deploy
     from hybridserve.aws.resources import clients, teardown
+    from hybridserve.deployment import load_deployment
 
     cfg = load_deployment(deployment_yaml)
     c = clients(cfg.region, endpoint_url=moto_url)
@@ -479,8 +481,8 @@ def test_serve_runs_keep_warm_only_when_the_deployment_asks(tmp_path):
     pytest.importorskip("botocore")
     from types import SimpleNamespace
 
-    from hybridserve.aws.deploy import load_deployment
     from hybridserve.aws.serving import AwsStack
+    from hybridserve.deployment import load_deployment
 
     p = tmp_path / "d.yaml"
     p.write_text("name: d\nartifact: a\nbucket: bkt\n")

@@ -153,6 +153,19 @@ def test_data_plane_loads_no_planner_and_no_scipy(module: str) -> None:
     assert p.stdout.strip() == "[]", p.stdout
 
 
+def test_config_loads_without_aws_libraries() -> None:
+    code = (
+        "import sys\n"
+        "import hybridserve.config, hybridserve.deployment, hybridserve.serve\n"
+        "print(sorted(m for m in ('boto3', 'botocore', 'aiobotocore') if m in sys.modules))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]", p.stdout
+
+
 def test_router_poisson_pmf_matches_scipy() -> None:
     from scipy.stats import poisson
 

@@ -60,8 +60,11 @@ def test_serve_config_errors_name_the_field(tmp_path):
     p.write_text("[1, 2]\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_serve_config(p)
-    cfg = load_serve_config(None, **{"router.port": 9000, "deployment": "vm-only"})
-    assert cfg.router.port == 9000 and cfg.deployment == "vm-only" and cfg.model == "distilbert"
+    cfg = load_serve_config(None, **{"router.port": 9000, "deployment": "reactive"})
+    assert cfg.router.port == 9000 and cfg.deployment == "reactive" and cfg.model == "distilbert"
+    with pytest.warns(DeprecationWarning, match="'vm-only' is deprecated"):
+        old = load_serve_config(None, deployment="vm-only")  # the old name, one policy vocabulary
+    assert old.deployment == "reactive"
 
 
 # ------------------------------------------------------------------------------- end to end

@@ -1,4 +1,5 @@
-"""A deployment: its typed config, and deploy / status / scale / controller / teardown.
+"""A deployment: deploy / status / scale / controller / teardown (its typed config is
+`hybridserve.deployment`, which loads without AWS libraries).
 
 Every step is idempotent and found again by tags, so any command can be rerun, and a
 controller killed mid-reconcile converges on its next run without duplicates.
@@ -9,145 +10,20 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from hybridserve.aws import resources as R
 from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet, http_ready_probe
-from hybridserve.config import ConfigError, format_validation_error, read_yaml_mapping
+from hybridserve.config import ConfigError
+from hybridserve.deployment import DeploymentConfig
 
 if TYPE_CHECKING:
     from hybridserve.config import Scenario
     from hybridserve.controller import Controller
 
 POLICY = "hybrid"  # what `controller run` and `serve` run on AWS
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Ec2Settings(_Strict):
-    image: str = "auto"  # an AMI id, or "auto": the newest Amazon Linux 2023 x86_64
-    vpc_id: str | None = None  # default VPC when unset
-    subnet_id: str | None = None
-    port: int = Field(8000, ge=1, le=65535)
-    router_cidr: str = "10.0.0.0/8"
-    max_batch: int = Field(8, ge=1)
-    max_delay_ms: float = Field(5.0, ge=0)
-    # health: ready once the model server answers /v2/health/ready (the controller and the
-    # router must reach the private addresses); state: ready as soon as EC2 says running
-    readiness: Literal["health", "state"] = "health"
-
-
-PACKAGE_MODES = ("zip", "image", "auto")
-
-
-class KeepWarmSettings(_Strict):
-    """Warm-up invokes of `concurrency` environments when the function sat idle `every_s`."""
-
-    every_s: float = Field(gt=0)
-    concurrency: int = Field(1, ge=1)
-
-
-class LambdaSettings(_Strict):
-    memory_mb: int = Field(2048, ge=128, le=10240)
-    timeout_s: int = Field(30, ge=1, le=900)
-    ephemeral_mb: int = Field(1024, ge=512, le=10240)
-    reserved_concurrency: int = Field(100, ge=0)
-    # zip | image | auto (image when the built package only fits a container), or the path of
-    # a prebuilt zip (zip)
-    package: str = "auto"
-    image_uri: str | None = Field(None, pattern=R.ECR_URI_PATTERN)  # ECR, the deployment's region
-    image_command: tuple[str, ...] | None = None  # overrides the image's CMD (the handler)
-    provisioned_concurrency: int = Field(0, ge=0)  # on alias `live`; 0: none
-    keep_warm: KeepWarmSettings | None = None  # off by default
-
-    @field_validator("package", mode="before")
-    @classmethod
-    def _package(cls, v: Any) -> Any:
-        if v is None:
-            return "auto"
-        if not isinstance(v, str) or v in PACKAGE_MODES:
-            return v
-        p = Path(v)
-        if p.name in PACKAGE_MODES and not p.exists():
-            return p.name  # load_deployment resolved a mode word as a relative path
-        if p.suffix != ".zip":
-            raise ValueError(f"expected zip, image, auto or the path of a prebuilt .zip, got {v!r}")
-        return v
-
-    @field_validator("image_uri", "image_command")
-    @classmethod
-    def _image_only(cls, v: Any, info: ValidationInfo) -> Any:
-        package = info.data.get("package", "auto")
-        if v is not None and package not in ("image", "auto"):
-            raise ValueError(f"only for lambda.package image or auto (package is {package!r})")
-        return v
-
-    @field_validator("provisioned_concurrency")
-    @classmethod
-    def _within_reserved(cls, v: int, info: ValidationInfo) -> int:
-        reserved = info.data.get("reserved_concurrency")
-        if reserved is not None and v > reserved:
-            raise ValueError(
-                f"must be <= lambda.reserved_concurrency ({reserved}): AWS refuses more"
-            )
-        return v
-
-    @field_validator("keep_warm")
-    @classmethod
-    def _warm_within_reserved(
-        cls, v: KeepWarmSettings | None, info: ValidationInfo
-    ) -> KeepWarmSettings | None:
-        reserved = info.data.get("reserved_concurrency")
-        if v is not None and reserved is not None and v.concurrency > reserved:
-            raise ValueError(
-                f"concurrency {v.concurrency} exceeds lambda.reserved_concurrency ({reserved}): "
-                "the extra warm-ups would be throttled"
-            )
-        return v
-
-    @property
-    def prebuilt_zip(self) -> Path | None:
-        return None if self.package in PACKAGE_MODES else Path(self.package)
-
-
-class DeploymentConfig(_Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    region: str = "us-east-1"
-    artifact: str
-    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    prefix: str | None = None
-    scenario: str | None = None
-    ec2: Ec2Settings = Ec2Settings()
-    lambda_: LambdaSettings = Field(LambdaSettings(), alias="lambda")
-    fleet: dict[str, int] = Field(default_factory=dict)  # initial target, pool -> count
-
-    @property
-    def artifact_prefix(self) -> str:
-        return (self.prefix or self.name).strip("/") + "/artifact"
-
-
-def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
-    """Config from YAML; relative paths resolve against the file; errors name file and field."""
-    p = Path(path)
-    data = read_yaml_mapping(p, "deployment config")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("artifact", "scenario"):
-        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
-            data[key] = str((p.parent / data[key]).resolve())
-    lam = data.get("lambda")
-    if isinstance(lam, dict) and isinstance(lam.get("package"), str):
-        pkg = lam["package"]
-        if not Path(pkg).is_absolute():
-            data["lambda"] = {**lam, "package": str((p.parent / pkg).resolve())}
-    try:
-        return DeploymentConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(p))) from None
 
 
 def _image(cfg: DeploymentConfig, ec2: Any) -> str:

@@ -52,10 +52,6 @@ class PackageTypeChangeError(RuntimeError):
 
 
 PACKAGE_TYPES = ("Zip", "Image")
-ECR_URI_PATTERN = (
-    r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9][a-z0-9._/-]*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$"
-)
 
 
 def ecr_region(image_uri: str) -> str:

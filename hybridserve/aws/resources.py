@@ -28,7 +28,6 @@ from hybridserve.aws.bucket import (
     upload_artifact,
 )
 from hybridserve.aws.function import (
-    ECR_URI_PATTERN,
     PACKAGE_TYPES,
     PackageTypeChangeError,
     context_tag,
@@ -73,6 +72,7 @@ from hybridserve.aws.shared import (
     template_name,
 )
 from hybridserve.aws.teardown import teardown
+from hybridserve.deployment import ECR_URI_PATTERN
 
 __all__ = [
     "ADOPTED_BY",

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hybridserve.aws import resources as R
-from hybridserve.aws.deploy import DeploymentConfig
 from hybridserve.aws.metrics import RouterIntervals, controller_metrics, router_counters
 from hybridserve.config import ConfigError
 from hybridserve.controller import Controller
+from hybridserve.deployment import DeploymentConfig
 from hybridserve.fleet import Decision
 from hybridserve.live import LiveLoop
 from hybridserve.logs import event

@@ -32,8 +32,8 @@ def aws_options(f):
 
 
 def setup(config_path: str, region: str | None, endpoint_url: str | None):
-    from hybridserve.aws.deploy import load_deployment
     from hybridserve.aws.resources import clients
+    from hybridserve.deployment import load_deployment
 
     cfg = load_deployment(config_path, region=region)
     return cfg, clients(cfg.region, endpoint_url=endpoint_url)

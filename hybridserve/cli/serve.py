@@ -29,9 +29,10 @@ from hybridserve.cli.common import UserError, user_errors
 @click.option("--port", type=int, default=None, help="Router port [default: 8080].")
 @click.option(
     "--deployment",
-    type=click.Choice(["hybrid", "mark", "lambda-only", "vm-only", "fixed"]),
+    type=click.Choice(["hybrid", "mark", "lambda-only", "reactive", "fixed", "vm-only"]),
     default=None,
-    help="Who serves (local mode): VMs + Lambda spill (hybrid, mark), Lambda only, VMs only, "
+    help="Who serves (local mode), by the simulator's policy names: VMs + Lambda spill (hybrid, "
+    "mark), Lambda only, VMs only scaled on load (reactive; vm-only is its deprecated name), "
     "or a fixed fleet.",
 )
 @click.option("--region", default=None, help="AWS region (AWS mode; overrides the config).")
@@ -103,8 +104,8 @@ def _local_stack(
 def _aws_stack(
     config_path: str, host: str | None, port: int | None, region: str | None, url: str | None
 ) -> Any:
-    from hybridserve.aws.deploy import load_deployment
     from hybridserve.aws.serving import AwsStack
+    from hybridserve.deployment import load_deployment
     from hybridserve.serve import RouterOptions
 
     cfg = load_deployment(config_path, region=region)
