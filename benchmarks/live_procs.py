@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hybridserve.serve import spawn_listening  # noqa: E402
+from hybridserve.spawn import spawn_listening  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

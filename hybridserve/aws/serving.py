@@ -28,7 +28,8 @@ from hybridserve.deployment import DeploymentConfig
 from hybridserve.fleet import Decision
 from hybridserve.live import LiveLoop
 from hybridserve.logs import event
-from hybridserve.serve import RouterOptions, RouterStack, fleet_usd_per_s, router_config
+from hybridserve.router_stack import RouterStack, fleet_usd_per_s, router_config
+from hybridserve.serve_config import RouterOptions
 
 log = logging.getLogger("hybridserve.aws.serving")
 

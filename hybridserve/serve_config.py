@@ -1,0 +1,148 @@
+"""The local `serve` config (YAML): instances, emulated Lambda, router, planner; and how a
+config file is told apart from an AWS deployment config (`config_kind`)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+
+from hybridserve.config import (
+    ConfigError,
+    PlannerOptions,
+    Strict,
+    apply_overrides,
+    format_validation_error,
+    read_yaml_mapping,
+)
+from hybridserve.deployment import DeploymentConfig
+
+log = logging.getLogger("hybridserve.serve")
+
+
+# the simulator's policy names, plus `fixed` (a fleet of instances.initial, no controller);
+# the old serve names still work for a while, with a deprecation warning
+DEPLOYMENTS = ("hybrid", "mark", "lambda-only", "reactive", "fixed")
+
+
+DEPRECATED_DEPLOYMENTS = {"vm-only": "reactive"}
+
+
+API_KEY_ENV = "HYBRIDSERVE_API_KEY"
+
+
+class LocalInstances(Strict):
+    """The local fleet: model-server processes standing in for one EC2 instance type."""
+
+    instance_type: str = "c5.large"  # whose price the planner and the cost metric use
+    launch_delay_s: float = Field(5.0, ge=0)  # a VM boots in ~90 s; a few seconds here
+    initial: int = Field(0, ge=0)
+    max_instances: int = Field(2, ge=0)  # this machine's cores bound the fleet
+    threads: int = Field(1, ge=1)
+    max_batch: int = Field(8, ge=1)
+    max_delay_ms: float = Field(2.0, ge=0)
+    drain_s: float = Field(2.0, ge=0)
+
+
+class LocalLambda(Strict):
+    """The local Lambda emulator's function settings."""
+
+    function_name: str = "hybridserve-spill"
+    memory_mb: int = Field(2048, ge=128, le=10240)
+    concurrency: int = Field(2, ge=1)
+    keep_alive_s: float = Field(60.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_batch: int = Field(8, ge=1)
+
+
+class RouterOptions(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    margin_ms: float = Field(10.0, ge=0)
+    max_queue: int = Field(64, ge=1)
+    max_spill_pending: int = Field(256, ge=1)
+    api_key_env: str = API_KEY_ENV  # the key comes from this variable, never from the file
+
+
+class ServeConfig(Strict):
+    model: str = "distilbert"  # a reference model built in code (no downloads)
+    artifact: Path | None = None  # or an artifact directory (`hybridserve package`)
+    deployment: Literal["hybrid", "mark", "lambda-only", "reactive", "fixed"] = "hybrid"
+    slo_ms: float = Field(300.0, gt=0)
+    slo_target: float = Field(0.99, gt=0, lt=1)
+    control_interval_s: int = Field(10, ge=1)
+    horizon_steps: int = Field(12, ge=1)
+    forecaster: str | None = None
+    planner: PlannerOptions = PlannerOptions()  # as a scenario's `planner:` section
+    instances: LocalInstances = LocalInstances()
+    lambda_: LocalLambda = Field(LocalLambda(), alias="lambda")
+    router: RouterOptions = RouterOptions()
+    profile: Path | None = None  # a `hybridserve profile` YAML; measured at start-up if unset
+    cache_dir: Path | None = None
+    log_dir: Path | None = None
+
+    @field_validator("deployment", mode="before")
+    @classmethod
+    def _old_name(cls, v: Any) -> Any:
+        if isinstance(v, str) and v in DEPRECATED_DEPLOYMENTS:
+            new = DEPRECATED_DEPLOYMENTS[v]
+            warnings.warn(
+                f"deployment {v!r} is deprecated: it is the simulator's {new!r} policy",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            log.warning("deployment %r is deprecated; use %r (the simulator's name)", v, new)
+            return new
+        return v
+
+
+# Top-level keys only a deployment config has (hybridserve.deployment.DeploymentConfig, which
+# loads without AWS libraries): every key of its model but the two a serve config shares
+SHARED_KEYS = frozenset({"artifact", "lambda"})
+
+
+DEPLOYMENT_KEYS = (
+    frozenset(f.alias or n for n, f in DeploymentConfig.model_fields.items()) - SHARED_KEYS
+)
+
+
+# Serve-only keys: every ServeConfig key but the two the configs share (artifact, lambda).
+SERVE_KEYS = frozenset(f.alias or n for n, f in ServeConfig.model_fields.items()) - SHARED_KEYS
+
+
+def config_kind(data: Mapping[str, Any], source: str = "<config>") -> Literal["local", "aws"]:
+    """`aws` when the mapping has any deployment-only key (name, region, bucket, prefix,
+    scenario, ec2, fleet), `local` otherwise. A mapping with both deployment-only and
+    serve-only keys is an error naming them, rather than a guess."""
+    aws = sorted(DEPLOYMENT_KEYS & set(data))
+    if not aws:
+        return "local"
+    local = sorted(SERVE_KEYS & set(data))
+    if local:
+        raise ConfigError(
+            f"{source}: mixes deployment settings {aws} with serve settings {local}; "
+            "a deployment config (AWS) or a serve config (local), not both"
+        )
+    return "aws"
+
+
+def load_serve_config(path: str | Path | None = None, **overrides: Any) -> ServeConfig:
+    """The serve config from YAML (or defaults); errors name the file and the field."""
+    data: dict[str, Any] = {}
+    src = "<defaults>"
+    if path is not None:
+        src = str(path)
+        data = read_yaml_mapping(path, "serve config")
+        if config_kind(data, src) == "aws":
+            raise ConfigError(
+                f"{src}: a deployment config (it has {sorted(DEPLOYMENT_KEYS & set(data))}), "
+                "not a local serve config; serve it on AWS with hybridserve.aws.serving.AwsStack"
+            )
+    try:
+        return ServeConfig.model_validate(apply_overrides(data, overrides))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, src)) from None
