@@ -131,7 +131,7 @@ def start_emulator(
     cmd = [
         sys.executable,
         "-m",
-        "hybridserve.local.lambda_emulator",
+        "hybridserve.lambda_emulator.server",
         "--artifact",
         str(artifact),
         "--port",

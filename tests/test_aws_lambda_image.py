@@ -411,7 +411,7 @@ def artifact(tmp_path_factory):
 
 def test_keep_warm_starts_n_environments_on_the_emulator(artifact):
     from hybridserve.aws.invoke import LambdaInvoker
-    from hybridserve.local.lambda_emulator import LambdaEmulator
+    from hybridserve.lambda_emulator.server import LambdaEmulator
 
     async def run(url: str, emu: LambdaEmulator) -> tuple:
         async with LambdaInvoker(
@@ -436,7 +436,7 @@ def test_keep_warm_starts_n_environments_on_the_emulator(artifact):
 def test_keep_warm_reports_a_failing_function_without_raising():
     pytest.importorskip("aiobotocore")
     from hybridserve.aws.invoke import LambdaInvoker
-    from hybridserve.local.lambda_emulator import LambdaEmulator
+    from hybridserve.lambda_emulator.server import LambdaEmulator
 
     async def run(url: str) -> Any:
         async with LambdaInvoker(

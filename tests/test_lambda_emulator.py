@@ -25,7 +25,7 @@ pytest.importorskip("aiohttp")
 
 from botocore.config import Config  # noqa: E402
 
-from hybridserve.local.lambda_emulator import LambdaEmulator  # noqa: E402
+from hybridserve.lambda_emulator.server import LambdaEmulator  # noqa: E402
 from predictors.artifact import build_artifact, load_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
 from tests.conftest import REPO, wait_until  # noqa: E402
@@ -311,7 +311,7 @@ def worker_pids_of(parent: int) -> list[int]:
                 args = (d / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"hybridserve.local.lambda_worker" in args and str(parent).encode() in args:
+            if b"hybridserve.lambda_emulator.worker" in args and str(parent).encode() in args:
                 found.append(int(d.name))
     return found
 
@@ -321,7 +321,13 @@ def test_standalone_entry_serves_and_exits_on_sigterm(artifact, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(tmp_path / "stderr.log", "wb") as err:
         p = subprocess.Popen(
-            [sys.executable, "-m", "hybridserve.local.lambda_emulator", "--artifact", str(artifact)]
+            [
+                sys.executable,
+                "-m",
+                "hybridserve.lambda_emulator.server",
+                "--artifact",
+                str(artifact),
+            ]
             + ["--port", "0", "--concurrency", "1", "--keep-alive-s", "30", "--memory-mb", "1024"],
             stdout=subprocess.PIPE,
             stderr=err,

@@ -26,7 +26,7 @@ from hybridserve.aws.invoke import (  # noqa: E402
     backoff_delay,
     parse_report,
 )
-from hybridserve.local.lambda_emulator import LambdaEmulator  # noqa: E402
+from hybridserve.lambda_emulator.server import LambdaEmulator  # noqa: E402
 from predictors.artifact import build_artifact, load_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Async invoker of the spill function: how the router sends spilled batches to Lambda.
 
-One code path for AWS and for the local emulator (`hybridserve.local.lambda_emulator`, which
+One code path for AWS and for the local emulator (`hybridserve.lambda_emulator.server`, which
 speaks the same Invoke API): aiobotocore with botocore's own retries off, so that this module's
 backoff (exponential, full jitter, seeded) is the only one and its counts are the truth; a
 semaphore bounds the invokes in flight (and the connection pool matches it); one deadline covers

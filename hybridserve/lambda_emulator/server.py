@@ -5,7 +5,7 @@ where it matters to the router and to the bill: it answers the Lambda Invoke RES
 (`POST /2015-03-31/functions/{name}/invocations`, the same headers, status codes and error
 shapes), so the one async invoker (`hybridserve.aws.invoke`) and any boto3 client work unchanged
 against it and against AWS. Its execution environments are real worker processes
-(`hybridserve.local.lambda_worker`), so a cold start really pays for the interpreter, the imports
+(`hybridserve.lambda_emulator.worker`), so a cold start really pays for the interpreter, the imports
 and the model load, and its scaling is Lambda's: a warm environment if one is idle (the most
 recently used, so extras age out), else a new one up to the concurrency limit, else 429.
 Environments idle past the keep-alive are reaped. Each invoke's REPORT log line (duration,
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridserve.local import lambda_worker as proto
+from hybridserve.lambda_emulator import worker as proto
 from hybridserve.pricing import lambda_billed_ms, lambda_gb_s
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -298,7 +298,7 @@ class LambdaEmulator:
                 [
                     sys.executable,
                     "-m",
-                    "hybridserve.local.lambda_worker",
+                    "hybridserve.lambda_emulator.worker",
                     "--handler",
                     self.handler,
                     "--parent-pid",
@@ -628,7 +628,7 @@ def _exit_reason(code: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m hybridserve.local.lambda_emulator`: serve until SIGTERM or SIGINT."""
+    """`python -m hybridserve.lambda_emulator.server`: serve until SIGTERM or SIGINT."""
     ap = argparse.ArgumentParser(description="Local AWS Lambda emulator (the Invoke API).")
     ap.add_argument("--artifact", default=None, help="model artifact directory")
     ap.add_argument("--host", default="127.0.0.1")

@@ -1,6 +1,6 @@
 """One execution environment of the local Lambda emulator: a process that serves invokes.
 
-The emulator starts one of these per environment (`python -m hybridserve.local.lambda_worker`),
+The emulator starts one of these per environment (`python -m hybridserve.lambda_emulator.worker`),
 so a cold start is real: interpreter start, imports and, for the project's handler, the model
 load. Invokes arrive on stdin and results leave on the original stdout as length-prefixed frames;
 fd 1 is pointed at stderr (the environment's log) first, so a handler's `print` can never corrupt
