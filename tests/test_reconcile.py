@@ -85,6 +85,21 @@ def test_scale_in_retires_launching_then_newest_then_last_observed() -> None:
     assert ids == ["boot", "new-too", "new"]
 
 
+def test_counted_pools_only_grow() -> None:
+    listed = [Observed("a", KEYS[1], False, 1.0), Observed("b", KEYS[1], False, 2.0)]
+    got = reconcile({KEYS[0]: 5, KEYS[1]: 1}, listed, counted={KEYS[0]: 3})
+    assert [(a.kind, a.pool, a.instance_id) for a in got] == [
+        ("launch", KEYS[0], ""),
+        ("launch", KEYS[0], ""),
+        ("retire", KEYS[1], "b"),
+    ]
+    # the same as listing the three instances
+    three = [Observed(f"c{k}", KEYS[0], False, 0.0) for k in range(3)]
+    assert reconcile({KEYS[0]: 5, KEYS[1]: 1}, three + listed) == got
+    with pytest.raises(ValueError, match="shrinks to 2: list its instances"):
+        reconcile({KEYS[0]: 2}, [], counted={KEYS[0]: 3})
+
+
 def test_negative_target_is_refused_before_any_action() -> None:
     with pytest.raises(ValueError, match="c5.large/on_demand is negative"):
         reconcile({KEYS[1]: 2, KEYS[0]: -1}, [])

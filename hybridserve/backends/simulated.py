@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from hybridserve.fleet import Action, FleetView, PoolState
 from hybridserve.reconcile import Observed, reconcile
 
 
-@dataclass
+@dataclass(eq=False)  # an instance is itself, not its field values: list.remove by identity
 class SimInstance:
     """One instance's life: billed from launch to end, serving from ready to end."""
 
@@ -98,19 +98,23 @@ class SimulatedBackend:
         now = self.clock
         by_id: dict[str, SimInstance] = {}
         observed = []
+        counted = {}  # pools that only grow: their instances need not be described
         for key, insts in live.items():
+            if len(insts) <= int(target.get(key, 0)):
+                counted[key] = len(insts)
+                continue
             for i in insts:
                 by_id[str(i.id)] = i
                 observed.append(Observed(str(i.id), key, i.ready_at > now, i.ready_at))
         done: list[Action] = []
-        for a in reconcile(target, observed, now):
+        for a in reconcile(target, observed, now, counted=counted):
             if a.kind == "launch":
                 pool = self.pools[a.pool]
                 delay = 0.0 if (self.warm_start and now == 0.0) else pool.launch_delay_s
                 inst = SimInstance(len(self.instances), a.pool, now, now + delay)
                 self.instances.append(inst)
                 live.setdefault(a.pool, []).append(inst)
-                done.append(replace(a, instance_id=str(inst.id)))
+                done.append(Action("launch", a.pool, str(inst.id), now, a.reason))
             else:
                 inst = by_id[a.instance_id]
                 inst.ended_at = now
