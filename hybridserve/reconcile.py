@@ -17,7 +17,8 @@ from hybridserve.fleet import Action
 
 class Observed(NamedTuple):
     """An instance as a backend sees it (a tuple: the simulator builds one per instance on every
-    step that changes the fleet, and a frozen dataclass costs five times as much to make)."""
+    step that changes the fleet, and a frozen dataclass takes about three times as long to
+    make: 1.5 us against 0.5 us measured here)."""
 
     instance_id: str
     pool: str  # "type/market"
