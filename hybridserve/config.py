@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hybridserve.pricing import lambda_invoke_usd
+
 Market = Literal["on_demand", "spot"]
 LAMBDA_MB_PER_VCPU = 1769.0  # AWS: a function gets one full vCPU at 1,769 MB.
 
@@ -353,8 +355,6 @@ def lambda_cold_start_s(sc: Scenario) -> float:
 
 def lambda_usd_per_request(sc: Scenario, service_s: float | None = None) -> float:
     """Warm cost of one invocation: memory × billed ms (rounded up to 1 ms) + request charge."""
-    from hybridserve.pricing import lambda_invoke_usd
-
     s = lambda_service_s(sc) if service_s is None else service_s
     p = sc.lambda_pricing
     return lambda_invoke_usd(s * 1000.0, sc.lambda_.memory_mb, p.usd_per_gb_s, p.usd_per_request)

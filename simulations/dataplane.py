@@ -39,7 +39,7 @@ from hybridserve.config import (
     lambda_cold_start_s,
     lambda_service_s,
 )
-from hybridserve.pricing import ec2_usd, lambda_compute_usd, lambda_init_usd
+from hybridserve.pricing import ec2_billed_s, lambda_compute_usd, lambda_init_usd
 
 
 def histogram_edges(slo_s: float) -> np.ndarray:
@@ -388,8 +388,8 @@ def ec2_bill(
         stop = end_s if inst.ended_at is None else min(inst.ended_at, end_s)
         ran = stop - inst.launched_at
         free = inst.end_reason == "spot-interruption" and ran < 3600.0
-        usd[p.market] += 0.0 if free else ec2_usd(ran, p.price_usd_s)
-        billed = 0.0 if free else ec2_usd(ran, 1.0)  # seconds billed
+        billed = 0.0 if free else ec2_billed_s(ran)
+        usd[p.market] += billed * p.price_usd_s
         hours[p.instance_type] = hours.get(p.instance_type, 0.0) + billed / 3600.0
     return usd, hours
 
