@@ -83,7 +83,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,21 +93,12 @@ from live_calibration import (  # noqa: E402
     calibrate_model,
     cpu_info,
     nominal_capacity,
-    print_calibration,
 )
-from live_procs import (  # noqa: E402
-    answers_by_path,
-    cpu_by_component,
-    machine_busy_s,
-    round_or_none,
-    self_cpu_s,
-    start_serve,
-    stop,
-    tree_cpu,
-)
-from live_router import OTHERS_MAX_CORES, router_overhead  # noqa: E402
+from live_deployments import deployment_row, deployment_sizing  # noqa: E402
+from live_report import judge_targets, print_report  # noqa: E402
+from live_router import router_overhead  # noqa: E402
 
-from hybridserve.loadgen import BenchResult, bench_sync, build_payload, poisson_schedule  # noqa: E402
+from hybridserve.loadgen.payload import build_payload  # noqa: E402
 from hybridserve.serve import (  # noqa: E402
     ServeConfig,
     ensure_artifact,
@@ -116,147 +106,7 @@ from hybridserve.serve import (  # noqa: E402
 )
 from predictors.artifact import artifact_metadata  # noqa: E402
 
-SEED_ROWS = [  # seeds/: DistilBERT (~256 MB), seconds
-    {"deployment": "seed: AWS Lambda", "warm": (0.49, 0.53, 0.57), "first": 41.0, "steady": "79"},
-    {"deployment": "seed: Cloud Run", "warm": (0.38, 0.46, 0.50), "first": 8.2, "steady": "33"},
-    {
-        "deployment": "seed: Kubernetes",
-        "warm": (0.26, 0.28, 0.29),
-        "first": 0.7,
-        "steady": "105-315",
-    },
-]
 DEPLOYMENTS = ("lambda-only", "reactive", "hybrid")  # reactive: VMs only (was vm-only)
-STEADY_WINDOW_S = 10.0
-# targets
-ROUTER_ADDED_P99_MS = 2.0
-ROUTER_CPU_MS = 1.0
-ROUTER_CPU_VS_SERVER = 1.0
-STEADY_MAX_S = 5.0
-RSS_GROWTH_MB = 50.0
-
-
-# ------------------------------------------------------------------------ processes and /proc
-
-
-# ------------------------------------------------------------------------------- metrics
-
-
-def first_response_s(r: BenchResult) -> float | None:
-    s = r.samples
-    ok = s["status"] == 200
-    if not ok.any():
-        return None
-    done = s["send_s"][ok] + s["latency_ms"][ok] / 1000.0
-    return float(done.min() - s["send_s"][0])
-
-
-def steady_s(r: BenchResult, slo_ms: float, window_s: float = STEADY_WINDOW_S) -> float | None:
-    """Earliest t such that every request sent in [t, t + window) got a 200 within the SLO."""
-    s = r.samples
-    send, good = s["send_s"], (s["status"] == 200) & (s["latency_ms"] <= slo_ms)
-    if send.size == 0:
-        return None
-    bad_times = send[~good]
-    end = send[-1]
-    # candidates: the start, and just after each bad request
-    for t in np.concatenate([[send[0]], bad_times + 1e-6]):
-        if t + window_s > end:
-            return None
-        if not ((bad_times >= t) & (bad_times < t + window_s)).any():
-            return float(t - send[0])
-    return None
-
-
-def pct(r: BenchResult) -> tuple[float, float, float]:
-    s = r.samples
-    ok = s["latency_ms"][s["status"] == 200]
-    if ok.size == 0:
-        return (float("nan"),) * 3
-    p = np.percentile(ok, [50, 95, 99])
-    return float(p[0]), float(p[1]), float(p[2])
-
-
-# ----------------------------------------------------------------------------- closed loop
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-# ------------------------------------------------------------------------------ deployments
-
-
-def deployment_row(name: str, base: dict, body: bytes, args, work: Path) -> dict:
-    cfg = {**base, "deployment": name}
-    proc, url = start_serve(cfg, work, name)
-    try:
-        cpu0, self0, busy0 = tree_cpu(proc.pid), self_cpu_s(), machine_busy_s()
-        ramp = bench_sync(url, poisson_schedule(args.qps, args.ramp_s, seed=1), body, timeout_s=30)
-        cpu1, self1, busy1 = tree_cpu(proc.pid), self_cpu_s(), machine_busy_s()
-        paths = answers_by_path(url)
-        warm = bench_sync(
-            url, poisson_schedule(args.warm_qps, args.warm_s, seed=2), body, timeout_s=30
-        )
-    finally:
-        stop(proc)
-    (work / f"ramp-{name}.json").write_text(json.dumps(ramp.to_dict()))
-    p50, p95, p99 = pct(warm)
-    s = ramp.samples
-    good = (s["status"] == 200) & (s["latency_ms"] <= args.slo_ms)
-    cpu = {("router" if k == "root" else k): v for k, v in cpu_by_component(cpu0, cpu1).items()}
-    cpu["generator"] = self1 - self0
-    n = max(int((s["status"] == 200).sum()), 1)
-    span = max(busy1[1] - busy0[1], 1e-9)
-    row = {
-        "deployment": name,
-        "warm_p50_ms": round(p50, 2),
-        "warm_p95_ms": round(p95, 2),
-        "warm_p99_ms": round(p99, 2),
-        "first_response_s": round_or_none(first_response_s(ramp)),
-        "steady_100qps_s": round_or_none(steady_s(ramp, args.slo_ms)),
-        "ramp_errors": ramp.error_count,
-        "ramp_attainment": round(float(np.mean(good)), 4),
-        "ramp_bad_seconds": _ranges(np.unique(np.floor(s["send_s"][~good]).astype(int))),
-        "ramp_answers": paths,
-        "ramp_cpu_ms_per_request": {k: round(v / n * 1000.0, 2) for k, v in sorted(cpu.items())},
-        "ramp_machine_busy": round((busy1[0] - busy0[0]) / span, 3),
-        "ramp_send_lag_p99_ms": ramp.send_lag_ms.get("p99"),
-        "warm_errors": warm.error_count,
-    }
-    print(f"  {name}: {row}", file=sys.stderr)
-    return row
-
-
-def _ranges(xs: np.ndarray) -> str:
-    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (the seconds of the ramp that had a miss)."""
-    out: list[str] = []
-    for x in xs.tolist():
-        if out and out[-1].split("-")[-1] == str(x - 1):
-            out[-1] = f"{out[-1].split('-')[0]}-{x}"
-        else:
-            out.append(str(x))
-    return ",".join(out)
-
-
-# --------------------------------------------------------------------------- router overhead
-
-
-def deployment_sizing(
-    cores: int, threads: int, instances: int | None, environments: int | None
-) -> dict:
-    """Instances and Lambda environments whose compute threads fit the cores (up to 2 each)."""
-    lam = environments or max(1, min(2, cores // 2))
-    inst = instances or max(1, min(2, (cores - lam) // max(threads, 1)))
-    return {
-        "max_instances": inst,
-        "lambda_environments": lam,
-        "compute_threads": inst * threads + lam,
-        "cores": cores,
-        "fixed": instances is not None or environments is not None,
-    }
-
-
-# ---------------------------------------------------------------------------------- report
 
 
 def main() -> None:
@@ -370,40 +220,7 @@ def main() -> None:
         over, calibration["router"] = router_overhead(args, work)
     calibration["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    targets = []
-    if over is not None:
-        ratio = over["router_cpu_ms_per_request"] / max(over["server_cpu_ms_per_request"], 1e-9)
-        over["router_vs_server_cpu"] = round(ratio, 3)
-        note = (
-            ""
-            if over["judged"]
-            else (
-                f"; not judged: {over['clean_pairs']} of {over['pairs']} run pairs had other jobs"
-                f" under {OTHERS_MAX_CORES:g} cores"
-            )
-        )
-        targets += [
-            (f"router adds <= {ROUTER_ADDED_P99_MS:g} ms p99 at the calibrated load",
-             f"(+{over['router_overhead_p99_ms']:.2f} ms at {over['rps']:g} req/s{note})",
-             over["judged"] and over["router_overhead_p99_ms"] <= ROUTER_ADDED_P99_MS),
-            (f"router CPU per request <= the model server's and <= {ROUTER_CPU_MS:g} ms",
-             f"({over['router_cpu_ms_per_request'] * 1000:.0f} us, {ratio:.2f}x the server's)",
-             ratio <= ROUTER_CPU_VS_SERVER and over["router_cpu_ms_per_request"] <= ROUTER_CPU_MS),
-        ]  # fmt: skip
-    if rows:
-        hybrid = next(r for r in rows if r["deployment"] == "hybrid")
-        steady = hybrid["steady_100qps_s"]
-        targets.append(
-            (f"hybrid steady from zero VMs in <= {STEADY_MAX_S:g} s at the calibrated ramp",
-             f"({'never' if steady is None else f'{steady:.1f} s'} at {args.qps:g} req/s)",
-             steady is not None and steady <= STEADY_MAX_S)
-        )  # fmt: skip
-    if over is not None:
-        targets.append(
-            (f"router RSS grows <= {RSS_GROWTH_MB:g} MB",
-             f"({over['rss_growth_mb']:+.1f} MB over {over['rss_run_s']:.0f} s)",
-             over["rss_growth_mb"] <= RSS_GROWTH_MB)
-        )  # fmt: skip
+    targets = judge_targets(args, over, rows)
     result = {
         "calibration": calibration,
         "rows": rows,
@@ -419,47 +236,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print()
-    print_calibration(calibration)
-    if rows:
-        print(
-            f"\nDistilBERT-sized int8, ramp {args.qps:g} req/s from zero (warm {args.warm_qps:g}),"
-            f" SLO {args.slo_ms:g} ms"
-        )
-        print(
-            f"{'deployment':<18} {'warm p50/p95/p99 s':>22} {'first resp s':>13} {'steady s':>9}"
-            f" {'ramp attain':>12}"
-        )
-        for r in rows:
-            warm = (
-                f"{r['warm_p50_ms'] / 1e3:.3f}/{r['warm_p95_ms'] / 1e3:.3f}/"
-                f"{r['warm_p99_ms'] / 1e3:.3f}"
-            )
-            steady = "never" if r["steady_100qps_s"] is None else f"{r['steady_100qps_s']:.1f}"
-            first = "none" if r["first_response_s"] is None else f"{r['first_response_s']:.2f}"
-            print(
-                f"{r['deployment']:<18} {warm:>22} {first:>13} {steady:>9}"
-                f" {r['ramp_attainment']:>12.2%}"
-            )
-        for s in SEED_ROWS:
-            warm = "/".join(f"{x:.2f}" for x in s["warm"])
-            print(f"{s['deployment']:<18} {warm:>22} {s['first']:>13} {s['steady']:>9}")
-    if over is not None:
-        print(
-            f"\nrouter: p99 {over['router_p99_ms']:.2f} ms vs direct {over['direct_p99_ms']:.2f} ms"
-            f" at {over['rps']:g} req/s ({over['router_overhead_p99_ms']:+.2f} ms p99, "
-            f"{over['router_overhead_p50_ms']:+.2f} ms p50; median over "
-            f"{over['clean_pairs'] if over['judged'] else over['pairs']} of {over['pairs']} run "
-            f"pairs, added p99 per pair {over['pair_added_p99_ms']} ms, other jobs' cores per "
-            f"pair {over['pair_others_cores']}), {over['router_rps']:.0f} req/s "
-            f"achieved; CPU per request: router {over['router_cpu_ms_per_request'] * 1000:.0f} us"
-            f", model server {over['server_cpu_ms_per_request'] * 1000:.0f} us, generator "
-            f"{over['generator_cpu_ms_per_request'] * 1000:.0f} us ({over['cores_busy_ours']:g} "
-            f"cores busy); RSS {over['rss_start_mb']:.0f} -> {over['rss_end_mb']:.0f} MB over "
-            f"{over['rss_run_s']:.0f} s"
-        )
-    for name, detail, ok in targets:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name} {detail}")
+    print_report(args, calibration, rows, over, targets)
 
 
 if __name__ == "__main__":

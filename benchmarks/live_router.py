@@ -31,7 +31,9 @@ from live_procs import (  # noqa: E402
     wait_ready,
 )
 
-from hybridserve.loadgen import bench_sync, build_payload, poisson_schedule  # noqa: E402
+from hybridserve.loadgen.payload import build_payload  # noqa: E402
+from hybridserve.loadgen.run import bench_sync  # noqa: E402
+from hybridserve.loadgen.schedules import poisson_schedule  # noqa: E402
 
 # the router's added p99 is judged only over pairs of runs during which other jobs on the
 # machine used at most this many cores, and only with this many such pairs

@@ -56,7 +56,7 @@ def _warm_imports() -> None:
     import statsmodels.tsa.holtwinters  # noqa: F401
     import statsmodels.tsa.statespace.sarimax  # noqa: F401
 
-    from hybridserve.forecast.lstm import has_torch
+    from hybridserve.forecast.torch_support import has_torch
     from simulations import replay  # noqa: F401
 
     if has_torch():

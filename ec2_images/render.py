@@ -2,31 +2,49 @@
 
 The systemd units, the cloud-init user data and the Packer variables all come from the same
 `ImageParams`, so the artifact URI, the port and the unit names cannot drift apart.
+
+What the instance installs is pinned here too: the S3 URIs and sha256 of the project's wheel,
+of the dependency bundle and of the hashed requirements (hybridserve.aws.wheelhouse makes
+them), fetched by fetch.py and installed with `pip --no-index --require-hashes`.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\s'\"]*)?$")
+_S3_OBJECT = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/[A-Za-z0-9!_.*()/=+-]*[^/]$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _UNIT = re.compile(r"^[A-Za-z0-9@._\-]+\.service$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]{0,62}$")
+_PYTHON = re.compile(r"^python3\.[0-9]+$")
+EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
 
 
 @dataclass(frozen=True)
 class ImageParams:
     deployment: str
     artifact_uri: str  # s3://bucket/prefix/ holding manifest.json and the compressed model
+    # what pip installs, each an s3:// object and its sha256 (hybridserve.aws.wheelhouse)
+    wheel_uri: str
+    wheel_sha256: str
+    dependencies_uri: str  # a tar of the dependency wheels
+    dependencies_sha256: str
+    requirements_uri: str  # every wheel, pinned with --hash=sha256:
+    requirements_sha256: str
     port: int = 8000
     max_batch: int = 8
     max_delay_ms: float = 5.0
     threads: int = 2
-    package_spec: str = "hybridserve[predictors,serve,aws]"
+    python: str = "python3.11"  # the AL2023 package the venv is made with
+    fetch_script: str = "/opt/hybridserve/fetch.py"
+    wheel_dir: str = "/opt/hybridserve/wheels"
     server_unit: str = "hybridserve-model.service"
     fetch_unit: str = "hybridserve-fetch.service"
     artifact_dir: str = "/opt/hybridserve/artifact"
@@ -40,6 +58,14 @@ class ImageParams:
             errors.append(f"deployment {self.deployment!r}: letters, digits and '-', at most 63")
         if not _S3_URI.match(self.artifact_uri):
             errors.append(f"artifact_uri {self.artifact_uri!r}: expected s3://bucket/prefix/")
+        for what in ("wheel", "dependencies", "requirements"):
+            uri, sha = getattr(self, f"{what}_uri"), getattr(self, f"{what}_sha256")
+            if not _S3_OBJECT.match(uri):
+                errors.append(f"{what}_uri {uri!r}: expected s3://bucket/key")
+            if not _SHA256.match(sha):
+                errors.append(f"{what}_sha256 {sha!r}: expected 64 lowercase hex digits")
+        if not _PYTHON.match(self.python):
+            errors.append(f"python {self.python!r}: expected python3.N")
         if not 1 <= self.port <= 65535:
             errors.append(f"port {self.port}: expected 1-65535")
         if self.max_batch < 1 or self.threads < 1 or self.max_delay_ms < 0:
@@ -51,25 +77,33 @@ class ImageParams:
             raise ValueError("ec2 image parameters: " + "; ".join(errors))
 
 
-def _template(name: str) -> Template:
-    return Template(resources.files("ec2_images").joinpath(name).read_text())
+def _read(name: str) -> str:
+    return resources.files("ec2_images").joinpath(name).read_text()
+
+
+def _values(params: ImageParams) -> dict[str, object]:
+    return asdict(params) | {"requirements_name": params.requirements_uri.rsplit("/", 1)[-1]}
 
 
 def render_unit(params: ImageParams) -> str:
-    return _template("hybridserve-model.service").substitute(asdict(params))
+    return Template(_read("hybridserve-model.service")).substitute(_values(params))
 
 
 def render_fetch_unit(params: ImageParams) -> str:
-    return _template("hybridserve-fetch.service").substitute(asdict(params))
+    return Template(_read("hybridserve-fetch.service")).substitute(_values(params))
 
 
 def render_user_data(params: ImageParams) -> str:
-    """cloud-init user data that installs, fetches, verifies and starts the server."""
-    units = {
+    """cloud-init user data that fetches, verifies, installs and starts the server."""
+    files = {
+        "fetch_script_b64": base64.b64encode(_read("fetch.py").encode()).decode(),
         "fetch_unit_b64": base64.b64encode(render_fetch_unit(params).encode()).decode(),
         "server_unit_b64": base64.b64encode(render_unit(params).encode()).decode(),
     }
-    return _template("cloud-init.yaml").substitute(asdict(params) | units)
+    text = Template(_read("cloud-init.yaml")).substitute(_values(params) | files)
+    if len(text.encode()) > EC2_USER_DATA_LIMIT:
+        raise ValueError(f"user data is {len(text.encode())} bytes; EC2 takes at most 16 KiB")
+    return text
 
 
 def render_packer_vars(params: ImageParams) -> str:
@@ -78,7 +112,7 @@ def render_packer_vars(params: ImageParams) -> str:
         "region": params.region,
         "instance_type": params.instance_type,
         "deployment": params.deployment,
-        "package_spec": params.package_spec,
+        "python": params.python,
         "server_port": params.port,
         "fetch_unit": params.fetch_unit,
         "server_unit": params.server_unit,
@@ -87,15 +121,20 @@ def render_packer_vars(params: ImageParams) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_packer_dir(params: ImageParams, out: str | Path) -> Path:
-    """A directory Packer can build from: template, variables and the rendered units."""
+def write_packer_dir(params: ImageParams, out: str | Path, wheelhouse: str | Path) -> Path:
+    """A directory Packer can build from: template, variables, the rendered units and the
+    wheelhouse (a directory of wheels and their requirements.txt with hashes, as
+    hybridserve.aws.wheelhouse.Supply.export writes), so the image installs offline too."""
     out = Path(out)
+    wheelhouse = Path(wheelhouse)
+    if not (wheelhouse / "requirements.txt").is_file():
+        raise FileNotFoundError(f"{wheelhouse}: expected a wheelhouse with requirements.txt")
     (out / "rendered").mkdir(parents=True, exist_ok=True)
-    (out / "hybridserve.pkr.hcl").write_text(
-        resources.files("ec2_images").joinpath("hybridserve.pkr.hcl").read_text()
-    )
+    (out / "hybridserve.pkr.hcl").write_text(_read("hybridserve.pkr.hcl"))
     (out / "hybridserve.auto.pkrvars.hcl").write_text(render_packer_vars(params))
     (out / "rendered" / params.server_unit).write_text(render_unit(params))
     (out / "rendered" / params.fetch_unit).write_text(render_fetch_unit(params))
+    (out / "rendered" / "fetch.py").write_text(_read("fetch.py"))
     (out / "user-data.yaml").write_text(render_user_data(params))
+    shutil.copytree(wheelhouse, out / "wheelhouse", dirs_exist_ok=True)
     return out

@@ -1,7 +1,9 @@
 """Typed configuration: SLO, price catalog, model profile, Lambda function and scenario.
 
 Defaults are data files in `hybridserve/data/` with their provenance; a scenario YAML overrides
-any field. Every validation error names the file and the field path and says what is allowed.
+any field. Every validation error names the file and the field path and says what is allowed
+(the strict base, the error formatter and the YAML loading are in `config_base`; the price
+catalog and the model profile in `catalog`).
 """
 
 from __future__ import annotations
@@ -11,26 +13,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from hybridserve.catalog import Catalog, LambdaPricing, Market, ModelProfile
+
+# the shared config machinery; these names are importable from here too, as before the split
+from hybridserve.config_base import ConfigError as ConfigError
+from hybridserve.config_base import Strict as Strict
+from hybridserve.config_base import apply_overrides as apply_overrides
+from hybridserve.config_base import deep_merge, load_yaml
+from hybridserve.config_base import format_validation_error as format_validation_error
+from hybridserve.config_base import read_yaml_mapping as read_yaml_mapping
 from hybridserve.pricing import lambda_invoke_usd
 
-Market = Literal["on_demand", "spot"]
 LAMBDA_MB_PER_VCPU = 1769.0  # AWS: a function gets one full vCPU at 1,769 MB.
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names file, field and what is allowed."""
-
-
-class Strict(BaseModel):
-    """Base model: unknown fields are errors (a typo must not be ignored silently), and so are
-    NaN and infinite floats, which pass `gt`/`ge` bounds and then break the arithmetic."""
-
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, allow_inf_nan=False, populate_by_name=True
-    )
 
 
 class SLO(Strict):
@@ -42,93 +38,6 @@ class SLO(Strict):
     @property
     def latency_s(self) -> float:
         return self.latency_ms / 1000.0
-
-
-class InstanceType(Strict):
-    """One EC2 instance type with its list prices and launch delay (boot + model load)."""
-
-    family: str
-    vcpus: int = Field(gt=0)
-    memory_gib: float = Field(gt=0)
-    gpus: int = Field(0, ge=0)
-    gpu: str | None = None
-    on_demand_usd_h: float = Field(gt=0)
-    spot_usd_h: float | None = Field(None, gt=0)
-    launch_delay_s: float = Field(90.0, ge=0)
-    # the integer-GEMM ISA of the CPUs AWS gives this type (names as predictors.isa): int8
-    # speed depends on it, so a profile is matched to it
-    cpu_isa: str | None = None
-
-    def price_usd_h(self, market: Market) -> float:
-        if market == "spot":
-            if self.spot_usd_h is None:
-                raise ConfigError(f"instance type {self.family}: no spot price in the catalog")
-            return self.spot_usd_h
-        return self.on_demand_usd_h
-
-
-class LambdaPricing(Strict):
-    usd_per_gb_s: float = Field(gt=0)
-    usd_per_request: float = Field(ge=0)
-
-
-class Catalog(Strict):
-    """Price catalog of one region, with the date and source of its prices."""
-
-    region: str
-    prices_date: str
-    source: str
-    instances: dict[str, InstanceType]
-    lambda_: dict[Literal["x86_64", "arm64"], LambdaPricing] = Field(alias="lambda")
-
-
-class ReferenceProfile(Strict):
-    """Service time per batch size of one model-server worker on the reference machine."""
-
-    vcpus: int = Field(gt=0)
-    threads: int = Field(gt=0)
-    batch_ms: dict[int, float]
-    isa: str | None = None  # CPU ISA measured on (predictors.isa: avx2, avx512_vnni, arm64, ...)
-
-    @field_validator("batch_ms")
-    @classmethod
-    def _batches(cls, v: dict[int, float]) -> dict[int, float]:
-        if not v:
-            raise ValueError("needs at least one batch size")
-        if any(b < 1 for b in v) or any(t <= 0 for t in v.values()):
-            raise ValueError("batch sizes must be >= 1 and service times > 0 ms")
-        return dict(sorted(v.items()))
-
-
-class GpuProfile(Strict):
-    """Measured service times per batch on one GPU instance type (one worker per GPU)."""
-
-    batch_ms: dict[int, float]
-    provenance: str
-
-
-class LambdaModelProfile(Strict):
-    cold_start_s: float = Field(gt=0)
-    invoke_overhead_ms: float = Field(ge=0)
-
-
-class ModelProfile(Strict):
-    """How fast the model serves, with where the numbers came from."""
-
-    name: str
-    provenance: str
-    reference: ReferenceProfile
-    # the same model measured on other CPUs, by ISA: a type whose `cpu_isa` is here plans with
-    # these numbers instead of the reference's
-    isa_profiles: dict[str, ReferenceProfile] = {}
-    gpu_profiles: dict[str, GpuProfile] = {}
-    lambda_: LambdaModelProfile = Field(alias="lambda")
-
-    def for_isa(self, isa: str | None) -> ReferenceProfile:
-        """The measurements for CPUs of `isa`: its own profile if recorded, else the reference."""
-        if isa is not None and isa in self.isa_profiles:
-            return self.isa_profiles[isa]
-        return self.reference
 
 
 class LambdaFunction(Strict):
@@ -184,6 +93,12 @@ class PlannerOptions(Strict):
         ge=0,
         le=1440,
         description="steps past the horizon the last planned step stands for (terminal cost)",
+    )
+    max_instances: int | None = Field(
+        None, ge=0, description="fleet cap: no plan holds more instances (None: no cap)"
+    )
+    budget_usd_per_hour: float | None = Field(
+        None, gt=0, description="no plan's fleet costs more per hour (None: no budget)"
     )
 
 
@@ -363,36 +278,6 @@ def lambda_usd_per_request(sc: Scenario, service_s: float | None = None) -> floa
 # --- loading ---------------------------------------------------------------------------------
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key repeated in one mapping: plain YAML keeps the last value,
-    so a pasted-twice field would silently override the first with no hint."""
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<:` merges may be overridden: only literal repeats are errors
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:
-                    continue  # unhashable key: the base constructor reports it
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"duplicate key {key!r}, first on line {first.start_mark.line + 1}",
-                        key_node.start_mark,
-                    )
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml(text: str) -> Any:
-    """The one YAML parser of the project: safe, and duplicate keys are errors."""
-    return yaml.load(text, Loader=UniqueKeyLoader)
-
-
 def _data(name: str) -> dict[str, Any]:
     text = resources.files("hybridserve.data").joinpath(name).read_text()
     return load_yaml(text)
@@ -404,40 +289,6 @@ def default_catalog() -> Catalog:
 
 def default_profile() -> ModelProfile:
     return ModelProfile.model_validate(_data("profile-distilbert-int8.yaml"))
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: `file: field a.b: message (got X)`."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{source}: field {loc}: {e['msg']}{got_s}")
-    return "\n".join(lines)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`data` (a parsed config) with `overrides` merged over it, the one way every config takes
-    them: a key may be dotted (`router.port`), mappings merge key by key, and None means "not
-    given" (a CLI option left unset)."""
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        *path, last = key.split(".")
-        node = nested
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return _merge(data, nested)
 
 
 def _merge_profile(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -476,7 +327,7 @@ def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scen
             if key == "model":
                 data = _merge_profile(_data(fname), data)
         elif isinstance(val, dict):
-            data = _merge_profile(data, val) if key == "model" else _merge(data, val)
+            data = _merge_profile(data, val) if key == "model" else deep_merge(data, val)
         elif val is not None:
             raise ConfigError(f"{source}: field {key}: expected a file path or a mapping")
         parts[key] = data
@@ -484,22 +335,6 @@ def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scen
         return Scenario.model_validate({**over, **parts})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
-
-
-def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """A YAML file's top-level mapping; errors name the file, the line and `what` it should be."""
-    p = Path(path)
-    try:
-        data = load_yaml(p.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read {what}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a YAML mapping of {what} fields at the top level")
-    return data
 
 
 def load_scenario(path: str | Path | None = None, **overrides: Any) -> Scenario:

@@ -71,6 +71,17 @@ class BurstProfile:
         self.n += 1
         self._ratios = None
 
+    def state(self) -> dict:
+        return {"rows": self.rows.copy(), "n": self.n}
+
+    def restore(self, state: dict, source: str = "burst profile") -> None:
+        rows = np.asarray(state["rows"], dtype=float)
+        if rows.shape != self.rows.shape:
+            raise ValueError(f"{source}: rows of shape {rows.shape}, expected {self.rows.shape}")
+        self.rows[:] = rows
+        self.n = int(state["n"])
+        self._ratios = None
+
     def ratios(self) -> np.ndarray:
         if self._ratios is None:
             k = min(self.n, len(self.rows))

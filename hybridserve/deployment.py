@@ -4,6 +4,7 @@ tells a deployment config from a local one by its keys, and `status` of a typo n
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,17 +25,61 @@ ECR_URI_PATTERN = (
 )
 
 
+# the shortest prefix `ec2.router_cidr` may have: anything wider is most of the internet
+MIN_ROUTER_PREFIX = 8
+
+
 class Ec2Settings(Strict):
-    image: str = "auto"  # an AMI id, or "auto": the newest Amazon Linux 2023 x86_64
+    # an AMI id, or "auto": the newest standard Amazon Linux 2023 of the fleet's architecture
+    image: str = "auto"
     vpc_id: str | None = None  # default VPC when unset
     subnet_id: str | None = None
     port: int = Field(8000, ge=1, le=65535)
-    router_cidr: str = "10.0.0.0/8"
+    # who may reach the model servers' port; None: the VPC's own CIDR block(s)
+    router_cidr: str | None = None
+    # the project's wheel to install on the instances; None: deploy builds it from the source
+    # tree (aws/wheel.py). Its dependencies come from `find_links` (a local directory of
+    # wheels, no index) or, when unset, pip's configured index at deploy time (aws/wheelhouse.py)
+    wheel: str | None = None
+    find_links: str | None = None
     max_batch: int = Field(8, ge=1)
     max_delay_ms: float = Field(5.0, ge=0)
     # health: ready once the model server answers /v2/health/ready (the controller and the
     # router must reach the private addresses); state: ready as soon as EC2 says running
     readiness: Literal["health", "state"] = "health"
+    # the fleet cap: the planner plans within it and the reconciler never launches past it
+    max_instances: int | None = Field(None, ge=0)
+    # a retiring instance leaves routing, then is terminated this long after: at least the
+    # router's upstream timeout (30 s), so the requests it was sent finish (0: at once)
+    drain_s: float = Field(35.0, ge=0, le=3600)
+
+    @field_validator("router_cidr")
+    @classmethod
+    def _router_cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            net = ipaddress.ip_network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(
+                f"expected an IPv4 network such as 10.0.0.0/16 (host bits zero), got {v!r}: {e}"
+            ) from None
+        if net.version != 4:
+            raise ValueError(f"expected an IPv4 network such as 10.0.0.0/16, got {v!r}")
+        if net.prefixlen < MIN_ROUTER_PREFIX:
+            raise ValueError(
+                f"{v} is refused: it would open the model servers to {net.num_addresses:,} addresses; expected "
+                f"the router's network with a prefix of /{MIN_ROUTER_PREFIX} or longer (unset: "
+                "the VPC's own CIDR blocks)"
+            )
+        return str(net)
+
+    @field_validator("wheel")
+    @classmethod
+    def _wheel(cls, v: str | None) -> str | None:
+        if v is not None and not (Path(v).name.startswith("hybridserve-") and v.endswith(".whl")):
+            raise ValueError(f"expected the path of a hybridserve-*.whl file, got {v!r}")
+        return v
 
 
 PACKAGE_MODES = ("zip", "image", "auto")
@@ -120,10 +165,15 @@ class DeploymentConfig(Strict):
     ec2: Ec2Settings = Ec2Settings()
     lambda_: LambdaSettings = Field(LambdaSettings(), alias="lambda")
     fleet: dict[str, int] = Field(default_factory=dict)  # initial target, pool -> count
+    budget_usd_per_hour: float | None = Field(None, gt=0)  # the fleet's, at list prices
+
+    def key(self, name: str) -> str:
+        """The S3 key of `name` under the deployment's prefix (its name when unset)."""
+        return f"{(self.prefix or self.name).strip('/')}/{name}"
 
     @property
     def artifact_prefix(self) -> str:
-        return (self.prefix or self.name).strip("/") + "/artifact"
+        return self.key("artifact")
 
 
 def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
@@ -133,6 +183,14 @@ def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
     for key in ("artifact", "scenario"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str((p.parent / data[key]).resolve())
+    ec2 = data.get("ec2")
+    if isinstance(ec2, dict):
+        paths = {
+            k: str((p.parent / ec2[k]).resolve())
+            for k in ("wheel", "find_links")
+            if isinstance(ec2.get(k), str) and not Path(ec2[k]).is_absolute()
+        }
+        data["ec2"] = {**ec2, **paths}
     lam = data.get("lambda")
     if isinstance(lam, dict) and isinstance(lam.get("package"), str):
         pkg = lam["package"]

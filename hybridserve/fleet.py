@@ -75,3 +75,5 @@ class Decision:
     forecaster_fallbacks: int = 0  # cumulative, since the controller started
     planner_fallbacks: int = 0
     valid: bool = True  # False: no planner could plan, the fleet is held as it is
+    planner_state: dict = field(default_factory=dict)  # the planner's, after this decision
+    intent: str = ""  # names the decision (controller run / step): a retry reuses its tokens

@@ -51,13 +51,13 @@ class CappedBackend:
     def observe(self) -> FleetView:
         return self.inner.observe()
 
-    def converge(self, target: Mapping[str, int]) -> list[Action]:
+    def converge(self, target: Mapping[str, int], *, intent: str | None = None) -> list[Action]:
         left = self.max_instances
         capped = {}
         for key, n in target.items():
             capped[key] = min(int(n), left)
             left -= capped[key]
-        return self.inner.converge(capped)
+        return self.inner.converge(capped, intent=intent)
 
 
 class LiveLoop:

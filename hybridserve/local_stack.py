@@ -13,12 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hybridserve.config import (
-    ConfigError,
-    Scenario,
-    build_scenario,
-    read_yaml_mapping,
-)
+from hybridserve.config import Scenario, build_scenario
+from hybridserve.config_base import ConfigError, read_yaml_mapping
 from hybridserve.logs import event
 from hybridserve.router_stack import RouterStack, fleet_usd_per_s, router_config
 from hybridserve.serve_config import ServeConfig
@@ -131,7 +127,7 @@ def start_emulator(
     cmd = [
         sys.executable,
         "-m",
-        "hybridserve.lambda_emulator.server",
+        "hybridserve.lambda_emulator",
         "--artifact",
         str(artifact),
         "--port",

@@ -65,7 +65,7 @@ class PolicySpec:
 def default_forecaster(policy: str) -> str:
     """mark forecasts with an LSTM as MArk did (when torch is installed); hybrid picks by backtest."""
     if policy == "mark":
-        from hybridserve.forecast.lstm import has_torch
+        from hybridserve.forecast.torch_support import has_torch
 
         return "lstm" if has_torch() else "last-value"
     if policy == "hybrid":
@@ -129,5 +129,8 @@ def build_controller(
         horizon=sc.horizon_steps,
         lambda_usd_per_request=spec.lambda_usd_per_request(sc),
         demand_levels=sc.planner.lambda_levels,
+        policy=spec.name,
+        max_instances=sc.planner.max_instances,
+        budget_usd_per_hour=sc.planner.budget_usd_per_hour,
     )
     return ctl, spec

@@ -9,7 +9,7 @@ AWS backends only execute what it returns, so they retire the same instances in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
 from hybridserve.fleet import Action
@@ -33,6 +33,8 @@ def reconcile(
     now: float = 0.0,
     *,
     counted: Mapping[str, int] | None = None,
+    pools: Collection[str] | None = None,
+    max_instances: int | None = None,
 ) -> list[Action]:
     """Actions that take the observed fleet to `target` (pools absent from it go to zero).
 
@@ -41,8 +43,15 @@ def reconcile(
     `counted` gives, for pools whose instances are not listed in `observed`, how many healthy
     ones they have: a backend that knows a pool only grows need not describe its instances
     (the simulator, where that saves a third of a busy step). Raises ValueError on a negative
-    target, naming the pool, or on a `counted` pool the target shrinks.
+    target, naming the pool, or on a `counted` pool the target shrinks; KeyError on a target
+    pool not among `pools` (the backend's), before any action is decided. With
+    `max_instances`, launches stop where the fleet would pass it (the planner's cap, checked
+    again here: a target from anywhere, `scale` included, cannot grow the fleet beyond it).
     """
+    if pools is not None:
+        for key in target:
+            if key not in pools:
+                raise KeyError(f"unknown pool {key!r}; known: {sorted(pools)}")
     for pool, n in target.items():
         if int(n) < 0:
             raise ValueError(f"target for {pool} is negative: {n}")
@@ -73,4 +82,17 @@ def reconcile(
                 Action("retire", pool, i.instance_id, now, f"scale in {pool} to {want}")
                 for _, i in order[: len(have) - want]
             ]
+    if max_instances is not None:
+        dead = {i.instance_id for i in observed if i.dead}
+        live = len(observed) - len(dead) + sum(int(n) for n in counted.values())
+        retired = sum(a.kind == "retire" and a.instance_id not in dead for a in actions)
+        room = max(0, int(max_instances) - (live - retired))
+        kept = []
+        for a in actions:
+            if a.kind == "launch":
+                if room == 0:
+                    continue
+                room -= 1
+            kept.append(a)
+        actions = kept
     return actions

@@ -4,8 +4,10 @@ derived from the scenario, the control loop beside it, and the fleet's cost rate
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -58,8 +60,26 @@ def router_config(
         lambda_usd_per_request=pricing.usd_per_request,
         lambda_concurrency=lambda_concurrency,
         max_spill_pending=options.max_spill_pending,
+        max_body_bytes=options.max_body_bytes,
         api_key=key,
     )
+
+
+def warn_if_open(host: str, api_key: str | None) -> bool:
+    """Warn, loudly, when the router listens beyond loopback and anyone may call it."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or api_key:
+        return False
+    msg = (
+        f"the router listens on {host} without an API key: anyone who reaches it can run "
+        "inferences and read /metrics (set the key in the router.api_key_env variable)"
+    )
+    log.warning(msg)
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+    return True
 
 
 def fleet_usd_per_s(totals: Callable[[], Mapping[str, int]], sc: Scenario) -> Callable[[], float]:
@@ -106,6 +126,7 @@ class RouterStack:
         import uvicorn
 
         r = self.router_options
+        warn_if_open(r.host, self.router.cfg.api_key)
         config = uvicorn.Config(
             self.router,
             host=r.host,
@@ -114,6 +135,8 @@ class RouterStack:
             log_level="warning",
             access_log=False,
             http="httptools",
+            ssl_certfile=None if r.tls_cert is None else str(r.tls_cert),
+            ssl_keyfile=None if r.tls_key is None else str(r.tls_key),
         )
         server = self._server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()
@@ -123,7 +146,7 @@ class RouterStack:
             await asyncio.sleep(0.02)
         if server.started:
             port = server.servers[0].sockets[0].getsockname()[1]
-            self.url = f"http://{r.host}:{port}"
+            self.url = f"{'https' if r.tls_cert else 'http'}://{r.host}:{port}"
             event(log, "serve.listening", url=self.url)
             print(f"listening on {self.url}", flush=True)
             if ready is not None:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hybridserve.config import (
     ConfigError,
@@ -65,7 +65,26 @@ class RouterOptions(Strict):
     margin_ms: float = Field(10.0, ge=0)
     max_queue: int = Field(64, ge=1)
     max_spill_pending: int = Field(256, ge=1)
+    # larger bodies get 413; the default is Lambda's synchronous payload limit
+    max_body_bytes: int = Field(6 * 2**20, ge=1024)
     api_key_env: str = API_KEY_ENV  # the key comes from this variable, never from the file
+    # TLS: the router serves https with this certificate chain and key (PEM files), both or
+    # neither (on AWS a load balancer may terminate TLS in front of it instead)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _tls_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"expected a PEM file, {v} is not a file")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> RouterOptions:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("router.tls_cert and router.tls_key: give both or neither")
+        return self
 
 
 class ServeConfig(Strict):

@@ -114,7 +114,9 @@ def _error(status: int, message: str) -> dict:
 
 def _infer_batch(plane, model, requests: list) -> list[dict]:
     """One forward pass for a list of requests; a bad one gets its own error, the rest run."""
-    from predictors.v2 import V2Error, decode_request, encode_response
+    from predictors.v2_decode import decode_request
+    from predictors.v2_encode import encode_response
+    from predictors.v2_types import V2Error
 
     decoded = []
     out: list[dict | None] = [None] * len(requests)
@@ -200,7 +202,7 @@ def _warmup(event: dict) -> dict:
 
 def handler(event: Any, context: Any = None) -> Any:
     """Lambda entry point: never raises; errors come back as V2 error objects."""
-    from predictors.v2 import V2Error
+    from predictors.v2_types import V2Error
 
     proxy = isinstance(event, dict) and ("requestContext" in event or "httpMethod" in event)
     try:

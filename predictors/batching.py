@@ -60,7 +60,8 @@ class BatcherStats:
         """Cumulative (le, count) pairs over BATCH_BUCKETS, ending with +Inf."""
         out = []
         for le in BATCH_BUCKETS:
-            out.append((str(le), sum(c for s, c in self.batch_sizes.items() if s <= le)))
+            n = sum(c for s, c in self.batch_sizes.items() if s <= le)
+            out.append((repr(float(le)), n))
         out.append(("+Inf", self.batches_total))
         return out
 

@@ -17,16 +17,10 @@ import numpy as np
 
 from predictors.batching import BatcherStats, DynamicBatcher
 from predictors.model import Model, TensorSpec, v2_datatype
-from predictors.v2 import (
-    InferRequest,
-    InferResponse,
-    Tensor,
-    V2Error,
-    decode_request,
-    encode_response,
-    model_metadata,
-    server_metadata,
-)
+from predictors.v2_decode import decode_request
+from predictors.v2_encode import encode_response
+from predictors.v2_metadata import model_metadata, server_metadata
+from predictors.v2_types import InferRequest, InferResponse, Tensor, V2Error
 
 SERVER_NAME = "hybridserve"
 SERVER_VERSION = "0.1.0"

@@ -79,7 +79,7 @@ def guard_inputs(
     One batch on purpose: dynamic quantization scales activations over the whole tensor, so
     every path must see the same batch for its figures to compare.
     """
-    from predictors.export import example_inputs
+    from predictors.sources import example_inputs
 
     return example_inputs(specs, ranges, batch=samples, seed=seed)
 

@@ -27,9 +27,17 @@ RUNTIME_MODULES = (
     "__init__.py",
     "model.py",
     "v2.py",
+    "v2_types.py",
+    "v2_decode.py",
+    "v2_encode.py",
+    "v2_client.py",
+    "v2_metadata.py",
     "dataplane.py",
     "batching.py",
     "artifact.py",
+    "artifact_manifest.py",
+    "artifact_io.py",
+    "artifact_build.py",  # re-exported by artifact.py; its torch/onnx imports are lazy
     "onnx_model.py",
     "isa.py",  # the handler logs the CPU's ISA and int8 path at cold start
 )

@@ -1,11 +1,26 @@
-"""Prometheus text exposition helpers shared by the model server and the router (no client lib)."""
+"""Metrics on prometheus_client through custom collectors, shared by the model server, the router
+and the Lambda emulator.
+
+Why custom collectors: a `prometheus_client.Histogram.observe` takes a lock and walks the
+buckets; the servers count on their event loop, so the hot path only adds to plain ints (a
+bisect and two adds for a latency) and the metric families are built when `/metrics` is
+scraped. Each server has its own registry: nothing lands in the process-global REGISTRY.
+"""
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005,
     0.001,
@@ -22,21 +37,11 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     5.0,
     10.0,
 )
-
-
-def label(value: str) -> str:
-    """A label value escaped for the text format."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def number(x: float) -> str:
-    if math.isinf(x):
-        return "+Inf" if x > 0 else "-Inf"
-    return repr(float(x)) if isinstance(x, float) else str(x)
+Labels = Sequence[str]
 
 
 class Histogram:
-    """Cumulative-bucket histogram of one series; `observe` is a bisect and two adds."""
+    """Bucket counts of one series; `observe` is a bisect and two adds (no lock: one loop)."""
 
     def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
         self.buckets = tuple(buckets)
@@ -49,15 +54,59 @@ class Histogram:
         self.sum += value
         self.count += 1
 
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        """`name_bucket`, `_sum` and `_count` lines; `labels` like 'path="fleet"' (no braces)."""
-        sep = "," if labels else ""
+    def cumulative(self) -> list[tuple[str, float]]:
+        """(le, cumulative count) pairs ending with +Inf, as HistogramMetricFamily takes them."""
         out, acc = [], 0
         for le, c in zip(self.buckets, self.counts, strict=False):
             acc += c
-            out.append(f'{name}_bucket{{{labels}{sep}le="{number(le)}"}} {acc}')
-        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
-        brace = f"{{{labels}}}" if labels else ""
-        out.append(f"{name}_sum{brace} {number(self.sum)}")
-        out.append(f"{name}_count{brace} {self.count}")
+            out.append((repr(float(le)), acc))
+        out.append(("+Inf", self.count))
         return out
+
+
+def counter(
+    name: str, doc: str, samples: Iterable[tuple[Labels, float]], labels: Labels = ()
+) -> CounterMetricFamily:
+    """A counter family; `name` without `_total` (prometheus_client appends it)."""
+    return _filled(CounterMetricFamily(name, doc, labels=labels), samples)
+
+
+def gauge(
+    name: str, doc: str, samples: Iterable[tuple[Labels, float]], labels: Labels = ()
+) -> GaugeMetricFamily:
+    return _filled(GaugeMetricFamily(name, doc, labels=labels), samples)
+
+
+def _filled(fam, samples: Iterable[tuple[Labels, float]]):
+    for values, v in samples:
+        fam.add_metric(values, v)
+    return fam
+
+
+def histogram(
+    name: str,
+    doc: str,
+    series: Iterable[tuple[Labels, list[tuple[str, float]], float]],
+    labels: Labels = (),
+) -> HistogramMetricFamily:
+    """A histogram family from (label values, cumulative buckets, sum) per series."""
+    fam = HistogramMetricFamily(name, doc, labels=labels)
+    for values, buckets, total in series:
+        fam.add_metric(values, buckets, total)
+    return fam
+
+
+class Exposition:
+    """One registry holding one collector: `render()` is the body of a `/metrics` reply."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(collect))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self.collect = collect

@@ -11,7 +11,7 @@ Routes (Open Inference Protocol, REST):
     GET  /metrics                        Prometheus text format
 
 Errors are ``{"error": message}`` with the V2Error's status; a malformed request is answered
-and forgotten, never fatal. Metrics are written by hand (no prometheus_client).
+and forgotten, never fatal. Metrics: `predictors.server_metrics` (prometheus_client).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -29,96 +29,12 @@ from starlette.routing import Route
 
 from predictors.dataplane import DataPlane
 from predictors.model import Model
-from predictors.prometheus import LATENCY_BUCKETS
-from predictors.prometheus import label as _label
-from predictors.prometheus import number as _num
+from predictors.prometheus import CONTENT_TYPE
+from predictors.server_metrics import ServerMetrics
+from predictors.spot_watch import SpotWatch
 from predictors.v2 import HEADER_LENGTH, V2Error
 
 MAX_DECOMPRESSED_BYTES = 256 * 1024 * 1024
-UNKNOWN_MODEL = "_unknown"
-
-
-class Metrics:
-    """Request counts by (model, code) and a latency histogram per model (event loop only)."""
-
-    def __init__(self, models: Iterable[str], buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.models = set(models)
-        self.buckets = tuple(buckets)
-        self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, list[int]] = {}
-        self.latency_sum: dict[str, float] = {}
-        self.latency_count: dict[str, int] = {}
-
-    def observe(self, model: str, code: int, seconds: float) -> None:
-        model = model if model in self.models else UNKNOWN_MODEL  # bounded label set
-        self.requests[(model, code)] = self.requests.get((model, code), 0) + 1
-        counts = self.latency.setdefault(model, [0] * len(self.buckets))
-        for i, le in enumerate(self.buckets):
-            if seconds <= le:
-                counts[i] += 1
-        self.latency_sum[model] = self.latency_sum.get(model, 0.0) + seconds
-        self.latency_count[model] = self.latency_count.get(model, 0) + 1
-
-    def render(self, dataplane: DataPlane) -> str:
-        out: list[str] = []
-        out += [
-            "# HELP hybridserve_requests_total Inference requests by model and HTTP status.",
-            "# TYPE hybridserve_requests_total counter",
-        ]
-        for (model, code), n in sorted(self.requests.items()):
-            out.append(f'hybridserve_requests_total{{model="{_label(model)}",code="{code}"}} {n}')
-        out += [
-            "# HELP hybridserve_request_duration_seconds Inference request latency in the server.",
-            "# TYPE hybridserve_request_duration_seconds histogram",
-        ]
-        for model in sorted(self.latency):
-            m = _label(model)
-            for le, c in zip(self.buckets, self.latency[model], strict=True):
-                out.append(
-                    f'hybridserve_request_duration_seconds_bucket{{model="{m}",le="{_num(le)}"}} {c}'
-                )
-            n = self.latency_count[model]
-            out.append(f'hybridserve_request_duration_seconds_bucket{{model="{m}",le="+Inf"}} {n}')
-            out.append(
-                f'hybridserve_request_duration_seconds_sum{{model="{m}"}} '
-                f"{_num(self.latency_sum[model])}"
-            )
-            out.append(f'hybridserve_request_duration_seconds_count{{model="{m}"}} {n}')
-        stats = dataplane.stats()
-        out += [
-            "# HELP hybridserve_batch_size Rows per model predict call (dynamic batching).",
-            "# TYPE hybridserve_batch_size histogram",
-        ]
-        for model, s in sorted(stats.items()):
-            m = _label(model)
-            for le, c in s.batch_histogram():
-                out.append(f'hybridserve_batch_size_bucket{{model="{m}",le="{le}"}} {c}')
-            out.append(f'hybridserve_batch_size_sum{{model="{m}"}} {s.rows_total}')
-            out.append(f'hybridserve_batch_size_count{{model="{m}"}} {s.batches_total}')
-        out += [
-            "# HELP hybridserve_queue_depth Requests waiting in the model's batch queue.",
-            "# TYPE hybridserve_queue_depth gauge",
-        ]
-        for model, s in sorted(stats.items()):
-            out.append(f'hybridserve_queue_depth{{model="{_label(model)}"}} {s.queue_depth}')
-        out += [
-            "# HELP hybridserve_queue_rejected_total Requests refused because the queue was full.",
-            "# TYPE hybridserve_queue_rejected_total counter",
-        ]
-        for model, s in sorted(stats.items()):
-            out.append(
-                f'hybridserve_queue_rejected_total{{model="{_label(model)}"}} {s.rejected_total}'
-            )
-        out += [
-            "# HELP hybridserve_predict_seconds_total Time spent in model predict calls.",
-            "# TYPE hybridserve_predict_seconds_total counter",
-        ]
-        for model, s in sorted(stats.items()):
-            out.append(
-                f'hybridserve_predict_seconds_total{{model="{_label(model)}"}} '
-                f"{_num(s.predict_seconds_total)}"
-            )
-        return "\n".join(out) + "\n"
 
 
 def _error(e: V2Error) -> JSONResponse:
@@ -147,18 +63,20 @@ def create_app(
     max_batch: int | None = 8,
     max_delay_ms: float = 5.0,
     max_queue: int = 1024,
+    spot_watch: SpotWatch | None = None,
 ) -> Starlette:
-    """The ASGI app; ``app.state.dataplane`` and ``app.state.metrics`` for introspection."""
+    """The ASGI app; ``app.state.dataplane`` and ``app.state.metrics`` for introspection.
+    With `spot_watch`, readiness also fails once EC2 announced the instance's interruption."""
     dataplane = DataPlane(
         models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue
     )
-    metrics = Metrics(dataplane.models)
+    metrics = ServerMetrics(dataplane)
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": dataplane.live()})
 
     async def ready(request: Request) -> Response:
-        ok = dataplane.ready()
+        ok = dataplane.ready() and (spot_watch is None or spot_watch.noticed is None)
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_meta(request: Request) -> Response:
@@ -199,9 +117,7 @@ def create_app(
         return resp
 
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(
-            metrics.render(dataplane), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        return Response(metrics.render(), headers={"content-type": CONTENT_TYPE})
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -215,9 +131,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         dataplane.start()
+        if spot_watch is not None:
+            spot_watch.start()
         try:
             yield
         finally:
+            if spot_watch is not None:
+                spot_watch.stop()
             await dataplane.stop()
 
     model_path = "/v2/models/{name}"
@@ -251,9 +171,15 @@ def serve(
     max_batch: int | None = 8,
     max_delay_ms: float = 5.0,
     max_queue: int = 1024,
+    imds_url: str | None = None,
 ) -> None:
-    """Run the server with uvicorn until interrupted (log level warning, no access log)."""
+    """Run the server with uvicorn until interrupted (log level warning, no access log);
+    `imds_url` (EC2's metadata service) makes a spot notice fail readiness."""
     import uvicorn
 
-    app = create_app(models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
+    watch = SpotWatch(imds_url) if imds_url else None
+    app = create_app(
+        models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+        spot_watch=watch,
+    )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -102,7 +102,7 @@ def control_pass(
     ctl.step(_interval(counts, 0, dt))
     for k in range(n_steps):
         sizes[k] = sum(s.total for s in backend.observe().pools.values())
-        backend.advance(min((k + 1) * dt, len(counts)))
+        backend.advance(min((k + 1) * dt, len(counts)), on_notice=ctl.on_notice)
         ctl.step(_interval(counts, k, dt))
         if progress is not None and (k + 1) % 1440 == 0:
             progress(1440 * dt)

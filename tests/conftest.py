@@ -17,6 +17,31 @@ TRACES = REPO.parent / "shared" / "traces"
 TWITTER = TRACES / "twitter-2021-08.per-second.txt.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _faithful_aws():
+    """Moto with AWS's semantics where moto is lenient (tests/aws_faults.py, and the transport
+    of tests/aws_faults_transport.py), under every test."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    from tests.aws_faults import faithful_aws
+    from tests.aws_faults_transport import faithful_transport
+
+    with faithful_aws() as faults, faithful_transport():
+        yield faults
+
+
+@pytest.fixture
+def aws_faults(_faithful_aws):
+    """The fault layer's state for one test: pools out of capacity are restored afterwards."""
+    if _faithful_aws is None:
+        pytest.skip("moto is not installed")
+    yield _faithful_aws
+    _faithful_aws.reset()
+
+
 @pytest.fixture(autouse=True)
 def _restore_hybridserve_logger():
     """A CLI run in-process calls logs.configure (propagate off): undo it so caplog sees records."""
@@ -52,6 +77,15 @@ def aws(monkeypatch):
         yield R.clients("us-east-1")
 
 
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """mlp fp32 and int8 artifacts, built once for the tests/test_artifacts*.py files."""
+    from predictors.artifact_build import build_artifact
+
+    out = tmp_path_factory.mktemp("artifacts")
+    return {v: build_artifact("mlp", out, variant=v) for v in ("fp32", "int8")}
+
+
 def wait_until(
     cond: Callable[[], object], timeout_s: float = 10.0, what: str = "the condition"
 ) -> None:
@@ -63,3 +97,30 @@ def wait_until(
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+class Scrape:
+    """A `/metrics` body read with prometheus_client's own text parser, which raises on a
+    malformed exposition; `value` finds one sample by name and labels."""
+
+    def __init__(self, text: str | bytes) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        if isinstance(text, bytes):
+            text = text.decode()
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples = [s for f in self.families.values() for s in f.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The one sample named `name` whose labels include `labels` (KeyError otherwise)."""
+        hits = [
+            s.value
+            for s in self.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        if len(hits) != 1:
+            raise KeyError(f"{len(hits)} samples {name}{labels} (expected exactly one)")
+        return hits[0]
+
+    def type(self, family: str) -> str:
+        return self.families[family].type

@@ -1,4 +1,5 @@
-"""End to end against a moto server on 127.0.0.1: the CLI as a user runs it, in subprocesses.
+"""End to end against a moto server on 127.0.0.1 over https: the CLI as a user runs it, in
+subprocesses.
 
 deploy -> status -> scale -> controller run killed with SIGKILL -> rerun -> teardown, and at
 the end nothing tagged for the deployment remains and nothing was ever duplicated.
@@ -11,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 import pytest
@@ -19,29 +19,25 @@ import pytest
 pytest.importorskip("moto")
 pytest.importorskip("torch")  # to build the artifact the deployment ships
 boto3 = pytest.importorskip("boto3")
-from moto.server import ThreadedMotoServer  # noqa: E402
-
 from hybridserve.spawn import lines_within  # noqa: E402
-from predictors.artifact import build_artifact  # noqa: E402
+from predictors.artifact_build import build_artifact  # noqa: E402
+from tests.moto_tls import moto_server  # noqa: E402
+from tests.wheel_helpers import offline_wheelhouse  # noqa: E402
 
 DEPLOYMENT = "e2e"
 
 
 @pytest.fixture(scope="module")
 def moto_url():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    # moto keeps its state per process, not per server: start from an empty account, whatever
-    # the tests before this module left behind (the order tests run in must not matter)
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
-    yield url
-    server.stop()
+    """Moto over https, as AWS is (the bucket's policy denies plain HTTP), from an empty
+    account whatever the tests before this module left behind."""
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def env():
+def env(moto_url):
+    """The CLI's environment: test credentials, and the moto server's CA (AWS_CA_BUNDLE)."""
     return {
         **os.environ,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -55,9 +51,11 @@ def config(tmp_path_factory):
     d = tmp_path_factory.mktemp("deploy")
     art = build_artifact("mlp", d, variant="fp32")
     cfg = d / "deploy.yaml"
+    _, wheel, links = offline_wheelhouse()  # the instances' wheelhouse, offline
     cfg.write_text(
         f"name: {DEPLOYMENT}\nartifact: {art}\nbucket: hybridserve-e2e-bucket\n"
         "fleet:\n  c5.large/on_demand: 1\n"
+        f"ec2: {{wheel: '{wheel}', find_links: '{links}', drain_s: 1}}\n"
     )
     np.savetxt(d / "trace.txt", np.random.default_rng(0).poisson(150, 60 * 400)[None, :], fmt="%d")
     return cfg
@@ -90,10 +88,15 @@ def live_instances(url):
     return [i for r in res for i in r["Instances"]], ec2
 
 
-def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
+def test_deploy_scale_crash_rerun_teardown(moto_url, env, config, aws_faults):
     c = str(config)
     cli(env, moto_url, "deploy", "--config", c)
     cli(env, moto_url, "deploy", "--config", c)  # idempotent: a second deploy changes nothing
+    policy = json.loads(cli(env, moto_url, "iam-policy", "--config", c).stdout)
+    res = {r for s in policy["Statement"] for r in s["Resource"]}
+    template = [r for r in res if ":launch-template/" in r]
+    assert len(template) == 1 and template[0].split("/")[-1].startswith("lt-")  # found, not *
+    assert "arn:aws:s3:::hybridserve-e2e-bucket/e2e/controller-state.json" in res
     st = json.loads(cli(env, moto_url, "status", "--config", c, "--json").stdout)
     assert (
         st["fleet"] == {"c5.large/on_demand": 1}
@@ -144,7 +147,20 @@ def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
         "--steps",
         "3",
     )
-    last = [line for line in rerun.stderr.splitlines() if line.startswith("step")][-1]
+    # the rerun resumed from the state the killed one saved with the deployment, at the trace
+    # interval after the last step it applied
+    resumed = [line for line in rerun.stderr.splitlines() if line.startswith("resumed from")]
+    state_url = "s3://hybridserve-e2e-bucket/e2e/controller-state.json"
+    assert len(resumed) == 1 and resumed[0].startswith(f"resumed from {state_url} after step ")
+    saved = int(resumed[0].rsplit(" ", 1)[1])
+    assert saved >= len(lines)  # saved before each step's log line
+    rerun_steps = [line for line in rerun.stderr.splitlines() if line.startswith("step")]
+    assert [int(line.split()[1].rstrip(":")) for line in rerun_steps] == [
+        saved + 1,
+        saved + 2,
+        saved + 3,
+    ]
+    last = rerun_steps[-1]
     insts, _ = live_instances(moto_url)
     st = json.loads(cli(env, moto_url, "status", "--config", c, "--json").stdout)
     assert sum(st["fleet"].values()) == len(insts)
@@ -164,6 +180,72 @@ def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
     )  # a dict literal from our own log
     assert {k: v for k, v in target.items() if v} == st["fleet"]
 
+    # `plan` prints the next decision and changes nothing; the next real step takes it
+    before = sorted(i["InstanceId"] for i in live_instances(moto_url)[0])
+    p = json.loads(cli(env, moto_url, "plan", "--config", c, "--trace", trace, "--json").stdout)
+    assert p["step"] == saved + 4 and p["resumed"] and p["valid"]
+    assert p["fleet"] == st["fleet"] and len(p["forecast_rps"]) > 0
+    assert sorted(i["InstanceId"] for i in live_instances(moto_url)[0]) == before
+    again = json.loads(cli(env, moto_url, "plan", "--config", c, "--trace", trace, "--json").stdout)
+    assert again == {**p, "time_s": again["time_s"]}  # nothing was saved: the same decision
+    nxt = cli(env, moto_url, "controller", "run", "--config", c, "--trace", trace,
+              "--interval-s", "0", "--steps", "1")  # fmt: skip
+    step = [line for line in nxt.stderr.splitlines() if line.startswith("step")]
+    assert len(step) == 1 and step[0].startswith(f"step {p['step']}: target {p['target']} ")
+
+    # two controllers: the second stays passive while the first holds the lease, then takes
+    # over (from the state the first saved) once the first is killed and its lease expires
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    for line in lines_within(first.stderr, 120):
+        if line.startswith("step"):
+            break
+    second = subprocess.Popen(
+        [*args[:-2], "--interval-s", "0", "--steps", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen, out = [], lines_within(second.stderr, 120)  # one reader for the whole run
+    for line in out:
+        seen.append(line)
+        if line.startswith("passive: the lease is held by"):
+            break
+    assert seen and seen[-1].startswith("passive"), seen
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    rest = list(out)  # the same reader, on to the end of the second's run
+    assert second.wait(timeout=60) == 0, rest
+    took = [line for line in rest if line.startswith(("resumed", "step"))]
+    assert len(took) == 2, rest
+    assert took[0].startswith("resumed from") and took[1].startswith("step ")
+    assert int(took[1].split()[1].rstrip(":")) == int(took[0].rsplit(" ", 1)[1]) + 1
+
+    # a spot notice reaches the running controller in seconds (EventBridge -> the deployment's
+    # queue): the instance is tagged interrupted and its replacement launches at the notice,
+    # long before the next step (30 s) and EC2's two minutes
+    runner = subprocess.Popen([*args[:-2], "--interval-s", "30"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    out = lines_within(runner.stderr, 120)
+    for line in out:
+        if line.startswith("step"):
+            break
+    insts, ec2 = live_instances(moto_url)
+    before = {i["InstanceId"] for i in insts}
+    victim = sorted(before)[0]
+    aws_faults.interrupt(victim, notice_s=600)
+    noticed = []
+    for line in out:  # the same reader, bounded by its 120 s
+        if line.startswith("spot notice for"):
+            noticed.append(line)
+            break
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait(timeout=30)
+    assert noticed and victim in noticed[0], noticed
+    after = {i["InstanceId"]: i for i in live_instances(moto_url)[0]}
+    assert set(after) - before, "no replacement was launched at the notice"
+    if victim in after:  # still draining (1 s), or gone already
+        tags = {t["Key"]: t["Value"] for t in after[victim]["Tags"]}
+        assert tags["hybridserve:interrupted"] == "true"
+
     # a dry run decides every step and changes nothing, even where its decision differs
     cli(env, moto_url, "scale", "--config", c, "--instances", "c5.large=4")
     before = sorted(i["InstanceId"] for i in live_instances(moto_url)[0])
@@ -178,6 +260,10 @@ def test_deploy_scale_crash_rerun_teardown(moto_url, env, config):
     out = json.loads(cli(env, moto_url, "teardown", "--config", c, "--yes").stdout)
     assert out["functions"] == ["hybridserve-e2e-spill"] and out["buckets"] == [
         "hybridserve-e2e-bucket"
+    ]
+    assert sorted(out["notices"]) == [
+        "queue/hybridserve-e2e-spot-notices",
+        "rule/hybridserve-e2e-spot",
     ]
     insts, _ = live_instances(moto_url)
     assert insts == []

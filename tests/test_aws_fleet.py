@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from hybridserve.aws import iam
@@ -76,12 +78,48 @@ def test_iam_documents_are_least_privilege():
         iam.instance_role_policy(deployment="demo", bucket="b", prefix="demo/art"),
         iam.trust_policy("lambda"),
         iam.trust_policy("ec2"),
+        iam.runtime_policy(
+            deployment="demo",
+            region="us-east-1",
+            account="123456789012",
+            bucket="b",
+            state_key="demo/controller-state.json",
+            lease_key="demo/controller-lease.json",
+            function="hybridserve-demo-spill",
+            instance_role="hybridserve-demo-instance",
+            template_id="lt-0123",
+        ),
     ]
     for doc in docs:
         assert iam.least_privilege_problems(doc) == []
         for st in doc["Statement"]:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             assert all("*" not in a for a in actions)
+    # the instances only read their artifact; the runtime policy changes no security group,
+    # role or function, and terminates only the deployment's own instances
+    assert [s["Action"] for s in docs[1]["Statement"]] == [["s3:GetObject"], ["s3:ListBucket"]]
+    runtime = docs[-1]["Statement"]
+    acts = {a for s in runtime for a in s["Action"]}
+    assert not {
+        a
+        for a in acts
+        if a.split(":")[1].startswith(("Authorize", "Revoke", "Put", "Create", "Update", "Delete"))
+    } - {
+        "s3:PutObject",
+        "s3:PutObjectTagging",
+        "cloudwatch:PutMetricData",
+        "ec2:CreateTags",  # the fleet-state tags only, on its own instances (MarkOwnInstances)
+        "sqs:DeleteMessage",  # a spot notice read off the deployment's queue
+    }
+    by_sid = {s["Sid"]: s for s in runtime}
+    assert by_sid["TerminateOwn"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/hybridserve:deployment": "demo"}
+    }
+    assert by_sid["TagAtLaunch"]["Condition"]["StringEquals"]["ec2:CreateAction"] == "RunInstances"
+    assert (
+        "arn:aws:ec2:us-east-1:123456789012:launch-template/lt-0123"
+        in (by_sid["LaunchFromTemplate"]["Resource"])
+    )
     lam = docs[0]
     assert {r for s in lam["Statement"] for r in s["Resource"]} == {
         "arn:aws:logs:us-east-1:123456789012:log-group:/aws/lambda/hs-demo-spill",
@@ -118,10 +156,13 @@ def ec2(monkeypatch):
         yield client, ami
 
 
-def backend(client, ami, deployment="demo"):
-    from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet
+def backend(client, ami, deployment="demo", **kw):
+    """The fleet with retirements terminated at once (drain_s 0) unless a test drains."""
+    from hybridserve.aws.ec2 import Ec2Fleet
+    from hybridserve.aws.ec2_backend import AwsBackend
 
-    return AwsBackend(Ec2Fleet(deployment, client, ami, user_data="#cloud-config\n"))
+    kw.setdefault("drain_s", 0.0)
+    return AwsBackend(Ec2Fleet(deployment, client, ami, user_data="#cloud-config\n"), **kw)
 
 
 def tagged(client, deployment="demo"):
@@ -186,3 +227,62 @@ def test_spot_pool_launches_with_market_options(ec2):
     (i,) = tagged(client)
     assert {x["Key"]: x["Value"] for x in i["Tags"]}["hybridserve:pool"] == "c5.large/spot"
     assert i.get("InstanceLifecycle") == "spot"
+
+
+def test_scale_counts_hold_with_ec2_client_tokens(ec2):
+    """EC2 answers a repeated ClientToken with its earlier reservation for 24 h, even after a
+    teardown: each new decision must launch with a token of its own (tests/aws_faults.py)."""
+    client, ami = ec2
+    for n in (1, 0, 1, 2, 0, 2):
+        backend(client, ami).converge({OD: n})
+        assert len(tagged(client)) == n, f"asked for {n}"
+    backend(client, ami).converge({})
+    assert tagged(client) == []
+    backend(client, ami).converge({OD: 1})  # a deploy again after a teardown
+    assert len(tagged(client)) == 1
+
+
+def test_a_retried_intent_reuses_its_token_and_launches_once(ec2):
+    client, ami = ec2
+    be = backend(client, ami)
+    intent = f"{uuid.uuid4().hex}/7"  # EC2 keeps tokens per account: one this test alone uses
+    first = be.converge({OD: 2}, intent=intent)
+    # the same decision retried, as after a crash before any describe showed the instances:
+    # the same token, so EC2 returns the first reservation and nothing more runs
+    token = be.launch_token(OD, [], 2, intent)
+    assert be.fleet.launch(OD, 2, token) == [a.instance_id for a in first]
+    assert len(tagged(client)) == 2
+    # the same token for other parameters is EC2's IdempotentParameterMismatch
+    with pytest.raises(client.exceptions.ClientError, match="IdempotentParameterMismatch"):
+        be.fleet.launch(OD, 3, token)
+
+
+def test_one_pool_without_capacity_does_not_stop_the_others_and_backs_off(ec2, aws_faults):
+    client, ami = ec2
+    be = backend(client, ami)
+    aws_faults.no_capacity.add(OD)
+    acts = be.converge({OD: 1, "c5.xlarge/on_demand": 1})
+    assert [(a.kind, a.pool) for a in acts] == [("launch", "c5.xlarge/on_demand")]
+    assert [i["InstanceType"] for i in tagged(client)] == ["c5.xlarge"]
+    assert be.launch_failures == {OD: 1}
+    # within the backoff the pool is not tried again; once capacity is back and the backoff
+    # has passed, it launches
+    aws_faults.no_capacity.clear()
+    assert be.converge({OD: 1, "c5.xlarge/on_demand": 1}) == []
+    be.retry_at[OD] = 0.0  # the backoff elapsed
+    acts = be.converge({OD: 1, "c5.xlarge/on_demand": 1})
+    assert [(a.kind, a.pool) for a in acts] == [("launch", OD)] and be.launch_failures == {}
+
+
+def test_spot_fallback_serves_its_pool_and_is_kept(ec2, aws_faults):
+    """A spot launch that fell back to on-demand is counted in the spot pool it stands in for,
+    so the next step neither terminates it nor launches again."""
+    client, ami = ec2
+    be = backend(client, ami)
+    aws_faults.no_capacity.add(SPOT)
+    be.converge({SPOT: 1})
+    (i,) = tagged(client)
+    tags = {x["Key"]: x["Value"] for x in i["Tags"]}
+    assert tags["hybridserve:pool"] == SPOT and tags["hybridserve:market"] == "on_demand"
+    assert i.get("InstanceLifecycle") != "spot"
+    assert be.converge({SPOT: 1}) == [] and be.observe().get(SPOT).total == 1

@@ -89,6 +89,7 @@ def test_bucket_created_once_private_encrypted_tagged(aws):
     }
     rules = c.s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert c.s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
 
 
 def test_preexisting_bucket_is_adopted_not_marked_created(aws):
@@ -101,6 +102,21 @@ def test_preexisting_bucket_is_adopted_not_marked_created(aws):
     assert c.s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"][
         "BlockPublicAcls"
     ]
+    assert "Status" not in c.s3.get_bucket_versioning(Bucket=BUCKET)  # its owner's to choose
+
+
+def test_adopting_a_kms_bucket_keeps_its_key(aws):
+    """No downgrade: a bucket encrypted with its owner's KMS key stays so."""
+    c = aws
+    c.s3.create_bucket(Bucket=BUCKET)
+    kms = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "arn:aws:kms:us-east-1:123456789012:key/k"}
+    c.s3.put_bucket_encryption(
+        Bucket=BUCKET,
+        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": kms}]},
+    )
+    R.ensure_bucket(c.s3, BUCKET, DEP, REGION)
+    rules = c.s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"] == kms
 
 
 def test_upload_skips_unchanged_files(aws, tmp_path):
@@ -276,7 +292,8 @@ def test_function_created_once_then_updated_on_memory_change(aws):
 
 
 def _deploy(c, tmp_path, *, pre_existing_bucket=False):
-    from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet
+    from hybridserve.aws.ec2 import Ec2Fleet
+    from hybridserve.aws.ec2_backend import AwsBackend
 
     if pre_existing_bucket:
         c.s3.create_bucket(Bucket=BUCKET)

@@ -1,6 +1,6 @@
-"""`hybridserve serve` in AWS mode: which config means AWS, readiness from the model server, the
-router's interval metrics, and the whole AwsStack against a moto server (no Lambda inference:
-moto needs Docker for that, so a spilled request must fail fast and clearly instead)."""
+"""`hybridserve serve` in AWS mode: readiness from the model server, and the whole AwsStack
+against a moto server (no Lambda inference: moto needs Docker for that, so a spilled request
+must fail fast and clearly instead)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import zipfile
 
 import pytest
 
-from hybridserve.aws.metrics import RouterIntervals
-from hybridserve.config import ConfigError
-from hybridserve.serve import DEPLOYMENT_KEYS, ServeConfig, config_kind, load_serve_config
-from tests.conftest import wait_until
+from hybridserve.config_base import ConfigError
+from tests.conftest import Scrape, wait_until
+from tests.wheel_helpers import offline_wheelhouse
 
 POOL = "c5.large/on_demand"
 CREDS = {
@@ -24,75 +23,6 @@ CREDS = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-# ------------------------------------------------------------------------ config detection
-def test_the_two_configs_share_only_the_keys_that_cannot_tell_them_apart():
-    from hybridserve.deployment import DeploymentConfig
-    from hybridserve.serve import SHARED_KEYS
-
-    def keys(model):
-        return {f.alias or n for n, f in model.model_fields.items()}
-
-    # a key both models had would make config_kind guess; the shared ones are declared
-    assert keys(DeploymentConfig) & keys(ServeConfig) == SHARED_KEYS
-    assert keys(DeploymentConfig) - keys(ServeConfig) == DEPLOYMENT_KEYS
-
-
-def test_config_kind_tells_deployment_from_serve_configs(tmp_path):
-    import yaml
-
-    with open("examples/hybridserve.yaml") as f:
-        example = yaml.safe_load(f)
-    assert config_kind(example) == "aws"
-    assert config_kind({"bucket": "b"}) == "aws"
-    assert config_kind({}) == config_kind({"artifact": "a", "lambda": {}}) == "local"
-    assert config_kind({"deployment": "hybrid", "router": {"port": 1}}) == "local"
-    with pytest.raises(
-        ConfigError, match=r"x.yaml: mixes deployment settings \['ec2'\] with serve"
-    ):
-        config_kind({"ec2": {}, "instances": {}}, "x.yaml")
-    with pytest.raises(ConfigError, match="a deployment config"):
-        load_serve_config("examples/hybridserve.yaml")
-
-
-@pytest.mark.parametrize(
-    ("config", "args", "needle"),
-    [
-        ("deployment: hybrid\n", ["--region", "eu-west-1"], "--region: only for a deployment"),
-        ("deployment: hybrid\n", ["--endpoint-url", "http://x"], "--endpoint-url: only for"),
-        ("name: d\nartifact: a\nbucket: bkt\n", ["--deployment", "vm-only"], "--deployment: only"),
-        ("name: d\nbucket: bkt\nmodel: m\n", [], "mixes deployment settings"),
-    ],
-)
-def test_serve_options_belong_to_their_mode(tmp_path, config, args, needle):
-    from click.testing import CliRunner
-
-    from hybridserve.cli import main
-
-    p = tmp_path / "c.yaml"
-    p.write_text(config)
-    r = CliRunner().invoke(main, ["serve", "--config", str(p), *args])
-    assert r.exit_code == 2 and needle in r.output, r.output
-
-
-# ------------------------------------------------------------------------ interval metrics
-def test_router_intervals_difference_the_cumulative_counters():
-    iv = RouterIntervals({"arrivals": 10, "spills": 5}, now=100.0)
-    out = iv.take(
-        {"arrivals": 30, "spills": 9, "within_slo": 15, "slo_counted": 20, "cold_starts": 2}, 110.0
-    )
-    assert out == {
-        "ArrivalRate": 2.0,
-        "SpillFraction": 0.2,
-        "LambdaColdStarts": 2.0,
-        "SloAttainment": 0.75,
-    }
-    # an idle interval: no attainment made up, no spill
-    idle = iv.take(
-        {"arrivals": 30, "spills": 9, "within_slo": 15, "slo_counted": 20, "cold_starts": 2}, 120.0
-    )
-    assert idle == {"ArrivalRate": 0.0, "SpillFraction": 0.0, "LambdaColdStarts": 0.0}
 
 
 # ------------------------------------------------------------------------ readiness
@@ -115,7 +45,7 @@ def model_server(artifact):
     from predictors.artifact import load_artifact
     from predictors.onnx_model import OnnxModel
     from predictors.server import create_app
-    from tests.test_model_server import ServerThread
+    from tests.model_server_helpers import ServerThread
 
     app = create_app([OnnxModel(load_artifact(artifact))], max_batch=8, max_delay_ms=1)
     with ServerThread(app) as s:
@@ -141,7 +71,8 @@ def _free_port() -> int:
 
 
 def test_health_readiness_pending_until_the_model_server_answers(ec2, model_server):
-    from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet, http_ready_probe, private_url
+    from hybridserve.aws.ec2 import Ec2Fleet
+    from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe, private_url
     from hybridserve.backends.base import Endpoint
 
     client, ami = ec2
@@ -217,59 +148,21 @@ def test_deployment_config_picks_the_readiness(tmp_path):
         load_deployment(p)
 
 
-def test_publishing_loop_publishes_even_when_the_step_fails():
-    from types import SimpleNamespace
-
-    from hybridserve.aws.serving import PublishingLoop
-    from hybridserve.router.metrics import RouterMetrics
-
-    class Failing:
-        interval_s = 10
-
-        def step(self, counts):
-            raise RuntimeError("EC2 said no")
-
-    m = RouterMetrics()
-    router = SimpleNamespace(metrics=m, ups=[1, 2], take_counts=lambda: [(5, 7)])
-    sent: list[dict] = []
-    t = [0.0]
-    loop = PublishingLoop(Failing(), router, sent.append, clock=lambda: t[0])
-    m.request("lambda", 502, 0.01, 300.0)
-    m.spills += 1
-    t[0] = 10.0
-    with pytest.raises(RuntimeError):
-        loop.step()
-    assert sent == [
-        {
-            "ArrivalRate": 0.1,
-            "SpillFraction": 1.0,
-            "LambdaColdStarts": 0.0,
-            "SloAttainment": 0.0,
-            "ReadyInstances": 2.0,
-        }
-    ]
-
-
 # ------------------------------------------------------------------------ AwsStack on moto
 DEPLOYMENT = "serving"
 
 
 @pytest.fixture(scope="module")
 def moto_url():
-    from moto.server import ThreadedMotoServer
+    """Moto over https, as AWS is (the bucket's policy denies plain HTTP), from an empty
+    account whatever the tests before this module left behind."""
+    from tests.moto_tls import moto_server
 
     mp = pytest.MonkeyPatch()
     for k, v in CREDS.items():
         mp.setenv(k, v)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    # moto keeps its state per process, not per server: start from an empty account, whatever
-    # the tests before this module left behind (the order tests run in must not matter)
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
-    yield url
-    server.stop()
+    with moto_server() as url:
+        yield url
     mp.undo()
 
 
@@ -278,6 +171,7 @@ def deployment_yaml(artifact, tmp_path_factory):
     """A deployment config: no fleet yet, EC2 state readiness (nothing listens on moto's
     private IPs), a stand-in function package, a one-type scenario."""
     d = tmp_path_factory.mktemp("deployment")
+    _, wheel, links = offline_wheelhouse()  # the instances' wheelhouse, offline
     pkg = d / "spill.zip"
     with zipfile.ZipFile(pkg, "w") as z:
         z.writestr("lambda_handlers/handler.py", "def handler(event, context):\n    return {}\n")
@@ -286,7 +180,8 @@ def deployment_yaml(artifact, tmp_path_factory):
     )
     (d / "deploy.yaml").write_text(
         f"name: {DEPLOYMENT}\nartifact: {artifact}\nbucket: hybridserve-serving-test\n"
-        "scenario: scenario.yaml\nec2: {readiness: state}\n"
+        "scenario: scenario.yaml\n"
+        f"ec2: {{readiness: state, wheel: '{wheel}', find_links: '{links}'}}\n"
         f"lambda: {{package: {pkg}, reserved_concurrency: 4, timeout_s: 5}}\n"
     )
     return d / "deploy.yaml"
@@ -351,8 +246,8 @@ def _tagged(moto_url: str) -> list[dict]:
 
 
 def test_aws_stack_serves_converges_and_publishes(stack, moto_url, model_server):
-    from hybridserve.aws.ec2 import http_ready_probe
-    from hybridserve.loadgen import build_payload
+    from hybridserve.aws.ec2_backend import http_ready_probe
+    from hybridserve.loadgen.payload import build_payload
 
     assert _get(stack.url + "/v2/health/ready")[0] == 200  # Lambda can take requests
     status, body = _get(stack.url + "/v2/models/mlp")
@@ -365,7 +260,7 @@ def test_aws_stack_serves_converges_and_publishes(stack, moto_url, model_server)
     status, body = _post(infer, payload, timeout_s=60)
     assert status in (502, 503) and "spill" in json.loads(body)["error"]
     status, text = _get(stack.url + "/metrics")
-    assert status == 200 and "hybridserve_router_spills_total 1" in text.decode()
+    assert status == 200 and Scrape(text).value("hybridserve_router_spills_total") == 1
 
     # one control step on the router's counts: 300 req/s over the interval asks for instances
     assert _tagged(moto_url) == []

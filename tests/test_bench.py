@@ -15,23 +15,17 @@ import pytest
 from click.testing import CliRunner
 
 from hybridserve.cli.bench import bench
-from hybridserve.loadgen import (
-    BenchError,
-    BenchResult,
-    bench_sync,
-    build_payload,
-    fetch_metadata,
-    load_payload,
-    poisson_schedule,
-    trace_schedule,
-)
+from hybridserve.loadgen.payload import BenchError, build_payload, fetch_metadata, load_payload
+from hybridserve.loadgen.result import BenchResult
+from hybridserve.loadgen.run import bench_sync
+from hybridserve.loadgen.schedules import poisson_schedule, trace_schedule
 from predictors.model import TensorSpec
 from predictors.v2 import decode_request
 from simulations.traces import load_trace
 
 uvicorn = pytest.importorskip("uvicorn")
 
-from tests.test_model_server import ServerThread  # noqa: E402  (uvicorn on a free port)
+from tests.model_server_helpers import ServerThread  # noqa: E402  (uvicorn on a free port)
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("starlette")

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridserve.config import (
-    ConfigError,
-    Scenario,
-    default_catalog,
-    default_profile,
-    load_scenario,
-    read_yaml_mapping,
-)
+from hybridserve.config import Scenario, default_catalog, default_profile, load_scenario
+from hybridserve.config_base import ConfigError, read_yaml_mapping
 
 CPU_TYPES = [
     "c5.large", "c5.xlarge", "c5.2xlarge", "c5.4xlarge",

@@ -16,9 +16,9 @@ class Spy(SimulatedBackend):
         super().__init__(*a, **k)
         self.targets: list[dict] = []
 
-    def converge(self, target):
+    def converge(self, target, *, intent=None):
         self.targets.append(dict(target))
-        return super().converge(target)
+        return super().converge(target, intent=intent)
 
 
 def counts(rate: float, seed: int = 0) -> np.ndarray:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
+from ec2_images import fetch
 from ec2_images.render import (
     ImageParams,
     render_fetch_unit,
@@ -17,7 +19,23 @@ from ec2_images.render import (
     write_packer_dir,
 )
 
-P = ImageParams(deployment="demo", artifact_uri="s3://my-bucket/models/distilbert-int8/", port=8123)
+WH = "s3://my-bucket/demo/wheelhouse"
+PINS = {
+    "wheel_uri": f"{WH}/{'a' * 64}/hybridserve-0.1.0-py3-none-any.whl",
+    "wheel_sha256": "a" * 64,
+    "dependencies_uri": f"{WH}/{'b' * 64}/dependencies.tar",
+    "dependencies_sha256": "b" * 64,
+    "requirements_uri": f"{WH}/{'c' * 64}/requirements.txt",
+    "requirements_sha256": "c" * 64,
+}
+P = ImageParams(
+    deployment="demo", artifact_uri="s3://my-bucket/models/distilbert-int8/", port=8123, **PINS
+)
+
+
+def _files(text: str) -> dict[str, str]:
+    doc = yaml.safe_load(text)
+    return {f["path"]: base64.b64decode(f["content"]).decode() for f in doc["write_files"]}
 
 
 def test_server_unit_runs_the_model_server_on_the_port():
@@ -34,9 +52,10 @@ def test_server_unit_runs_the_model_server_on_the_port():
 def test_fetch_unit_downloads_the_uri_and_verifies_into_the_server_artifact_dir():
     unit = render_fetch_unit(P)
     assert "${" not in unit
-    assert "s3://my-bucket/models/distilbert-int8/" in unit
-    assert (
-        "load_artifact('/opt/hybridserve/artifact', extract_dir='/opt/hybridserve/cache')" in unit
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.endswith(
+        "/opt/hybridserve/fetch.py --region us-east-1 artifact --dest /opt/hybridserve/artifact "
+        "--cache /opt/hybridserve/cache s3://my-bucket/models/distilbert-int8/"
     )
     assert "Type=oneshot" in unit
 
@@ -45,16 +64,45 @@ def test_user_data_is_cloud_config_carrying_both_units_and_starting_them():
     text = render_user_data(P)
     assert text.startswith("#cloud-config")
     doc = yaml.safe_load(text)
-    files = {f["path"]: base64.b64decode(f["content"]).decode() for f in doc["write_files"]}
+    files = _files(text)
     assert files[f"/etc/systemd/system/{P.server_unit}"] == render_unit(P)
     assert files[f"/etc/systemd/system/{P.fetch_unit}"] == render_fetch_unit(P)
+    assert files[P.fetch_script] == (Path(fetch.__file__)).read_text()
     start = [c for c in doc["runcmd"] if c[:3] == ["systemctl", "enable", "--now"]]
     assert start and start[0][3:] == [P.fetch_unit, P.server_unit]
-    assert any(P.package_spec in c for c in doc["runcmd"])
+    assert len(text.encode()) <= 16384  # EC2's limit on user data
+
+
+def test_user_data_fetches_the_pinned_wheelhouse_and_never_reaches_an_index():
+    text = render_user_data(P)
+    doc = yaml.safe_load(text)
+    fetch_cmd = next(c for c in doc["runcmd"] if P.fetch_script in c)
+    pins = fetch_cmd[fetch_cmd.index("--dest") + 2 :]
+    assert pins == [PINS[f"{k}_{x}"] for k in ("wheel", "dependencies", "requirements")
+                    for x in ("uri", "sha256")]  # fmt: skip
+    installs = [c for c in doc["runcmd"] if "install" in c and any("pip" in w for w in c)]
+    assert len(installs) == 1
+    (pip,) = installs
+    assert all(isinstance(w, str) for c in doc["runcmd"] for w in c)  # no word read as YAML
+    assert "--only-binary=:all:" in pip
+    for flag in ("--no-index", "--require-hashes", "--disable-pip-version-check"):
+        assert flag in pip
+    assert pip[pip.index("-r") + 1] == f"{P.wheel_dir}/requirements.txt"
+    everything = "\n".join([text, *_files(text).values()]).lower()
+    for needle in ("pypi", "pythonhosted", "index-url", "extra-index", "hybridserve[predictors"):
+        assert needle not in everything, needle
+    # no pip install anywhere without hashes (units and the fetch script included)
+    for line in everything.splitlines():
+        if "pip" in line and "install" in line and not line.lstrip().startswith("#"):
+            assert "--require-hashes" in line and "--no-index" in line, line
 
 
 def test_packer_template_and_variables_line_up(tmp_path):
-    out = write_packer_dir(P, tmp_path / "img")
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    (house / "requirements.txt").write_text(f"x==1 --hash=sha256:{'d' * 64}\n")
+    (house / "x-1-py3-none-any.whl").write_bytes(b"wheel")
+    out = write_packer_dir(P, tmp_path / "img", house)
     hcl = (out / "hybridserve.pkr.hcl").read_text()
     declared = set(re.findall(r'variable "([a-z_]+)"', hcl))
     used = set(re.findall(r"var\.([a-z_]+)", hcl))
@@ -62,7 +110,13 @@ def test_packer_template_and_variables_line_up(tmp_path):
     assert used <= declared and given == declared
     assert "server_port = 8123" in (out / "hybridserve.auto.pkrvars.hcl").read_text()
     assert (out / "rendered" / P.server_unit).read_text() == render_unit(P)
+    assert (out / "wheelhouse" / "x-1-py3-none-any.whl").read_bytes() == b"wheel"
     assert '"hybridserve:deployment" = var.deployment' in hcl
+    pips = [line for line in hcl.splitlines() if "pip install" in line]
+    assert pips and all("--no-index --require-hashes" in line for line in pips)
+    assert "/tmp/wheelhouse/requirements.txt" in pips[0]
+    with pytest.raises(FileNotFoundError, match="requirements.txt"):
+        write_packer_dir(P, tmp_path / "img2", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -72,8 +126,14 @@ def test_packer_template_and_variables_line_up(tmp_path):
         ("port", 70000, "port"),
         ("deployment", "bad name!", "deployment"),
         ("server_unit", "model", "unit"),
+        ("wheel_sha256", "abc", "wheel_sha256"),
+        ("requirements_uri", "https://pypi.org/simple/x", "requirements_uri"),
+        ("dependencies_uri", "s3://my-bucket/prefix/", "dependencies_uri"),
+        ("python", "python3; rm -rf /", "python"),
     ],
 )
 def test_bad_parameters_are_named(field, value, needle):
     with pytest.raises(ValueError, match=needle):
-        ImageParams(**{"deployment": "demo", "artifact_uri": "s3://b-ucket/p/", field: value})
+        ImageParams(
+            **{"deployment": "demo", "artifact_uri": "s3://b-ucket/p/", **PINS, field: value}
+        )

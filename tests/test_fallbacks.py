@@ -8,7 +8,6 @@ import logging
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hybridserve.backends.simulated import SimulatedBackend
 from hybridserve.config import load_scenario
@@ -22,8 +21,10 @@ from hybridserve.planner.base import Plan
 from hybridserve.planner.fallback import FallbackPlanner
 from hybridserve.policies import build_controller, make_policy
 from hybridserve.router.metrics import RouterMetrics
+from predictors.prometheus import Exposition
 from simulations.replay import run_policy
 from simulations.traces import Trace
+from tests.conftest import Scrape
 
 
 class Broken(PointForecaster):
@@ -273,7 +274,7 @@ def test_live_loop_keeps_stepping_and_serve_exports_the_counts():
     assert loop.safe_step() is not None
     broken = {"calls": 0}
 
-    def explode(target):
+    def explode(target, *, intent=None):
         broken["calls"] += 1
         raise ConnectionError("EC2 endpoint unreachable")
 
@@ -284,11 +285,15 @@ def test_live_loop_keeps_stepping_and_serve_exports_the_counts():
     assert loop.stats == {"forecaster_fallbacks": 0, "planner_fallbacks": 3, "step_failures": 1}
     m = RouterMetrics()
     m.controller = loop.stats
-    text = m.render(ups=[], spill_pending=0, lambda_in_flight=0, usd_per_hour=0.0, batch=None)
-    values = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
-    assert values["hybridserve_controller_planner_fallbacks_total"] == 3
-    assert values["hybridserve_controller_step_failures_total"] == 1
-    assert values["hybridserve_controller_forecaster_fallbacks_total"] == 0
+    text = Exposition(
+        lambda: m.families(
+            ups=[], spill_pending=0, lambda_in_flight=0, usd_per_hour=0.0, batch=None
+        )
+    ).render()
+    values = Scrape(text)
+    assert values.value("hybridserve_controller_planner_fallbacks_total") == 3
+    assert values.value("hybridserve_controller_step_failures_total") == 1
+    assert values.value("hybridserve_controller_forecaster_fallbacks_total") == 0
 
 
 def test_seasonal_naive_as_a_chain_member_is_point_only():

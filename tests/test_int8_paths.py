@@ -213,22 +213,22 @@ def test_unsupported_integer_ops_are_reported():
 # --------------------------------------------------------------------------------------------
 
 pytest.importorskip("torch")
-from predictors import export  # noqa: E402
+from predictors import sources, variants  # noqa: E402
 from predictors.guard import AccuracyError, accuracy_guard, guard_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def fp32_models(tmp_path_factory) -> dict[str, tuple[Path, export.SourceModel]]:
+def fp32_models(tmp_path_factory) -> dict[str, tuple[Path, sources.SourceModel]]:
     out = tmp_path_factory.mktemp("fp32")
     models = {}
     for name in ("mlp", "tinybert"):
-        src = export.reference_source(name)
+        src = sources.reference_source(name)
         models[name] = (src.write_onnx(out / f"{name}.onnx"), src)
     return models
 
 
 def _variant(fp32_models, name, fmt, tmp_path) -> Path:
-    return export.quantize_int8(fp32_models[name][0], tmp_path / f"{name}-{fmt}.onnx", fmt=fmt)
+    return variants.quantize_int8(fp32_models[name][0], tmp_path / f"{name}-{fmt}.onnx", fmt=fmt)
 
 
 def _session_outputs(model, feed):
@@ -253,7 +253,7 @@ def test_native_run_equals_the_emulation_of_this_machines_path(fp32_models, fmt,
 @pytest.mark.parametrize("name", ["mlp", "tinybert"])
 def test_default_int8_is_saturation_free_and_passes_on_every_path(fp32_models, name, tmp_path):
     fp32, src = fp32_models[name]
-    variant = _variant(fp32_models, name, export.DEFAULT_INT8_FORMAT, tmp_path)
+    variant = _variant(fp32_models, name, variants.DEFAULT_INT8_FORMAT, tmp_path)
     report = int8_paths.saturation_report(variant)
     assert report.saturation_free and 0 < report.max_pair <= 32640 and report.gemms >= 3
     for seed in (0, 1, 2):

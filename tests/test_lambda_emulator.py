@@ -28,7 +28,7 @@ from botocore.config import Config  # noqa: E402
 from hybridserve.lambda_emulator.server import LambdaEmulator  # noqa: E402
 from predictors.artifact import build_artifact, load_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
-from tests.conftest import REPO, wait_until  # noqa: E402
+from tests.conftest import REPO, Scrape, wait_until  # noqa: E402
 
 FN = "hybridserve-spill"
 REPORT = re.compile(
@@ -122,6 +122,22 @@ def test_v2_invoke_cold_then_warm_with_aws_report_and_bill(artifact):
         assert s["gb_s_total"] == pytest.approx(1024 / 1024 * billed / 1000)
         with urllib.request.urlopen(emu.url + "/emulator/stats") as r:
             assert json.load(r) == s
+        # the same counters through /metrics, read by prometheus_client's parser
+        with urllib.request.urlopen(emu.url + "/metrics") as r:
+            m = Scrape(r.read())
+        fn = {"function": FN}
+        assert m.value("hybridserve_emulator_invocations_total", **fn) == 2
+        assert m.value("hybridserve_emulator_cold_starts_total", **fn) == 1
+        assert m.value("hybridserve_emulator_billed_seconds_total", **fn) == billed / 1000
+        assert m.value("hybridserve_emulator_gb_seconds_total", **fn) == pytest.approx(
+            s["gb_s_total"]
+        )
+        assert m.value("hybridserve_emulator_duration_seconds_count", **fn) == 2
+        assert m.value("hybridserve_emulator_init_duration_seconds_sum", **fn) == pytest.approx(
+            float(rep["init"]) / 1000, abs=1e-4
+        )
+        assert m.value("hybridserve_emulator_environments", **fn) == 1
+        assert m.value("hybridserve_emulator_concurrent_executions", **fn) == 0
 
 
 def test_batch_event_returns_responses_in_order(artifact):
@@ -324,7 +340,7 @@ def test_standalone_entry_serves_and_exits_on_sigterm(artifact, tmp_path):
             [
                 sys.executable,
                 "-m",
-                "hybridserve.lambda_emulator.server",
+                "hybridserve.lambda_emulator",
                 "--artifact",
                 str(artifact),
             ]

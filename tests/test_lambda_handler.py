@@ -15,9 +15,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")  # to build the test artifact; the handler itself never imports it
 
 from lambda_handlers import handler as lam  # noqa: E402
-from predictors.artifact import build_artifact, load_artifact  # noqa: E402
+from predictors.artifact import load_artifact  # noqa: E402
+from predictors.artifact_build import build_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
-from predictors.v2 import encode_request  # noqa: E402
+from predictors.v2_client import encode_request  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 

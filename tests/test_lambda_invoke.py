@@ -27,7 +27,8 @@ from hybridserve.aws.invoke import (  # noqa: E402
     parse_report,
 )
 from hybridserve.lambda_emulator.server import LambdaEmulator  # noqa: E402
-from predictors.artifact import build_artifact, load_artifact  # noqa: E402
+from predictors.artifact import load_artifact  # noqa: E402
+from predictors.artifact_build import build_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
 
 FN = "hybridserve-spill"

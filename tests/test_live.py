@@ -12,7 +12,8 @@ import pytest
 from hybridserve.config import ConfigError
 from hybridserve.live import CappedBackend, interval_counts
 from hybridserve.serve import load_serve_config
-from tests.conftest import wait_until
+from predictors.prometheus import CONTENT_TYPE
+from tests.conftest import Scrape, wait_until
 
 
 def test_interval_counts_aligns_to_the_last_second_and_pads_with_zeros():
@@ -34,7 +35,7 @@ class _Recorder:
 
         return FleetView()
 
-    def converge(self, target):
+    def converge(self, target, *, intent=None):
         self.targets.append(dict(target))
         return []
 
@@ -152,15 +153,16 @@ def test_router_metrics_and_health_through_the_stack(stack):
     with urllib.request.urlopen(stack.url + "/v2/health/ready", timeout=5) as r:
         assert r.status == 200
     with urllib.request.urlopen(stack.url + "/metrics", timeout=5) as r:
-        text = r.read().decode()
+        assert r.headers["content-type"] == CONTENT_TYPE
+        m = Scrape(r.read())
     for name in (
         "hybridserve_router_arrivals_total",
         "hybridserve_router_spills_total",
-        "hybridserve_router_latency_seconds_bucket",
         "hybridserve_lambda_cold_starts_total",
         "hybridserve_cost_usd_per_hour",
     ):
-        assert name in text
+        assert m.value(name) >= 0, name
+    assert m.type("hybridserve_router_latency_seconds") == "histogram"
     with urllib.request.urlopen(stack.url + "/v2/models/mlp", timeout=5) as r:
         assert json.loads(r.read())["name"] == "mlp"
 

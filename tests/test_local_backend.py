@@ -18,7 +18,8 @@ pytest.importorskip("starlette")
 
 from hybridserve.backends.local import LocalBackend  # noqa: E402
 from hybridserve.config import Pool  # noqa: E402
-from predictors.artifact import build_artifact, load_artifact  # noqa: E402
+from predictors.artifact import load_artifact  # noqa: E402
+from predictors.artifact_build import build_artifact  # noqa: E402
 from predictors.onnx_model import OnnxModel  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 
@@ -189,6 +190,58 @@ def test_a_killed_instance_is_lost_and_the_next_converge_replaces_it(make):
     wait_for(lambda: [e.instance_id for e in b.endpoints()] == [launch.instance_id])
     with pytest.raises(KeyError, match="local-999"):
         b.kill("local-999")
+
+
+def test_a_spot_notice_under_load_loses_no_request_and_is_replaced(make, artifact):
+    """The local analogue of a spot notice: the instance leaves routing at once, what was sent
+    to it finishes, its process stops after the notice, and the converge at the notice
+    (Controller.on_notice) launches the replacement. A client routing on endpoints() as the
+    router does sees every request answered."""
+    import threading
+
+    b = make()
+    b.converge({KEY: 2})
+    wait_for(lambda: len(b.endpoints()) == 2)
+    name = json.loads((artifact / "manifest.json").read_text())["name"]
+    req = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+    ).encode()
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        k = 0
+        while not stop.is_set():
+            eps = b.endpoints()
+            if eps:
+                e = eps[k % len(eps)]
+                try:
+                    codes.append(call(e.url, "POST", f"/v2/models/{name}/infer", req)[0])
+                except OSError:  # refused or reset: a lost request
+                    codes.append(-1)
+                k += 1
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: len(codes) >= 20)
+        victim = b.endpoints()[0].instance_id
+        pid = b.pids()[victim]
+        assert b.notice([victim], notice_s=1.0) == [victim]
+        assert victim not in {e.instance_id for e in b.endpoints()}  # out of routing at once
+        assert b.observe().get(KEY).total == 1  # and out of the count
+        (launch,) = b.converge({KEY: 2})  # what on_notice does at the notice
+        assert launch.kind == "launch"
+        wait_for(lambda: launch.instance_id in {e.instance_id for e in b.endpoints()})
+        wait_for(lambda: not _alive(pid), timeout_s=10)
+        n = len(codes)
+        wait_for(lambda: len(codes) >= n + 20)
+    finally:
+        stop.set()
+        t.join(15)
+    assert codes and set(codes) == {200}, sorted(set(codes))
+    assert [k for _, k, _, i in b.events() if i == victim][-1] == "notice"
+    assert b.notice([victim]) == []  # gone already
 
 
 def test_a_server_that_dies_while_starting_is_lost_with_its_log(make, tmp_path):

@@ -283,14 +283,14 @@ def test_module_imports_without_torch():
 def test_hand_adam_matches_torch_adam():
     # the LSTM trains with a hand-written Adam (torch.optim imports torch's compiler, seconds):
     # it must be torch's single-tensor CPU Adam, bit for bit, over many steps and a skipped grad
-    from hybridserve.forecast.lstm import _Adam
+    from hybridserve.forecast.torch_support import Adam
 
     torch.manual_seed(0)
     ref = torch.nn.LSTM(4, 8, batch_first=True)
     ours = torch.nn.LSTM(4, 8, batch_first=True)
     ours.load_state_dict(ref.state_dict())
     opt_ref = torch.optim.Adam(ref.parameters(), lr=3e-3)
-    opt_ours = _Adam(ours.parameters(), lr=3e-3)
+    opt_ours = Adam(ours.parameters(), lr=3e-3)
     x = torch.randn(16, 5, 4)
     for step in range(30):
         for net, opt in ((ref, opt_ref), (ours, opt_ours)):

@@ -17,6 +17,7 @@ from hybridserve.backends.base import Endpoint
 from hybridserve.router import SPILL, Router, RouterConfig, batch_params, choose, completion_table
 from hybridserve.router.buffer import SpillBuffer, split_responses
 from hybridserve.router.policy import batch_curve, within_slo_depth
+from tests.conftest import Scrape
 
 pytest.importorskip("aiohttp")
 pytest.importorskip("uvicorn")
@@ -244,7 +245,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def server(model):
     from predictors.server import create_app
-    from tests.test_model_server import ServerThread
+    from tests.model_server_helpers import ServerThread
 
     with ServerThread(create_app([model], max_batch=8, max_delay_ms=1)) as s:
         yield s
@@ -260,7 +261,7 @@ def _router(model, fleet, invoker=None, **cfg):
 
 @pytest.fixture
 def serve_router():
-    from tests.test_model_server import ServerThread
+    from tests.model_server_helpers import ServerThread
 
     started = []
 
@@ -287,9 +288,11 @@ def test_router_forwards_to_the_fleet_and_answers_metadata(model, server, serve_
     assert status == 200 and json.loads(body)["inputs"][0]["name"] == model.inputs[0].name
     assert rs.request("GET", "/v2/health/ready")[0] == 200
     assert rs.request("GET", "/v2/models/other")[0] == 404
-    metrics = rs.request("GET", "/metrics")[2].decode()
-    assert 'hybridserve_router_responses_total{path="fleet",code="200"} 1' in metrics
-    assert 'hybridserve_fleet_size{pool="c5.large/on_demand"} 1' in metrics
+    metrics = Scrape(rs.request("GET", "/metrics")[2])
+    assert metrics.value("hybridserve_router_responses_total", path="fleet", code="200") == 1
+    assert metrics.value("hybridserve_fleet_size", pool="c5.large/on_demand") == 1
+    assert metrics.type("hybridserve_router_latency_seconds") == "histogram"
+    assert metrics.value("hybridserve_router_latency_seconds_count", path="fleet") == 1
 
 
 def test_bad_requests_get_400_on_both_paths(model, server, serve_router, artifact, tmp_path):

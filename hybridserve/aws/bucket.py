@@ -1,9 +1,9 @@
-"""The artifact bucket (found or created, encrypted, public access blocked) and the artifact's
-objects in it, uploaded only when their content changed."""
+"""The artifact bucket (found or created, encrypted, public access blocked, TLS only) and the
+artifact's objects in it, uploaded only when their content changed."""
 
 from __future__ import annotations
 
-import urllib.parse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,15 @@ def bucket_tags(s3: Any, bucket: str) -> dict[str, str]:
 
 
 def ensure_bucket(s3: Any, bucket: str, deployment: str, region: str) -> bool:
-    """The artifact bucket: private, encrypted (SSE-S3). True when this call created it.
+    """The artifact bucket: private, encrypted (SSE-S3), and versioned when created here.
+    True when this call created it.
 
-    A bucket that already exists is adopted: it gets the public access block and default
-    encryption, and an `hybridserve:adopted-by:<deployment>` tag (merged into its tags) so
-    `teardown` can find the deployment's objects in it, but it is never tagged as created by
-    the deployment, so teardown leaves it in place.
+    A bucket that already exists is adopted: it gets the public access block, default
+    encryption if it had none (an SSE-KMS bucket keeps its key), the TLS-only statement merged
+    into its bucket policy (its other statements kept), and an
+    `hybridserve:adopted-by:<deployment>` tag (merged into its tags) so `teardown` can find the
+    deployment's objects in it, but it is never tagged as created by the deployment, so
+    teardown leaves it in place.
     """
     created = False
     try:
@@ -76,13 +79,75 @@ def ensure_bucket(s3: Any, bucket: str, deployment: str, region: str) -> bool:
             "RestrictPublicBuckets": True,
         },
     )
+    _ensure_encryption(s3, bucket)
+    _ensure_tls_only(s3, bucket)
+    if created:  # an overwritten or deleted artifact stays recoverable; teardown removes all
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return created
+
+
+def _ensure_encryption(s3: Any, bucket: str) -> None:
+    """SSE-S3 by default, unless the bucket already has default encryption: an adopted
+    bucket's SSE-KMS (its owner's key) is never downgraded."""
+    try:
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+        if rules.get("Rules"):
+            return
+    except ClientError as e:
+        if error_code(e) != "ServerSideEncryptionConfigurationNotFoundError":
+            raise
     s3.put_bucket_encryption(
         Bucket=bucket,
         ServerSideEncryptionConfiguration={
             "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
         },
     )
-    return created
+
+
+TLS_ONLY_SID = "HybridserveTlsOnly"  # IAM's Sid grammar: letters and digits only
+
+
+def tls_only_statement(bucket: str, partition: str = "aws") -> dict[str, Any]:
+    """Deny every request to the bucket and its objects that did not come over TLS: AWS's
+    documented pattern, and the one place a wildcard action belongs (it only takes away)."""
+    return {
+        "Sid": TLS_ONLY_SID,
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [f"arn:{partition}:s3:::{bucket}", f"arn:{partition}:s3:::{bucket}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+
+
+def _canonical(statement: dict[str, Any]) -> dict[str, Any]:
+    """A statement as S3 may hand it back: one-item lists and the `*` principal spelled out."""
+    out = dict(statement)
+    for k in ("Action", "Resource"):
+        if isinstance(out.get(k), str):
+            out[k] = [out[k]]
+    if out.get("Principal") == "*":
+        out["Principal"] = {"AWS": "*"}
+    return out
+
+
+def _ensure_tls_only(s3: Any, bucket: str) -> None:
+    """Our TLS-only statement (found by its Sid) in the bucket policy, merged into the policy an
+    adopted bucket already has; put only when it is missing or differs."""
+    want = tls_only_statement(bucket)
+    try:
+        doc = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    except ClientError as e:
+        if error_code(e) != "NoSuchBucketPolicy":
+            raise
+        doc = {"Version": "2012-10-17", "Statement": []}
+    statements = doc.get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    ours = [st for st in statements if st.get("Sid") == TLS_ONLY_SID]
+    if [_canonical(st) for st in ours] == [_canonical(want)]:
+        return
+    others = [st for st in statements if st.get("Sid") != TLS_ONLY_SID]
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({**doc, "Statement": [*others, want]}))
 
 
 def artifact_key(prefix: str, rel: str) -> str:
@@ -102,7 +167,7 @@ def upload_artifact(
     root = Path(artifact_dir)
     if not root.is_dir():
         raise NotADirectoryError(str(root))
-    tagging = urllib.parse.urlencode(T.tags_for(deployment, ROLE_ARTIFACT))
+    tagging = T.object_tagging(deployment, ROLE_ARTIFACT)
     uploaded = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         key = artifact_key(prefix, path.relative_to(root).as_posix())

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from botocore.exceptions import ClientError
 
 from hybridserve.aws import resources as R
-from hybridserve.aws.ec2 import AwsBackend, Ec2Fleet, http_ready_probe
-from hybridserve.config import ConfigError
+from hybridserve.aws import tags as T
+from hybridserve.aws import wheelhouse as W
+from hybridserve.aws.ec2 import Ec2Fleet
+from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
+from hybridserve.aws.images import deployment_arch, latest_al2023
+from hybridserve.aws.network import router_cidrs
+from hybridserve.aws.shared import service_client
+from hybridserve.aws.user_data import deployed_user_data
+from hybridserve.config_base import ConfigError
 from hybridserve.deployment import DeploymentConfig
 
 if TYPE_CHECKING:
@@ -27,15 +36,8 @@ POLICY = "hybrid"  # what `controller run` and `serve` run on AWS
 
 
 def _image(cfg: DeploymentConfig, ec2: Any) -> str:
-    if cfg.ec2.image != "auto":
-        return cfg.ec2.image
-    imgs = ec2.describe_images(
-        Owners=["amazon"],
-        Filters=[{"Name": "name", "Values": ["al2023-ami-2023*-x86_64", "al2023-ami-*"]}],
-    )["Images"]
-    if not imgs:
-        raise ConfigError("ec2.image: no Amazon Linux 2023 image found; give an AMI id")
-    return max(imgs, key=lambda i: i.get("CreationDate", ""))["ImageId"]
+    arch = deployment_arch(cfg)  # checked for a given AMI too: one template serves every pool
+    return cfg.ec2.image if cfg.ec2.image != "auto" else latest_al2023(ec2, arch)
 
 
 def _vpc(cfg: DeploymentConfig, ec2: Any) -> str:
@@ -47,35 +49,51 @@ def _vpc(cfg: DeploymentConfig, ec2: Any) -> str:
     return vpcs[0]["VpcId"]
 
 
-def _user_data(cfg: DeploymentConfig) -> str:
-    from ec2_images.render import ImageParams, render_user_data
+def _security_group(cfg: DeploymentConfig, ec2: Any) -> str:
+    """The group letting the router (ec2.router_cidr, else the VPC's CIDRs) reach the port."""
+    vpc = _vpc(cfg, ec2)
+    cidrs = router_cidrs(ec2, vpc, cfg.ec2.router_cidr)
+    return R.ensure_security_group(ec2, cfg.name, vpc_id=vpc, port=cfg.ec2.port, router_cidr=cidrs)
 
-    return render_user_data(
-        ImageParams(
-            deployment=cfg.name,
-            artifact_uri=f"s3://{cfg.bucket}/{cfg.artifact_prefix}/",
-            port=cfg.ec2.port,
-            max_batch=cfg.ec2.max_batch,
-            max_delay_ms=cfg.ec2.max_delay_ms,
-            region=cfg.region,
-        )
+
+def deployment_scenario(cfg: DeploymentConfig) -> Scenario:
+    """The deployment's scenario, with its fleet cap and budget as the planner's limits."""
+    from hybridserve.config import load_scenario
+
+    return load_scenario(
+        cfg.scenario,
+        **{
+            "planner.max_instances": cfg.ec2.max_instances,
+            "planner.budget_usd_per_hour": cfg.budget_usd_per_hour,
+        },
     )
 
 
-def fleet_backend(cfg: DeploymentConfig, c: R.Clients, **kw: Any) -> AwsBackend:
-    """The deployment's AwsBackend; readiness per `ec2.readiness` unless `probe` is given."""
+def fleet_backend(
+    cfg: DeploymentConfig, c: R.Clients, *, manage: bool = False, **kw: Any
+) -> AwsBackend:
+    """The deployment's AwsBackend; readiness per `ec2.readiness` unless `probe` is given.
+
+    `manage` (deploy and scale, on the deployer's credentials) makes the security group and
+    the launch template hold the deployment's current content, a new template version rolling
+    the fleet. Without it (the controller, the router, plan: the runtime policy) the fleet
+    launches from the deployed template as it is and writes neither, so a runtime start
+    rewrites no security group and a newer `image: auto` rolls nothing behind deploy's back."""
     if cfg.ec2.readiness == "health":
         kw.setdefault("probe", http_ready_probe())
     kw.setdefault("port", cfg.ec2.port)
-    sg = R.ensure_security_group(
-        c.ec2, cfg.name, vpc_id=_vpc(cfg, c.ec2), port=cfg.ec2.port, router_cidr=cfg.ec2.router_cidr
-    )
+    kw.setdefault("max_instances", cfg.ec2.max_instances)
+    kw.setdefault("drain_s", cfg.ec2.drain_s)
+    if not manage:
+        fleet = Ec2Fleet(cfg.name, c.ec2, "", subnet_id=cfg.ec2.subnet_id, manage_template=False)
+        return AwsBackend(fleet, **kw)
+    sg = _security_group(cfg, c.ec2)
     profile = c.iam.get_instance_profile(InstanceProfileName=R.profile_name(cfg.name))
     fleet = Ec2Fleet(
         cfg.name,
         c.ec2,
         _image(cfg, c.ec2),
-        user_data=_user_data(cfg),
+        user_data=deployed_user_data(cfg, c.s3),
         security_group_ids=(sg,),
         instance_profile_arn=profile["InstanceProfile"]["Arn"],
         subnet_id=cfg.ec2.subnet_id,
@@ -89,9 +107,13 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         plan = [
             f"bucket s3://{cfg.bucket} (block public access, AES256)",
             f"upload {cfg.artifact} -> s3://{cfg.bucket}/{cfg.artifact_prefix}/",
+            f"wheelhouse s3://{cfg.bucket}/{W.wheelhouse_prefix(cfg)}/: wheel "
+            f"{cfg.ec2.wheel or 'built from the source tree'}, dependencies for Python "
+            f"{W.INSTANCE_PYTHON} {deployment_arch(cfg)} from {cfg.ec2.find_links or 'the pip index'}",
             f"roles {R.lambda_role_name(cfg.name)}, {R.instance_role_name(cfg.name)}, "
             f"profile {R.profile_name(cfg.name)}",
-            f"security group {R.security_group_name(cfg.name)}: tcp {cfg.ec2.port} from {cfg.ec2.router_cidr}",
+            f"security group {R.security_group_name(cfg.name)}: tcp {cfg.ec2.port} from "
+            f"{cfg.ec2.router_cidr or 'the VPC CIDR block(s)'}",
             f"launch template {R.template_name(cfg.name)}",
             f"function {R.function_name(cfg.name)} ({cfg.lambda_.memory_mb} MB, package "
             f"{cfg.lambda_.image_uri or cfg.lambda_.package}, provisioned concurrency "
@@ -107,6 +129,7 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     log(
         f"bucket {cfg.bucket} ({'created' if created else 'exists'}); {len(uploaded)} artifact files uploaded"
     )
+    supply = W.ensure_supply(cfg, c.s3, deployment_arch(cfg), log)
     roles = R.ensure_roles(
         c.iam,
         cfg.name,
@@ -114,6 +137,7 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         prefix=cfg.artifact_prefix,
         region=cfg.region,
         account=account,
+        read_keys=supply.keys,
     )
     fn = R.ensure_function(
         c.lam,
@@ -128,25 +152,12 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         env={"HYBRIDSERVE_ARTIFACT": f"s3://{cfg.bucket}/{cfg.artifact_prefix}/"},
     )
     log(f"function {fn['function_arn']} ({fn['package_type']}) version {fn['version']}")
-    backend = fleet_backend(cfg, c)
-    backend.fleet.ensure_launch_template()
-    actions = backend.converge(cfg.fleet)
+    from hybridserve.aws.spot import ensure_notice_queue
+
+    ensure_notice_queue(service_client(c, "sqs"), service_client(c, "events"), cfg.name)
+    actions = scale(cfg, c, dict(cfg.fleet))
     log(f"fleet: {len(actions)} actions")
     return {"function": fn, "roles": roles, "actions": [a.kind for a in actions]}
-
-
-def service_client(c: R.Clients, service: str) -> Any:
-    """Another service's client on the same region, endpoint and retry policy as `c`."""
-    import boto3
-
-    url = c.ec2.meta.endpoint_url
-    region = c.ec2.meta.region_name
-    return boto3.client(
-        service,
-        region_name=region,
-        endpoint_url=None if "amazonaws.com" in url else url,
-        config=R.client_config(region),
-    )
 
 
 def _account(c: R.Clients) -> str:
@@ -156,7 +167,6 @@ def _account(c: R.Clients) -> str:
 def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str, Any]:
     """ensure_function's code arguments: the ECR image, or the zip, uploaded to S3 under a
     content-addressed key (a new zip is a new key, so ensure_function sees the change)."""
-    import urllib.parse
 
     from botocore.exceptions import ClientError
 
@@ -190,13 +200,13 @@ def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str,
                 )
             raise ConfigError(_image_uri_missing(cfg, account, pkg.path, pkg.reason))
         zpath = pkg.path
-    key = f"{(cfg.prefix or cfg.name).strip('/')}/lambda-{R.file_sha256(zpath)[:16]}.zip"
+    key = cfg.key(f"lambda-{R.file_sha256(zpath)[:16]}.zip")
     try:
         c.s3.head_object(Bucket=cfg.bucket, Key=key)  # content-addressed: present is current
     except ClientError as e:
         if not R.is_missing(e):
             raise
-        tagging = urllib.parse.urlencode(T.tags_for(cfg.name, R.ROLE_ARTIFACT))
+        tagging = T.object_tagging(cfg.name, R.ROLE_ARTIFACT)
         c.s3.upload_file(
             str(zpath),
             cfg.bucket,
@@ -265,7 +275,17 @@ def parse_instances(specs: tuple[str, ...]) -> dict[str, int]:
 
 
 def scale(cfg: DeploymentConfig, c: R.Clients, target: dict[str, int], *, dry_run: bool = False):
-    return fleet_backend(cfg, c).converge(target, dry_run=dry_run)
+    """Converge the fleet to `target` (deploy, `hybridserve scale`): a new template version
+    rolls it; what retires drains first, and the command returns once the drain is over."""
+    backend = fleet_backend(cfg, c, manage=True)
+    try:
+        if not dry_run:
+            backend.fleet.ensure_launch_template()
+        actions = backend.converge(target, dry_run=dry_run)
+        backend.drain.wait()
+        return actions
+    finally:
+        backend.close()
 
 
 def build_controller(sc: Scenario, backend: Any) -> Controller:
@@ -280,44 +300,155 @@ def launch_delays(sc: Scenario) -> dict[str, float]:
     return {p.key: p.launch_delay_s for p in sc.pools}
 
 
+def resumed_controller(
+    cfg: DeploymentConfig, c: R.Clients, sc: Scenario, backend: Any, log=print
+) -> Controller:
+    """The deployment's Controller, resumed from the state saved with the deployment if any."""
+    from hybridserve.aws.state import load_state, state_url
+
+    ctl = build_controller(sc, backend)
+    state = load_state(c.s3, cfg)
+    if state is not None:
+        ctl.restore(state, source=state_url(cfg))
+        log(f"resumed from {state_url(cfg)} after step {ctl.steps}")
+    return ctl
+
+
 def controller_run(
     cfg: DeploymentConfig,
     c: R.Clients,
-    counts_per_interval,
+    counts_at: Callable[[int], np.ndarray | None],
     *,
     interval_s: float,
+    max_steps: int | None = None,
     log=print,
     dry_run: bool = False,
 ) -> int:
-    """The same Controller as the simulator, acting on AWS: one step per interval of arrivals.
-    With `dry_run` every step is decided and logged but not applied (nothing is launched or
-    retired, no metric is published)."""
-    from hybridserve.aws.metrics import controller_metrics, publish
-    from hybridserve.config import load_scenario
+    """The same Controller as the simulator, acting on AWS: one step per interval of arrivals,
+    `counts_at(n)` being the interval after n steps (None: no more), so a restarted controller
+    resumes at the step its saved state reached. The state is saved after every applied step.
 
-    sc = load_scenario(cfg.scenario)
+    Only the holder of the deployment's lease (aws/lease.py) acts; another controller stays
+    passive, and reloads the saved state when it takes over. With `dry_run` every step is
+    decided and logged but not applied (no lease, nothing launched or retired, no metric, no
+    state saved). Returns the steps taken by this run (at most `max_steps`)."""
+    from hybridserve.aws.lease import Lease, lease_ttl_s
+    from hybridserve.aws.metrics import controller_metrics, publish
+    from hybridserve.aws.spot import await_notices, find_notice_queue
+    from hybridserve.aws.state import save_state
+
+    sc = deployment_scenario(cfg)
     backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
-    ctl = build_controller(sc, backend)
     cw = service_client(c, "cloudwatch")
-    steps = 0
+    queue = None if dry_run else find_notice_queue(service_client(c, "sqs"), cfg.name)
+    if queue is None and not dry_run:
+        log("no spot notice queue (deploy again to make one): spot losses wait for a step")
+    lease = None if dry_run else Lease(c.s3, cfg, lease_ttl_s(interval_s))
+    ctl, holding, fresh, steps = None, False, True, 0
     try:
-        for counts in counts_per_interval:
+        while max_steps is None or steps < max_steps:
             t0 = time.monotonic()
-            steps += 1
             try:
+                if lease is not None and not lease.hold():
+                    if holding or fresh:
+                        who, until = lease.seen.get("holder"), lease.seen.get("expires", 0)
+                        log(f"passive: the lease is held by {who} until {until:.0f}")
+                    holding, fresh = False, False
+                    time.sleep(max(interval_s, 0.2))
+                    continue
+                # resumed only once the lease is held: at start, and on taking over
+                if ctl is None or not holding:
+                    ctl = resumed_controller(cfg, c, sc, backend, log)
+                holding, fresh = True, False
+                counts = counts_at(ctl.steps)
+                if counts is None:
+                    break
+                steps += 1
                 if dry_run:
                     d = ctl.decide(counts)
-                    log(f"step {steps}: target {d.plan.target} (dry run, valid: {d.valid})")
+                    log(f"step {ctl.steps}: target {d.plan.target} (dry run, valid: {d.valid})")
                 else:
                     d = ctl.step(counts)
+                    save_state(c.s3, cfg, ctl.state())
                     publish(cw, cfg.name, controller_metrics(d, float(np.mean(counts))))
                     log(
-                        f"step {steps}: target {d.plan.target} "
+                        f"step {ctl.steps}: target {d.plan.target} "
                         f"actions {[(a.kind, a.pool) for a in d.actions]}"
                     )
             except Exception as e:  # an AWS error or a bad interval must not end the loop
                 log(f"step {steps} failed, next step in {interval_s:g} s: {type(e).__name__}: {e}")
-            time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
+            wait = max(0.0, interval_s - (time.monotonic() - t0))
+            try:  # until the next step, spot notices are taken in and replaced at once
+                if ctl is not None and holding and not dry_run:
+                    if await_notices(queue, backend.notice, ctl.on_notice, wait, log):
+                        save_state(c.s3, cfg, ctl.state())
+                else:
+                    time.sleep(wait)
+            except Exception as e:
+                log(f"taking spot notices failed: {type(e).__name__}: {e}")
+                time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
     finally:
+        if lease is not None and holding:
+            lease.release()
         backend.close()
     return steps
+
+
+def plan_next(cfg: DeploymentConfig, c: R.Clients, counts: Callable[[int], np.ndarray]) -> dict:
+    """`hybridserve plan`: the decision the controller would take on its next interval
+    (`counts(n)`, n being the steps its saved state reached) against the fleet on AWS now,
+    through `decide` alone: nothing is launched, retired or saved."""
+    sc = deployment_scenario(cfg)
+    backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
+    try:
+        ctl = resumed_controller(cfg, c, sc, backend, log=lambda m: None)
+        step = ctl.steps
+        d = ctl.decide(counts(step))
+        _, actions = backend.plan_actions(d.plan.target) if d.valid else (None, [])
+    finally:
+        backend.close()
+    return {
+        "step": step + 1,
+        "resumed": step > 0,
+        "valid": d.valid,
+        "time_s": d.time_s,
+        "fleet": d.fleet.totals(),
+        "target": d.plan.target,
+        "actions": [
+            {"kind": a.kind, "pool": a.pool, "instance": a.instance_id, "reason": a.reason}
+            for a in actions
+        ],  # fmt: skip
+        "objective_usd": d.plan.objective_usd,
+        "forecast_rps": [round(float(x), 3) for x in d.inputs.forecast.mean],
+        "forecast_source": d.forecast_source,
+        "plan_source": d.plan_source,
+    }
+
+
+def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
+    """`hybridserve iam-policy`: the router's and controller's runtime policy for this
+    deployment, with its account, launch template and state key filled in."""
+    from hybridserve.aws import iam
+    from hybridserve.aws.lease import lease_key
+    from hybridserve.aws.state import state_key
+
+    try:
+        found = c.ec2.describe_launch_templates(
+            LaunchTemplateNames=[T.launch_template_name(cfg.name)]
+        )
+        template_id = found["LaunchTemplates"][0]["LaunchTemplateId"]
+    except ClientError as e:
+        if not R.is_missing(e) and "NotFound" not in R.error_code(e):
+            raise
+        template_id = "*"  # not deployed yet: any template (deploy first to narrow it)
+    return iam.runtime_policy(
+        deployment=cfg.name,
+        region=cfg.region,
+        account=_account(c),
+        bucket=cfg.bucket,
+        state_key=state_key(cfg),
+        lease_key=lease_key(cfg),
+        function=R.function_name(cfg.name),
+        instance_role=R.instance_role_name(cfg.name),
+        template_id=template_id,
+    )

@@ -1,40 +1,32 @@
-"""EC2 fleet of one deployment: launch template, launch, observe and terminate, all by tags.
+"""EC2 fleet of one deployment: launch template, launch, observe, drain and terminate, by tags.
 
-Level-triggered: `AwsBackend.converge` observes the tagged instances, asks the pure reconciler
-every backend shares (`hybridserve.reconcile`) for actions and executes them. Idempotent by construction: the launch template is looked up by
-name before it is created, `run_instances` carries a client token derived from the deployment,
-pool and observed fleet (a retried call cannot launch twice), and everything is found again by
-tags, so a restarted controller adopts the fleet it finds. Throttling and eventual consistency
-are retried by botocore's adaptive mode with backoff and jitter.
+Idempotent by construction: the launch template is looked up by name before it is created,
+`run_instances` carries a client token derived from the decision that asked for it
+(`ec2_backend`: a retried call cannot launch twice), and everything is found again by tags, so
+a restarted controller adopts the fleet it finds. Throttling and eventual consistency are
+retried by botocore's adaptive mode with backoff and jitter.
 
-Readiness: EC2's `running` says the VM booted, not that the model is loaded. With a probe (the
-deployment default, `ec2.readiness: health`), an instance is ready only once its model server
-answers `GET /v2/health/ready` with 200; until then it is pending. Probes run concurrently with
-a short timeout and their results are cached for about a second. `endpoints()` (the router's
-view, read every 100 ms on its event loop) never does I/O itself: a background thread refreshes
-the snapshot it returns.
+The launch template is versioned: its content is hashed, a change (AMI, user data, port,
+profile) makes a new default version, and each instance is tagged with the hash it was launched
+from, so the backend can tell outdated instances and roll them. An instance's place in the
+fleet (interrupted, draining since) lives in its tags too, so the router, the controller and a
+restarted controller all see the same fleet.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
-import logging
-import threading
+import json
 import time
-import urllib.request
-from collections.abc import Callable, Mapping
-from concurrent.futures import CancelledError, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from hybridserve.aws import tags as T
-from hybridserve.fleet import Action, Endpoint, FleetView, PoolState
-from hybridserve.logs import event
-from hybridserve.reconcile import Observed, reconcile
+from botocore.exceptions import ClientError
 
-log = logging.getLogger("hybridserve.aws.ec2")
+from hybridserve.aws import tags as T
+from hybridserve.aws.shared import retry_while_propagating
+from hybridserve.reconcile import Observed
 
 SPOT_FALLBACK_ERRORS = {
     "InsufficientInstanceCapacity",
@@ -45,6 +37,9 @@ SPOT_FALLBACK_ERRORS = {
 
 
 LIVE_STATES = ("pending", "running")
+# how long a launch or termination this process made may be missing from describes: EC2's
+# describe calls are eventually consistent, typically for seconds; past this, describe wins
+DESCRIBE_LAG_MAX_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -55,18 +50,22 @@ class Ec2Instance:
     pool: str  # "type/market"
     state: str  # pending | running | stopping | stopped | shutting-down | terminated
     launch_time: float  # epoch seconds
-    interrupted: bool = False  # a spot interruption notice or a failed health check: replace it
+    interrupted: bool = False  # a spot interruption notice: out of routing, replaced
     private_ip: str | None = None
+    draining_since: float | None = None  # out of routing since (epoch s): retiring
+    template: str | None = None  # the launch template content hash it was launched from
 
     @property
     def live(self) -> bool:
-        return self.state in LIVE_STATES and not self.interrupted
+        """Counted and routed to: pending or running, neither interrupted nor draining."""
+        return self.state in LIVE_STATES and not self.interrupted and self.draining_since is None
 
-    def observed(self) -> Observed | None:
-        """What the reconciler sees (None once shutting down or terminated: gone already)."""
+    def observed(self, dead: bool = False) -> Observed | None:
+        """What the reconciler sees (None once shutting down or terminated: gone already);
+        `dead` adds the backend's own reasons to retire it (unhealthy, outdated)."""
         if self.state not in (*LIVE_STATES, "stopping", "stopped"):
             return None
-        dead = self.state in ("stopping", "stopped") or self.interrupted
+        dead = dead or not self.live  # stopped, interrupted or draining included
         return Observed(
             self.instance_id, self.pool, self.state == "pending", self.launch_time, dead
         )
@@ -82,19 +81,22 @@ class Ec2Fleet:
     instance_profile_arn: str | None = None
     subnet_id: str | None = None
     fallbacks: list[str] = field(default_factory=list)  # spot launches that went on-demand
+    # True: the template is made to hold this fleet's content (deploy, scale); False: the
+    # deployed default version is used as it is (the controller and router at run time, whose
+    # policy cannot change templates, and whose `image: auto` may resolve to a newer AMI)
+    manage_template: bool = True
+    # a just-created instance profile is refused for seconds while IAM propagates
+    profile_retry_delays: tuple[float, ...] = (2, 4, 8, 8, 8)
+    # this process's own launches and terminations (id -> (pool, template, when) / when),
+    # merged into what describe returns until it shows them
+    launched: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    terminated: dict[str, float] = field(default_factory=dict)
 
     @property
     def template_name(self) -> str:
         return T.launch_template_name(self.deployment)
 
-    def ensure_launch_template(self) -> str:
-        """The deployment's launch template id, created once (found by name afterwards)."""
-        try:
-            found = self.client.describe_launch_templates(LaunchTemplateNames=[self.template_name])
-            return found["LaunchTemplates"][0]["LaunchTemplateId"]
-        except self.client.exceptions.ClientError as e:
-            if "NotFound" not in e.response["Error"]["Code"]:
-                raise
+    def template_data(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "ImageId": self.image_id,
             "UserData": base64.b64encode(self.user_data.encode()).decode(),
@@ -110,20 +112,96 @@ class Ec2Fleet:
             data["SecurityGroupIds"] = list(self.security_group_ids)
         if self.instance_profile_arn:
             data["IamInstanceProfile"] = {"Arn": self.instance_profile_arn}
-        resp = self.client.create_launch_template(
-            LaunchTemplateName=self.template_name,
-            LaunchTemplateData=data,
-            TagSpecifications=[
-                {
-                    "ResourceType": "launch-template",
-                    "Tags": T.tag_list(T.tags_for(self.deployment, T.ROLE_TEMPLATE)),
-                }
-            ],
-        )
-        return resp["LaunchTemplate"]["LaunchTemplateId"]
+        return data
+
+    @property
+    def template_hash(self) -> str:
+        """What the instances launched now are tagged with: a change of content changes it."""
+        blob = json.dumps(self.template_data(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def current_template(self) -> tuple[str, str, str]:
+        """(template id, version, content hash) that launches use now: this fleet's content
+        when it manages the template, else the deployed default version's."""
+        if self.manage_template:
+            tid, version = self.ensure_launch_template()
+            return tid, version, self.template_hash
+        try:
+            default = self.client.describe_launch_template_versions(
+                LaunchTemplateName=self.template_name, Versions=["$Default"]
+            )["LaunchTemplateVersions"][0]
+        except self.client.exceptions.ClientError as e:
+            if "NotFound" in e.response["Error"]["Code"]:
+                raise LookupError(
+                    f"launch template {self.template_name} not found: run deploy first"
+                ) from e
+            raise
+        version = str(default["VersionNumber"])
+        desc = default.get("VersionDescription") or ""
+        digest = desc.split(" ", 1)[1] if desc.startswith("hybridserve ") else f"v{version}"
+        return default["LaunchTemplateId"], version, digest
+
+    def launch_digest(self) -> str:
+        """The content hash the next launch carries, without creating anything (dry runs)."""
+        return self.template_hash if self.manage_template else self.current_template()[2]
+
+    def ensure_launch_template(self) -> tuple[str, str]:
+        """The deployment's launch template id and the version holding the current content:
+        created once (found by name afterwards); a new default version when the content
+        changed (the version's description carries the content hash)."""
+        want = f"hybridserve {self.template_hash}"
+        try:
+            found = self.client.describe_launch_templates(LaunchTemplateNames=[self.template_name])
+            tid = found["LaunchTemplates"][0]["LaunchTemplateId"]
+        except self.client.exceptions.ClientError as e:
+            if "NotFound" not in e.response["Error"]["Code"]:
+                raise
+            resp = self.client.create_launch_template(
+                LaunchTemplateName=self.template_name,
+                VersionDescription=want,
+                LaunchTemplateData=self.template_data(),
+                TagSpecifications=[
+                    {
+                        "ResourceType": "launch-template",
+                        "Tags": T.tag_list(T.tags_for(self.deployment, T.ROLE_TEMPLATE)),
+                    }
+                ],
+            )
+            lt = resp["LaunchTemplate"]
+            return lt["LaunchTemplateId"], str(lt["DefaultVersionNumber"])
+        default = self.client.describe_launch_template_versions(
+            LaunchTemplateId=tid, Versions=["$Default"]
+        )["LaunchTemplateVersions"][0]
+        if default.get("VersionDescription") == want:
+            return tid, str(default["VersionNumber"])
+        made = self.client.create_launch_template_version(
+            LaunchTemplateId=tid,
+            VersionDescription=want,
+            LaunchTemplateData=self.template_data(),
+            ClientToken=f"{self.deployment}-{self.template_hash}"[:64],
+        )["LaunchTemplateVersion"]
+        version = str(made["VersionNumber"])
+        self.client.modify_launch_template(LaunchTemplateId=tid, DefaultVersion=version)
+        return tid, version
 
     def observe(self) -> list[Ec2Instance]:
-        """Every instance tagged for this deployment that is not gone."""
+        """Every instance tagged for this deployment that is not gone, with this process's own
+        launches that describe does not show yet and without its own terminations that it
+        still shows (read-after-write: a converge right after another must not launch again)."""
+        found = self._describe()
+        now = time.time()
+        seen = {i.instance_id for i in found}
+        for iid, (pool, digest, t) in list(self.launched.items()):
+            if iid in seen or now - t > DESCRIBE_LAG_MAX_S:
+                self.launched.pop(iid, None)
+            else:
+                found.append(Ec2Instance(iid, pool, "pending", t, template=digest))
+        for iid, t in list(self.terminated.items()):
+            if now - t > DESCRIBE_LAG_MAX_S:
+                self.terminated.pop(iid, None)
+        return [i for i in found if i.instance_id not in self.terminated]
+
+    def _describe(self) -> list[Ec2Instance]:
         out = []
         pages = self.client.get_paginator("describe_instances").paginate(
             Filters=[
@@ -146,9 +224,11 @@ class Ec2Fleet:
                             pool=tags.get(T.POOL, f"{inst['InstanceType']}/on_demand"),
                             state=inst["State"]["Name"],
                             launch_time=inst["LaunchTime"].timestamp(),
-                            interrupted=tags.get("hybridserve:interrupted") == "true"
+                            interrupted=tags.get(T.INTERRUPTED) == "true"
                             or reason.startswith("Server.SpotInstance"),
                             private_ip=inst.get("PrivateIpAddress"),
+                            draining_since=_float(tags.get(T.DRAINING)),
+                            template=tags.get(T.TEMPLATE),
                         )
                     )
         return out
@@ -156,9 +236,10 @@ class Ec2Fleet:
     def launch(self, pool: str, count: int, token: str) -> list[str]:
         """Launch `count` instances of `pool` (type/market); spot falls back to on-demand."""
         itype, _, market = pool.partition("/")
-        template = self.ensure_launch_template()
+        template, version, digest = self.current_template()
+        tags = {"pool": pool, T.TEMPLATE: digest}
         args: dict[str, Any] = {
-            "LaunchTemplate": {"LaunchTemplateId": template},
+            "LaunchTemplate": {"LaunchTemplateId": template, "Version": version},
             "InstanceType": itype,
             "MinCount": count,
             "MaxCount": count,
@@ -166,7 +247,7 @@ class Ec2Fleet:
             "TagSpecifications": [
                 {
                     "ResourceType": "instance",
-                    "Tags": T.tag_list(T.tags_for(self.deployment, T.ROLE_INSTANCE, pool=pool)),
+                    "Tags": T.tag_list(T.tags_for(self.deployment, T.ROLE_INSTANCE, **tags)),
                 }
             ],
         }
@@ -181,272 +262,59 @@ class Ec2Fleet:
                 },
             }
         try:
-            resp = self.client.run_instances(**args)
+            resp = self._run(args)
         except self.client.exceptions.ClientError as e:
             if market != "spot" or e.response["Error"]["Code"] not in SPOT_FALLBACK_ERRORS:
                 raise
             self.fallbacks.append(pool)
-            od = f"{itype}/on_demand"
             args.pop("InstanceMarketOptions")
             args["ClientToken"] = token + "-od"
+            # it stands in for the spot pool (so the next step keeps it rather than replacing
+            # it); the market tag says what it is billed as
             args["TagSpecifications"][0]["Tags"] = T.tag_list(
-                T.tags_for(self.deployment, T.ROLE_INSTANCE, pool=od)
+                T.tags_for(self.deployment, T.ROLE_INSTANCE, **tags, market="on_demand")
             )
-            resp = self.client.run_instances(**args)
-        return [i["InstanceId"] for i in resp["Instances"]]
+            resp = self._run(args)
+        ids = [i["InstanceId"] for i in resp["Instances"]]
+        now = time.time()
+        for iid in ids:
+            self.launched[iid] = (pool, digest, now)
+        return ids
+
+    def _run(self, args: dict[str, Any]) -> dict[str, Any]:
+        """RunInstances, waiting out IAM's propagation of a just-made instance profile (the
+        same token each time: an attempt that did launch is answered, not repeated)."""
+        return retry_while_propagating(
+            lambda: self.client.run_instances(**args), self.profile_retry_delays, _young_profile
+        )
 
     def terminate(self, instance_ids: list[str]) -> None:
         if instance_ids:
             self.client.terminate_instances(InstanceIds=list(instance_ids))
+            now = time.time()
+            for iid in instance_ids:
+                self.terminated[iid] = now
+                self.launched.pop(iid, None)
 
-
-def _token(deployment: str, pool: str, observed: list[Ec2Instance], count: int) -> str:
-    """Same fleet, same decision, same token: a retry of this launch cannot launch twice."""
-    ids = ",".join(sorted(i.instance_id for i in observed if i.pool == pool))
-    return hashlib.sha256(f"{deployment}|{pool}|{count}|{ids}".encode()).hexdigest()[:48]
-
-
-def http_ready_probe(timeout_s: float = 0.5) -> Callable[[str], bool]:
-    """Readiness from a model server: `GET <base url>/v2/health/ready` answers 200.
-
-    Proxies from the environment are bypassed: the router reaches instances directly on their
-    private addresses, and a proxy's own answer must not pass for the server's."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def probe(base_url: str) -> bool:
-        try:
-            with opener.open(f"{base_url}/v2/health/ready", timeout=timeout_s) as r:
-                return r.status == 200
-        except (OSError, http.client.HTTPException, ValueError):  # HTTPError is an OSError
-            return False
-
-    return probe
-
-
-def private_url(port: int) -> Callable[[Ec2Instance], str | None]:
-    """The model server's base URL on the instance's private address (None without one)."""
-
-    def url_of(inst: Ec2Instance) -> str | None:
-        ip = getattr(inst, "private_ip", None)
-        return f"http://{ip}:{port}" if ip else None
-
-    return url_of
-
-
-class AwsBackend:
-    """The Backend protocol on EC2: observe by tags, converge through the reconciler.
-
-    `probe` (e.g. `http_ready_probe()`) makes readiness the model server's: a running instance
-    is ready only when `probe(url_of(instance))` is true; None keeps EC2's `running` state as
-    readiness. `url_of` maps an instance to its server's base URL (default: its private IP and
-    `port`); tests point it at a local server. Probe results are cached for `health_ttl_s`.
-    """
-
-    def __init__(
-        self,
-        fleet: Ec2Fleet,
-        *,
-        launch_delay_s: Mapping[str, float] | None = None,
-        probe: Callable[[str], bool] | None = None,
-        port: int = 8000,
-        url_of: Callable[[Ec2Instance], str | None] | None = None,
-        health_ttl_s: float = 1.0,
-        refresh_s: float = 1.0,
-        max_probes: int = 16,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if health_ttl_s < 0 or refresh_s <= 0 or max_probes < 1:
-            raise ValueError(
-                f"health_ttl_s must be >= 0, refresh_s > 0 and max_probes >= 1 "
-                f"(got {health_ttl_s}, {refresh_s}, {max_probes})"
+    def mark(self, instance_ids: list[str], key: str, value: str) -> None:
+        """Tag instances with their place in the fleet (`T.DRAINING`, `T.INTERRUPTED`): every
+        observer, the router's included, reads it on its next describe."""
+        if instance_ids:
+            self.client.create_tags(
+                Resources=list(instance_ids), Tags=[{"Key": key, "Value": value}]
             )
-        self.fleet = fleet
-        self.launch_delay_s = dict(launch_delay_s or {})
-        self.probe = probe
-        self.url_of = url_of or private_url(port)
-        self.health_ttl_s = health_ttl_s
-        self.refresh_s = refresh_s
-        self.max_probes = max_probes
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._health: dict[str, tuple[str, bool, float]] = {}  # id -> (url, ok, when; monotonic)
-        self._endpoints: tuple[Endpoint, ...] = ()  # the last refresh's, served without I/O
-        self._totals: dict[str, int] = {}  # the last refresh's live instances per pool
-        self._executor: ThreadPoolExecutor | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._closed = False
 
-    def now(self) -> float:
-        return self.clock()
 
-    # --- readiness ------------------------------------------------------------------------
+def _young_profile(e: ClientError) -> bool:
+    """EC2 refusing an instance profile IAM has not spread yet."""
+    err = e.response.get("Error", {})
+    return err.get("Code") == "InvalidParameterValue" and "iamInstanceProfile" in str(
+        err.get("Message", "")
+    )
 
-    def ready_ids(self, instances: list[Ec2Instance]) -> set[str]:
-        """Ids of the instances that are ready: running, and (with a probe) answering health.
 
-        Stale results (older than `health_ttl_s`, or for another URL) are probed again,
-        concurrently; the call takes at most about one probe timeout."""
-        running = [i for i in instances if i.live and i.state == "running"]
-        if self.probe is None:
-            return {i.instance_id for i in running}
-        now = time.monotonic()
-        urls = {i.instance_id: self.url_of(i) for i in running}
-        with self._lock:
-            cached = dict(self._health)
-        due = [
-            (iid, url)
-            for iid, url in urls.items()
-            if url
-            and (
-                iid not in cached
-                or cached[iid][0] != url
-                or now - cached[iid][2] > self.health_ttl_s
-            )
-        ]
-        results = self._probe_all([url for _, url in due]) if due else []
-        done = time.monotonic()
-        with self._lock:
-            for (iid, url), ok in zip(due, results, strict=True):
-                was = self._health.get(iid)
-                self._health[iid] = (url, ok, done)
-                if was is None or was[1] != ok:
-                    event(log, "aws.instance_health", instance=iid, url=url, ready=ok)
-            for iid in set(self._health) - set(urls):  # gone, or no longer running
-                del self._health[iid]
-            cached = dict(self._health)
-        return {iid for iid, url in urls.items() if url and iid in cached and cached[iid][1]}
-
-    def _probe_all(self, urls: list[str]) -> list[bool]:
-        """Probe concurrently on a small pool (inline once closed or for a single URL)."""
-        probe = self.probe
-        assert probe is not None
-        with self._lock:
-            if self._executor is None and not self._closed and len(urls) > 1:
-                self._executor = ThreadPoolExecutor(
-                    self.max_probes, thread_name_prefix="hybridserve-probe"
-                )
-            pool = self._executor
-        if pool is None:
-            return [probe(u) for u in urls]
-        try:
-            return list(pool.map(probe, urls))
-        except (RuntimeError, CancelledError):  # closed meanwhile
-            return [probe(u) for u in urls]
-
-    # --- the Backend protocol -------------------------------------------------------------
-
-    def observe(self) -> FleetView:
-        """Ready instances, and pending ones (booting, or running but not yet health-ready)
-        with the seconds left of their pool's launch delay (0 when overdue)."""
-        now = self.now()
-        instances = self.fleet.observe()
-        ready = self.ready_ids(instances)
-        pools: dict[str, PoolState] = {}
-        for inst in instances:
-            if not inst.live:
-                continue
-            st = pools.get(inst.pool, PoolState())
-            if inst.instance_id in ready:
-                pools[inst.pool] = PoolState(st.ready + 1, st.pending_ready_in_s)
-            else:
-                eta = max(0.0, inst.launch_time + self.launch_delay_s.get(inst.pool, 90.0) - now)
-                pools[inst.pool] = PoolState(st.ready, (*st.pending_ready_in_s, eta))
-        return FleetView(pools)
-
-    def plan_actions(self, target: Mapping[str, int]) -> tuple[list[Ec2Instance], list[Action]]:
-        """The instances found and the actions `reconcile` takes them to `target` with."""
-        found = self.fleet.observe()
-        seen = [o for o in (i.observed() for i in found) if o is not None]
-        return found, reconcile(target, seen, self.now())
-
-    def converge(self, target: Mapping[str, int], *, dry_run: bool = False) -> list[Action]:
-        """Execute the plan: one terminate call for every retirement, one launch call (with
-        its idempotency token) per pool; returns the actions with the ids EC2 gave."""
-        found, actions = self.plan_actions(target)
-        retire = [a for a in actions if a.kind == "retire"]
-        launches: dict[str, list[Action]] = {}
-        for a in actions:
-            if a.kind == "launch":
-                launches.setdefault(a.pool, []).append(a)
-        if retire and not dry_run:
-            self.fleet.terminate([a.instance_id for a in retire])
-        done = list(retire)
-        for pool, todo in launches.items():
-            if dry_run:
-                done += [replace(a, instance_id="(dry-run)") for a in todo]
-                continue
-            token = _token(self.fleet.deployment, pool, found, len(todo))
-            ids = self.fleet.launch(pool, len(todo), token)
-            done += [replace(a, instance_id=i) for a, i in zip(todo, ids, strict=False)]
-        if done and not dry_run:
-            self._wake.set()  # the router sees retirements within one refresh, not a TTL later
-        return done
-
-    # --- serving --------------------------------------------------------------------------
-
-    def refresh(self) -> list[Endpoint]:
-        """Observe and probe now (I/O), and store the ready endpoints for `endpoints()`."""
-        instances = self.fleet.observe()
-        ready = self.ready_ids(instances)
-        eps = []
-        totals: dict[str, int] = {}
-        for inst in sorted(instances, key=lambda i: (i.launch_time, i.instance_id)):
-            if inst.live:
-                totals[inst.pool] = totals.get(inst.pool, 0) + 1
-            url = self.url_of(inst)
-            if inst.instance_id in ready and url:
-                eps.append(Endpoint(inst.instance_id, inst.pool, url))
-        with self._lock:
-            self._endpoints, self._totals = tuple(eps), totals
-        return eps
-
-    def endpoints(self) -> list[Endpoint]:
-        """Ready instances from the last background refresh (no I/O on the caller's thread);
-        the first call starts the refresher thread."""
-        self.start()
-        with self._lock:
-            return list(self._endpoints)
-
-    def fleet_totals(self) -> dict[str, int]:
-        """Live (pending or running) instances per pool as of the last refresh (no I/O): what
-        is being billed, for the router's cost gauge."""
-        self.start()
-        with self._lock:
-            return dict(self._totals)
-
-    def start(self) -> None:
-        """Start the background refresher (idempotent; no-op once closed)."""
-        with self._lock:
-            if self._thread is not None or self._closed:
-                return
-            self._thread = threading.Thread(
-                target=self._run, name="hybridserve-aws-endpoints", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception:  # an API hiccup must not stop refreshing
-                log.exception("refreshing EC2 endpoints failed")
-            self._wake.wait(self.refresh_s)
-            self._wake.clear()
-
-    def close(self) -> None:
-        """Stop the refresher and the probe threads; idempotent. Instances are left running."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            thread, executor = self._thread, self._executor
-            self._executor = None
-        self._stop.set()
-        if thread is not None:
-            self._wake.set()
-            if thread is not threading.current_thread():
-                thread.join(10)
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v is not None else None
+    except ValueError:  # a hand-edited tag: not draining
+        return None

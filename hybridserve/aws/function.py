@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from hybridserve.aws.shared import (
     error_code,
     function_name,
     is_missing,
+    retry_while_propagating,
 )
 
 
@@ -32,19 +32,14 @@ def _wait_updated(lam: Any, name: str, max_wait_s: float) -> None:
         )
 
 
-def _retry_role_propagation(fn: Callable[[], Any], delays: Sequence[float]) -> Any:
+def _role_not_assumable_yet(e: ClientError) -> bool:
     """A just-created IAM role takes seconds before Lambda may assume it."""
-    for delay in (*delays, None):
-        try:
-            return fn()
-        except ClientError as e:
-            msg = str(e.response.get("Error", {}).get("Message", ""))
-            if delay is None or not (
-                error_code(e) == "InvalidParameterValueException" and "assume" in msg.lower()
-            ):
-                raise
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+    msg = str(e.response.get("Error", {}).get("Message", ""))
+    return error_code(e) == "InvalidParameterValueException" and "assume" in msg.lower()
+
+
+def _retry_role_propagation(fn: Callable[[], Any], delays: Sequence[float]) -> Any:
+    return retry_while_propagating(fn, delays, _role_not_assumable_yet)
 
 
 class PackageTypeChangeError(RuntimeError):

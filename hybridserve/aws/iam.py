@@ -1,15 +1,29 @@
 """Least-privilege IAM documents for a deployment: exact actions on exact resource ARNs.
 
-The one `*` resource is cloudwatch:PutMetricData, which AWS does not scope to resources; it is
-narrowed by a condition on the metric namespace instead.
+The `*` resources are cloudwatch:PutMetricData, which AWS does not scope to resources (it is
+narrowed by a condition on the metric namespace instead), and the EC2 Describe calls, which AWS
+grants on `*` only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# actions AWS only grants on Resource "*", each with the condition that narrows it
-RESOURCE_STAR_ALLOWED = {"cloudwatch:PutMetricData": "cloudwatch:namespace"}
+from hybridserve.aws import tags as T
+from hybridserve.aws.spot import queue_name
+
+# actions AWS only grants on Resource "*", each with the condition that narrows it (None: AWS
+# has no resource or condition for it; the Describe calls read, and only read)
+RESOURCE_STAR_ALLOWED: dict[str, str | None] = {
+    "cloudwatch:PutMetricData": "cloudwatch:namespace",
+    "ec2:DescribeInstances": None,
+    "ec2:DescribeLaunchTemplates": None,
+    "ec2:DescribeLaunchTemplateVersions": None,
+}
+
+
+# the tags the runtime writes on its own instances, and no others
+FLEET_STATE_TAGS = (T.DRAINING, T.INTERRUPTED)
 
 
 def metrics_namespace(deployment: str) -> str:
@@ -77,11 +91,119 @@ def lambda_role_policy(
 def instance_role_policy(
     *, deployment: str, bucket: str, prefix: str, partition: str = "aws"
 ) -> dict[str, Any]:
-    """The model-server instances: read the artifact, publish metrics in their own namespace."""
+    """The model-server instances: read the artifact, nothing else (the model server publishes
+    no CloudWatch metrics; the router and the controller do, on the runtime policy)."""
+    return {"Version": "2012-10-17", "Statement": _artifact_read(bucket, prefix, partition)}
+
+
+def runtime_policy(
+    *,
+    deployment: str,
+    region: str,
+    account: str,
+    bucket: str,
+    state_key: str,
+    lease_key: str,
+    function: str,
+    instance_role: str,
+    template_id: str = "*",
+    partition: str = "aws",
+    notice_queue: str | None = None,
+) -> dict[str, Any]:
+    """What the router and the controller need at run time, and no more: describe the fleet;
+    launch only tagged instances from the deployment's launch template and terminate only
+    those; pass the instance role; invoke the spill function's alias; read and write the saved
+    state and the lease; tag its own instances draining or interrupted; take spot notices from
+    the deployment's queue; publish metrics in the deployment's namespace. Nothing rewrites security groups,
+    roles or the function: `deploy` does that once, on its own credentials."""
+    arn = f"arn:{partition}"
+    ec2 = f"{arn}:ec2:{region}:{account}"
+    notice_queue = notice_queue or queue_name(deployment)
+    tag = "aws:RequestTag/hybridserve:deployment"
     return {
         "Version": "2012-10-17",
         "Statement": [
-            *_artifact_read(bucket, prefix, partition),
+            {
+                "Sid": "DescribeFleet",
+                "Effect": "Allow",
+                "Action": [
+                    "ec2:DescribeInstances",
+                    "ec2:DescribeLaunchTemplates",
+                    "ec2:DescribeLaunchTemplateVersions",
+                ],
+                "Resource": ["*"],
+            },
+            {
+                "Sid": "LaunchTagged",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances"],
+                "Resource": [f"{ec2}:instance/*"],
+                "Condition": {"StringEquals": {tag: deployment}},
+            },
+            {
+                "Sid": "LaunchFromTemplate",
+                "Effect": "Allow",
+                "Action": ["ec2:RunInstances"],
+                "Resource": [
+                    f"{ec2}:launch-template/{template_id}",
+                    f"{ec2}:subnet/*",
+                    f"{ec2}:network-interface/*",
+                    f"{ec2}:security-group/*",
+                    f"{ec2}:volume/*",
+                    f"{arn}:ec2:{region}::image/*",
+                ],
+            },
+            {
+                "Sid": "TagAtLaunch",
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags"],
+                "Resource": [f"{ec2}:instance/*", f"{ec2}:volume/*"],
+                "Condition": {"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+            },
+            {
+                "Sid": "TerminateOwn",
+                "Effect": "Allow",
+                "Action": ["ec2:TerminateInstances"],
+                "Resource": [f"{ec2}:instance/*"],
+                "Condition": {
+                    "StringEquals": {"aws:ResourceTag/hybridserve:deployment": deployment}
+                },
+            },
+            {
+                "Sid": "MarkOwnInstances",  # draining, interrupted: the fleet's state in tags
+                "Effect": "Allow",
+                "Action": ["ec2:CreateTags"],
+                "Resource": [f"{ec2}:instance/*"],
+                "Condition": {
+                    "StringEquals": {"aws:ResourceTag/hybridserve:deployment": deployment},
+                    "ForAllValues:StringEquals": {"aws:TagKeys": list(FLEET_STATE_TAGS)},
+                },
+            },
+            {
+                "Sid": "SpotNotices",
+                "Effect": "Allow",
+                "Action": ["sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:DeleteMessage"],
+                "Resource": [f"{arn}:sqs:{region}:{account}:{notice_queue}"],
+            },
+            {
+                "Sid": "PassInstanceRole",
+                "Effect": "Allow",
+                "Action": ["iam:PassRole"],
+                "Resource": [f"{arn}:iam::{account}:role/{instance_role}"],
+                "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            },
+            {
+                "Sid": "InvokeSpill",
+                "Effect": "Allow",
+                "Action": ["lambda:InvokeFunction"],
+                "Resource": [f"{arn}:lambda:{region}:{account}:function:{function}:live"],
+            },
+            {
+                "Sid": "ControllerState",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"],
+                "Resource": [f"{arn}:s3:::{bucket}/{k}" for k in (state_key, lease_key)],
+            },
             {
                 "Sid": "PublishMetrics",
                 "Effect": "Allow",
@@ -108,12 +230,12 @@ def least_privilege_problems(doc: dict[str, Any]) -> list[str]:
                 problems.append(f"statement {i}: wildcard action {a!r}")
         if "*" in resources:
             for a in actions:
-                key = RESOURCE_STAR_ALLOWED.get(a)
+                key = RESOURCE_STAR_ALLOWED.get(a, "")
                 cond = st.get("Condition", {})
-                if key is None:
+                if key == "":
                     problems.append(
                         f"statement {i}: {a} on Resource '*' (AWS allows a narrower one)"
                     )
-                elif not any(key in c for c in cond.values()):
+                elif key is not None and not any(key in c for c in cond.values()):
                     problems.append(f"statement {i}: {a} on '*' without a {key} condition")
     return problems

@@ -1,7 +1,12 @@
-"""The instances' security group: the model server's port, open to the router only."""
+"""The instances' security group: the model server's port, open to the router only.
+
+The router's network is `ec2.router_cidr` when given, else the VPC's own CIDR block(s): the
+default VPC is 172.31.0.0/16, which a fixed default such as 10.0.0.0/8 would not cover.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hybridserve.aws import tags as T
@@ -9,6 +14,7 @@ from hybridserve.aws.shared import (
     ROLE_SECURITY_GROUP,
     security_group_name,
 )
+from hybridserve.config_base import ConfigError
 
 
 def _strip(perm: dict[str, Any]) -> dict[str, Any]:
@@ -28,13 +34,39 @@ def _strip(perm: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def vpc_cidrs(ec2: Any, vpc_id: str) -> tuple[str, ...]:
+    """The VPC's associated IPv4 CIDR blocks (the primary one first)."""
+    (vpc,) = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"]
+    out = [vpc["CidrBlock"]] if vpc.get("CidrBlock") else []
+    for a in vpc.get("CidrBlockAssociationSet") or []:
+        state = (a.get("CidrBlockState") or {}).get("State", "associated")
+        if state == "associated" and a.get("CidrBlock") and a["CidrBlock"] not in out:
+            out.append(a["CidrBlock"])
+    return tuple(out)
+
+
+def router_cidrs(ec2: Any, vpc_id: str, configured: str | None) -> tuple[str, ...]:
+    """`ec2.router_cidr` when set, else every CIDR block of the instances' VPC."""
+    if configured:
+        return (configured,)
+    found = vpc_cidrs(ec2, vpc_id)
+    if not found:
+        raise ConfigError(
+            f"ec2.router_cidr: VPC {vpc_id} has no associated IPv4 CIDR block to default to; "
+            "expected the router's network, e.g. 10.0.0.0/16"
+        )
+    return found
+
+
 def ensure_security_group(
-    ec2: Any, deployment: str, *, vpc_id: str, port: int, router_cidr: str
+    ec2: Any, deployment: str, *, vpc_id: str, port: int, router_cidr: str | Sequence[str]
 ) -> str:
-    """Group `hybridserve-<deployment>` letting in ONLY tcp `port` from `router_cidr`.
+    """Group `hybridserve-<deployment>` letting in ONLY tcp `port` from `router_cidr` (one
+    CIDR or several).
 
     Any other ingress found (drift, hand edits) is revoked. Egress is left at the VPC default.
     """
+    want = [router_cidr] if isinstance(router_cidr, str) else list(dict.fromkeys(router_cidr))
     name = security_group_name(deployment)
     tags = T.tags_for(deployment, ROLE_SECURITY_GROUP)
     found = ec2.describe_security_groups(
@@ -57,7 +89,7 @@ def ensure_security_group(
             TagSpecifications=[{"ResourceType": "security-group", "Tags": T.tag_list(tags)}],
         )["GroupId"]
         perms = []
-    have = False
+    have: set[str] = set()
     revoke = []
     for perm in perms:
         p = _strip(perm)
@@ -65,9 +97,9 @@ def ensure_security_group(
             p.get("IpProtocol") == "tcp" and p.get("FromPort") == port and p.get("ToPort") == port
         )
         ranges = p.get("IpRanges", [])
-        if ours and any(r.get("CidrIp") == router_cidr for r in ranges):
-            have = True
-            extra = [r for r in ranges if r.get("CidrIp") != router_cidr]
+        if ours:
+            have |= {r["CidrIp"] for r in ranges if r.get("CidrIp") in want}
+            extra = [r for r in ranges if r.get("CidrIp") not in want]
             if extra:
                 p["IpRanges"] = extra
             else:
@@ -76,7 +108,8 @@ def ensure_security_group(
             revoke.append(p)
     if revoke:
         ec2.revoke_security_group_ingress(GroupId=gid, IpPermissions=revoke)
-    if not have:
+    missing = [c for c in want if c not in have]
+    if missing:
         ec2.authorize_security_group_ingress(
             GroupId=gid,
             IpPermissions=[
@@ -84,7 +117,9 @@ def ensure_security_group(
                     "IpProtocol": "tcp",
                     "FromPort": port,
                     "ToPort": port,
-                    "IpRanges": [{"CidrIp": router_cidr, "Description": "hybridserve router"}],
+                    "IpRanges": [
+                        {"CidrIp": c, "Description": "hybridserve router"} for c in missing
+                    ],
                 }
             ],
         )

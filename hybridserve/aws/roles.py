@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -68,10 +69,30 @@ def _ensure_role(
     return role["Arn"]
 
 
+def exact_read(bucket: str, keys: Sequence[str], sid: str = "ReadWheelhouse") -> dict[str, Any]:
+    """s3:GetObject on exactly `keys` (no wildcard): what the instances fetch at boot."""
+    if any("*" in k or "?" in k for k in keys):
+        raise ValueError(f"{sid}: expected exact S3 keys, got a pattern in {list(keys)}")
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": ["s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{bucket}/{k}" for k in keys],
+    }
+
+
 def ensure_roles(
-    iam: Any, deployment: str, *, bucket: str, prefix: str, region: str, account: str
+    iam: Any,
+    deployment: str,
+    *,
+    bucket: str,
+    prefix: str,
+    region: str,
+    account: str,
+    read_keys: Sequence[str] = (),
 ) -> dict[str, str]:
-    """The Lambda role and the instance role (+ instance profile) of the deployment."""
+    """The Lambda role and the instance role (+ instance profile) of the deployment; the
+    instance role also reads exactly `read_keys` (the wheelhouse the instances install)."""
     lambda_arn = _ensure_role(
         iam,
         lambda_role_name(deployment),
@@ -86,11 +107,17 @@ def ensure_roles(
         T.tags_for(deployment, ROLE_LAMBDA_ROLE),
     )
     instance_role = instance_role_name(deployment)
+    instance_policy = I.instance_role_policy(deployment=deployment, bucket=bucket, prefix=prefix)
+    if read_keys:
+        instance_policy["Statement"] = [
+            *instance_policy["Statement"],
+            exact_read(bucket, read_keys),
+        ]
     instance_arn = _ensure_role(
         iam,
         instance_role,
         "ec2",
-        I.instance_role_policy(deployment=deployment, bucket=bucket, prefix=prefix),
+        instance_policy,
         T.tags_for(deployment, ROLE_INSTANCE_ROLE),
     )
     name = profile_name(deployment)

@@ -22,7 +22,7 @@ from typing import Any
 
 from hybridserve.aws import resources as R
 from hybridserve.aws.metrics import RouterIntervals, controller_metrics, router_counters
-from hybridserve.config import ConfigError
+from hybridserve.config_base import ConfigError
 from hybridserve.controller import Controller
 from hybridserve.deployment import DeploymentConfig
 from hybridserve.fleet import Decision
@@ -127,20 +127,20 @@ class AwsStack(RouterStack):
         """Check the deployment exists, then build backend, invoker, router and loop."""
         from hybridserve.aws.deploy import (
             build_controller,
+            deployment_scenario,
             fleet_backend,
             launch_delays,
             service_client,
         )
         from hybridserve.aws.invoke import LambdaInvoker
         from hybridserve.aws.metrics import publish
-        from hybridserve.config import load_scenario
         from hybridserve.router import Router
 
         cfg = self.cfg
         c = self.clients = self.clients or R.clients(cfg.region, endpoint_url=self.endpoint_url)
         function = R.function_name(cfg.name)
         self._check_deployed(c, function)
-        sc = self.scenario = load_scenario(cfg.scenario)
+        sc = self.scenario = deployment_scenario(cfg)
         metadata = deployment_metadata(cfg, c.s3)
         name = metadata["name"]
         lam = cfg.lambda_

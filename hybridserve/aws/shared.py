@@ -3,6 +3,8 @@ tag roles, and the ClientError codes that mean \"missing\"."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,7 @@ from hybridserve.aws import tags as T
 
 ROLE_BUCKET = "artifact-bucket"
 ROLE_ARTIFACT = "artifact"
+ROLE_CONTROLLER_STATE = "controller-state"
 ROLE_LAMBDA_ROLE = "lambda-role"
 ROLE_INSTANCE_ROLE = "instance-role"
 ROLE_INSTANCE_PROFILE = "instance-profile"
@@ -34,6 +37,7 @@ KINDS = (
     "roles",
     "objects",
     "buckets",
+    "notices",
 )
 
 
@@ -112,3 +116,43 @@ def as_clients(session_or_clients: Any, region: str) -> Clients:
         c = session_or_clients
         return Clients(ec2=c.ec2, s3=c.s3, iam=c.iam, lam=c.lam)
     return clients(region, session=session_or_clients)  # a boto3.Session (or None)
+
+
+def read_object(s3: Any, bucket: str, key: str) -> bytes | None:
+    """An object's bytes, or None when it (or its bucket) does not exist."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as e:
+        if is_missing(e):
+            return None
+        raise
+
+
+def retry_while_propagating(
+    fn: Callable[[], Any], delays: Sequence[float], propagating: Callable[[ClientError], bool]
+) -> Any:
+    """`fn()`, again after each of `delays` while it fails with an error `propagating` says
+    is IAM's change still spreading (a just-created role or instance profile refused for
+    seconds); any other error, or the last, is raised."""
+    for delay in (*delays, None):
+        try:
+            return fn()
+        except ClientError as e:
+            if delay is None or not propagating(e):
+                raise
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def service_client(c: Clients, service: str) -> Any:
+    """Another service's client on the same region, endpoint and retry policy as `c`."""
+    import boto3
+
+    url = c.ec2.meta.endpoint_url
+    region = c.ec2.meta.region_name
+    return boto3.client(
+        service,
+        region_name=region,
+        endpoint_url=None if "amazonaws.com" in url else url,
+        config=client_config(region),
+    )

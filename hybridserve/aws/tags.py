@@ -3,14 +3,25 @@
 
 from __future__ import annotations
 
+import urllib.parse
+
 DEPLOYMENT = "hybridserve:deployment"
 ROLE = "hybridserve:role"
 POOL = "hybridserve:pool"  # instance type/market, e.g. c5.large/on_demand
 MANAGED_BY = "hybridserve:managed-by"
+# the instance's state in the fleet, set by the controller (and read back by every observer):
+INTERRUPTED = "hybridserve:interrupted"  # "true": a spot notice came; out of routing, replaced
+DRAINING = "hybridserve:draining"  # epoch seconds: out of routing since, terminated at its end
+TEMPLATE = "hybridserve:template"  # the launch template content it was launched from (a hash)
 
 ROLE_INSTANCE = "model-server"
 ROLE_TEMPLATE = "launch-template"
 ROLE_LAMBDA = "spill-function"
+
+
+def object_tagging(deployment: str, role: str) -> str:
+    """The `Tagging` argument of an S3 put: the deployment's tags, URL-encoded."""
+    return urllib.parse.urlencode(tags_for(deployment, role))
 
 
 def tags_for(deployment: str, role: str, **extra: str) -> dict[str, str]:

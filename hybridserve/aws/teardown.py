@@ -14,6 +14,7 @@ from hybridserve.aws.shared import (
     ADOPTED_BY,
     CREATED_BY,
     KINDS,
+    Clients,
     as_clients,
     error_code,
     function_name,
@@ -21,6 +22,7 @@ from hybridserve.aws.shared import (
     is_missing,
     lambda_role_name,
     profile_name,
+    service_client,
     template_name,
 )
 
@@ -48,6 +50,12 @@ def _teardown_instances(ec2: Any, deployment: str, wait_s: float) -> list[str]:
         WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(wait_s // delay))},
     )
     return ids
+
+
+def _teardown_notices(c: Clients, deployment: str) -> list[str]:
+    from hybridserve.aws.spot import teardown_notice_queue
+
+    return teardown_notice_queue(service_client(c, "sqs"), service_client(c, "events"), deployment)
 
 
 def _teardown_templates(ec2: Any, deployment: str) -> list[str]:
@@ -257,7 +265,8 @@ def teardown(
 ) -> dict[str, list[str]]:
     """Remove everything of `deployment`, dependants first; returns what was removed per kind.
 
-    Order: instances (terminated, waited for) -> launch templates -> Lambda function (its
+    Order: instances (terminated, waited for) -> launch templates -> the spot notice rule and
+    queue -> Lambda function (its
     provisioned concurrency released first; versions and alias with it) -> security groups -> instance profile -> roles (inline and
     attached policies first) -> the deployment's S3 objects -> buckets it created.
     Buckets are found by tag (`hybridserve:created-by` / `hybridserve:adopted-by:<deployment>`)
@@ -268,6 +277,7 @@ def teardown(
     out: dict[str, list[str]] = {k: [] for k in KINDS}
     out["instances"] = _teardown_instances(c.ec2, deployment, wait_s)
     out["launch_templates"] = _teardown_templates(c.ec2, deployment)
+    out["notices"] = _teardown_notices(c, deployment)
     out["functions"] = _teardown_functions(c.lam, deployment)
     out["security_groups"] = _teardown_security_groups(c.ec2, deployment, wait_s)
     out["instance_profiles"], out["roles"] = _teardown_iam(c.iam, deployment)

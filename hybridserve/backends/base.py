@@ -17,8 +17,10 @@ class Backend(Protocol):
     def observe(self) -> FleetView:
         """Instances that serve or will serve, by pool; ones being lost are already excluded."""
 
-    def converge(self, target: Mapping[str, int]) -> list[Action]:
-        """Launch or retire so that each pool's count (ready + launching) equals its target."""
+    def converge(self, target: Mapping[str, int], *, intent: str | None = None) -> list[Action]:
+        """Launch or retire so that each pool's count (ready + launching) equals its target.
+        `intent` names the decision; a backend whose launches take idempotency tokens (AWS)
+        derives them from it, so a retried decision cannot launch twice."""
 
 
 class ServingBackend(Backend, Protocol):

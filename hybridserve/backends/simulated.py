@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,25 +54,33 @@ class SimulatedBackend:
     def now(self) -> float:
         return self.clock
 
-    def advance(self, t: float) -> None:
-        """Move the clock to t; spot instances may receive an interruption notice on the way."""
+    def advance(self, t: float, on_notice: Callable[[], object] | None = None) -> None:
+        """Move the clock to t; spot instances may receive an interruption notice on the way.
+
+        Each notice takes its instance out of the fleet at its instant, in time order, and
+        calls `on_notice` there (`Controller.on_notice`: the replacement launches at the
+        notice, as on AWS). Replacements made inside the interval are at risk from the next
+        one on."""
         dt = t - self.clock
         if dt < 0:
             raise ValueError(f"simulated clock cannot go back from {self.clock} to {t}")
         rate = self.spot.interruptions_per_hour / 3600.0
+        noticed: list[SimInstance] = []
         if rate > 0 and dt > 0:
             for key, live in self._live.items():
                 if not key.endswith("/spot"):
                     continue
-                keep = []
                 for inst in live:
                     if self.rng.random() < -np.expm1(-rate * dt):
                         inst.notice_at = self.clock + self.rng.random() * dt
                         inst.ended_at = inst.notice_at + self.spot.notice_s
                         inst.end_reason = "spot-interruption"
-                    else:
-                        keep.append(inst)
-                self._live[key] = keep
+                        noticed.append(inst)
+        for inst in sorted(noticed, key=lambda i: i.notice_at or 0.0):
+            self._live[inst.pool].remove(inst)
+            if on_notice is not None:
+                self.clock = float(inst.notice_at or self.clock)
+                on_notice()
         self.clock = t
 
     def observe(self) -> FleetView:
@@ -85,13 +93,12 @@ class SimulatedBackend:
                 out[key] = PoolState(ready=ready, pending_ready_in_s=pend)
         return FleetView(out)
 
-    def converge(self, target: Mapping[str, int]) -> list[Action]:
+    def converge(self, target: Mapping[str, int], *, intent: str | None = None) -> list[Action]:
         """Execute `reconcile`'s actions; launches are ready after the pool's launch delay."""
-        for key in target:
-            if key not in self.pools:
-                raise KeyError(f"unknown pool {key!r}; known: {sorted(self.pools)}")
         live = self._live
-        if all(len(live.get(k, ())) == int(n) for k, n in target.items()) and all(
+        pools = self.pools
+        # an unknown pool falls through to reconcile, which names it
+        if all(k in pools and len(live.get(k, ())) == int(n) for k, n in target.items()) and all(
             k in target or not v for k, v in live.items()
         ):
             return []  # converged: most steps of a replay end here, before any object is built
@@ -107,7 +114,7 @@ class SimulatedBackend:
                 by_id[str(i.id)] = i
                 observed.append(Observed(str(i.id), key, i.ready_at > now, i.ready_at))
         done: list[Action] = []
-        for a in reconcile(target, observed, now, counted=counted):
+        for a in reconcile(target, observed, now, counted=counted, pools=pools):
             if a.kind == "launch":
                 pool = self.pools[a.pool]
                 delay = 0.0 if (self.warm_start and now == 0.0) else pool.launch_delay_s

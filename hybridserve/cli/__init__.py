@@ -17,8 +17,10 @@ def _register() -> None:
     from hybridserve.cli.controller import controller
     from hybridserve.cli.deploy import deploy
     from hybridserve.cli.forecast import forecast
+    from hybridserve.cli.iam_policy import iam_policy
     from hybridserve.cli.model_server import model_server
     from hybridserve.cli.package import package
+    from hybridserve.cli.plan import plan
     from hybridserve.cli.profile import profile
     from hybridserve.cli.scale import scale
     from hybridserve.cli.serve import serve
@@ -28,7 +30,7 @@ def _register() -> None:
 
     for command in (
         simulate, forecast, package, profile, model_server, serve, bench,
-        deploy, status, scale, controller, teardown,
+        deploy, status, scale, plan, controller, iam_policy, teardown,
     ):  # fmt: skip
         main.add_command(command)
 

@@ -24,7 +24,12 @@ def controller() -> None:
     default=None,
     help="Wall seconds per control step (default: the scenario's interval).",
 )
-@click.option("--steps", type=int, default=None, help="Stop after this many steps.")
+@click.option(
+    "--steps",
+    type=int,
+    default=None,
+    help="Stop after this many steps (waits while another controller holds the lease do not count).",
+)
 @click.option(
     "--dry-run", is_flag=True, help="Decide every step and print it; launch and retire nothing."
 )
@@ -37,31 +42,44 @@ def controller_run(
     steps: int | None,
     dry_run: bool,
 ) -> None:
-    """Forecast, plan and converge every interval (the simulator's Controller, on AWS)."""
-    with user_errors(), aws_errors():
-        from itertools import islice
+    """Forecast, plan and converge every interval (the simulator's Controller, on AWS).
 
+    The controller's state is saved with the deployment after every step; a restarted one
+    resumes from it, at the trace interval after the last one it decided. Only the holder of
+    the deployment's lease acts: a second controller waits, passive, and takes over (from the
+    saved state) once the holder's lease expires."""
+    with user_errors(), aws_errors():
         from hybridserve.aws.deploy import controller_run as run
-        from hybridserve.config import load_scenario
-        from simulations.traces import load_trace
 
         cfg, c = setup(config_path, region, endpoint_url)
-        if trace_path is None:
-            raise ValueError(
-                "--trace: live arrival counts come from the router (not built yet); "
-                "replay a trace with --trace FILE"
-            )
-        sc = load_scenario(cfg.scenario)
-        dt = sc.control_interval_s
-        counts = load_trace(trace_path).counts
-        intervals = (counts[k : k + dt] for k in range(0, len(counts) - dt + 1, dt))
-        if steps is not None:
-            intervals = islice(intervals, steps)
+        dt, counts_at = trace_intervals(cfg.scenario, trace_path)
         run(
             cfg,
             c,
-            intervals,
+            counts_at,
             interval_s=dt if interval_s is None else interval_s,
+            max_steps=steps,
             log=lambda m: click.echo(m, err=True),
             dry_run=dry_run,
         )
+
+
+def trace_intervals(scenario: str | None, trace_path: str | None):
+    """(interval s, counts_at): `counts_at(n)` is the trace's whole control interval after the
+    first n, or None past its end."""
+    from hybridserve.config import load_scenario
+    from simulations.traces import load_trace
+
+    if trace_path is None:
+        raise ValueError(
+            "--trace: live arrival counts come from the router (not built yet); "
+            "replay a trace with --trace FILE"
+        )
+    dt = load_scenario(scenario).control_interval_s
+    counts = load_trace(trace_path).counts
+
+    def counts_at(n: int):
+        k = n * dt
+        return counts[k : k + dt] if k + dt <= len(counts) else None
+
+    return dt, counts_at

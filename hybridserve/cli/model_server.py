@@ -47,6 +47,12 @@ from hybridserve.cli.common import user_errors
 @click.option(
     "--threads", type=int, default=2, show_default=True, help="onnxruntime intra-op threads."
 )
+@click.option(
+    "--imds-url",
+    default=None,
+    help="EC2's metadata service (http://169.254.169.254 on EC2): a spot interruption notice "
+    "there makes /v2/health/ready fail, so the router drains the instance.",
+)
 def model_server(**kw: Any) -> None:
     """Serve a model artifact over the KServe V2 / Open Inference Protocol (HTTP/REST)."""
     with user_errors():
@@ -61,6 +67,7 @@ def _model_server(
     max_delay_ms: float,
     max_queue: int,
     threads: int,
+    imds_url: str | None,
 ) -> None:
     if max_batch < 1 or threads < 1 or max_queue < 1:
         raise ValueError("--max-batch, --max-queue and --threads must be >= 1")
@@ -96,4 +103,5 @@ def _model_server(
         max_batch=max_batch,
         max_delay_ms=max_delay_ms,
         max_queue=max_queue,
+        imds_url=imds_url,
     )

@@ -128,8 +128,10 @@ def package(
 ) -> None:
     """Build a model artifact (compressed ONNX + manifest), guarded against accuracy loss."""
     with user_errors():
-        from predictors.artifact import build_artifact, read_manifest, size_report
-        from predictors.export import parse_tensor_spec
+        from predictors.artifact import size_report
+        from predictors.artifact_build import build_artifact
+        from predictors.artifact_manifest import read_manifest
+        from predictors.sources import parse_tensor_spec
 
         specs = [parse_tensor_spec(s) for s in input_specs] or None
         packager = _lambda_packager() if target == "lambda" else None

@@ -28,6 +28,12 @@ from hybridserve.cli.common import UserError, user_errors
 @click.option("--host", default=None, help="Router address [default: 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Router port [default: 8080].")
 @click.option(
+    "--tls-cert",
+    default=None,
+    help="Serve https with this PEM certificate chain (with --tls-key; router.tls_cert).",
+)
+@click.option("--tls-key", default=None, help="The PEM private key of --tls-cert.")
+@click.option(
     "--deployment",
     type=click.Choice(["hybrid", "mark", "lambda-only", "reactive", "fixed", "vm-only"]),
     default=None,
@@ -53,6 +59,8 @@ def _serve(
     config_path: str | None,
     host: str | None,
     port: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     deployment: str | None,
     region: str | None,
     endpoint_url: str | None,
@@ -63,6 +71,8 @@ def _serve(
     from hybridserve.serve import config_kind
 
     logs.configure(log_level)
+    given = {"host": host, "port": port, "tls_cert": tls_cert, "tls_key": tls_key}
+    router = {k: v for k, v in given.items() if v is not None}
     kind = (
         "local"
         if config_path is None
@@ -74,7 +84,7 @@ def _serve(
                 "--deployment: only for a local serve config; an AWS deployment runs the "
                 "hybrid policy (as `controller run`)"
             )
-        stack = _aws_stack(config_path, host, port, region, endpoint_url)
+        stack = _aws_stack(config_path, router, region, endpoint_url)
     else:
         for option, value in (("--region", region), ("--endpoint-url", endpoint_url)):
             if value is not None:
@@ -82,7 +92,7 @@ def _serve(
                     f"{option}: only for a deployment config (AWS mode); "
                     f"{config_path or 'the default config'} is a local serve config"
                 )
-        stack = _local_stack(config_path, host, port, deployment)
+        stack = _local_stack(config_path, router, deployment)
     try:
         stack.prepare()
         asyncio.run(_run(stack))
@@ -90,27 +100,29 @@ def _serve(
         stack.close()
 
 
-def _local_stack(
-    config_path: str | None, host: str | None, port: int | None, deployment: str | None
-) -> Any:
+def _local_stack(config_path: str | None, router: dict[str, Any], deployment: str | None) -> Any:
     from hybridserve.serve import LocalStack, load_serve_config
 
-    cfg = load_serve_config(
-        config_path, **{"router.host": host, "router.port": port, "deployment": deployment}
-    )
-    return LocalStack(cfg)
+    over = {f"router.{k}": v for k, v in router.items()}
+    return LocalStack(load_serve_config(config_path, **over, deployment=deployment))
 
 
 def _aws_stack(
-    config_path: str, host: str | None, port: int | None, region: str | None, url: str | None
+    config_path: str, router: dict[str, Any], region: str | None, url: str | None
 ) -> Any:
+    from pydantic import ValidationError
+
     from hybridserve.aws.serving import AwsStack
+    from hybridserve.config import format_validation_error
     from hybridserve.deployment import load_deployment
     from hybridserve.serve import RouterOptions
 
     cfg = load_deployment(config_path, region=region)
-    options = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    return AwsStack(cfg, endpoint_url=url, router=RouterOptions(**options))
+    try:
+        options = RouterOptions(**router)
+    except ValidationError as e:  # the flags are the router's config in AWS mode
+        raise UserError(format_validation_error(e, "the --host/--port/--tls-* flags")) from e
+    return AwsStack(cfg, endpoint_url=url, router=options)
 
 
 async def _run(stack: Any) -> None:

@@ -21,8 +21,6 @@ it, and only constructing the forecaster needs it.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from hybridserve.forecast.base import PointForecaster
+from hybridserve.forecast.torch_support import NEEDS_TORCH, Adam, Threads, has_torch, import_torch
 
-_NEEDS_TORCH = "the lstm forecaster needs torch: pip install 'hybridserve[torch]'"
 _FORMAT = "hybridserve-lstm"
 _VERSION = 1
 _EPS = 1e-6  # added to the window mean before dividing by it
@@ -40,80 +38,10 @@ _EPS = 1e-6  # added to the window mean before dividing by it
 _ARCH = ("max_horizon", "lookback", "hidden", "layers", "season_steps")
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - exercised by monkeypatching sys.modules
-        raise RuntimeError(_NEEDS_TORCH) from e
-    return torch
-
-
-class _Adam:
-    """torch's single-tensor Adam (amsgrad off, no weight decay), the one CPU tensors get, written
-    out so that training does not construct a torch.optim.Optimizer: its methods are wrapped in
-    torch._disable_dynamo, whose first call imports torch's compiler (measured here: 2.2 s quiet,
-    3.9 s loaded, against 4.3 s for a whole 2-day replay at the corpus's speed target). Same
-    operations in the same order, so the same weights bit for bit
-    (tests/test_lstm.py::test_hand_adam_matches_torch_adam)."""
-
-    def __init__(self, params: Any, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self.lr, (self.beta1, self.beta2), self.eps = lr, betas, eps
-        self.steps = [0] * len(self.params)  # per parameter, as torch counts them
-        self.exp_avg = [p.detach().new_zeros(p.shape) for p in self.params]
-        self.exp_avg_sq = [p.detach().new_zeros(p.shape) for p in self.params]
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    def step(self, torch: Any) -> None:
-        b1, b2 = self.beta1, self.beta2
-        with torch.no_grad():
-            moments = zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True)
-            for i, (p, m, v) in enumerate(moments):
-                if p.grad is None:
-                    continue
-                self.steps[i] += 1
-                step = float(self.steps[i])
-                step_size = self.lr / (1 - b1**step)
-                bias_correction2_sqrt = (1 - b2**step) ** 0.5
-                g = p.grad
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
-                p.addcdiv_(m, denom, value=-step_size)
-
-
-def has_torch() -> bool:
-    """Whether torch can be imported, without importing it (that takes seconds)."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"] is not None
-    return importlib.util.find_spec("torch") is not None
-
-
 def _check_int(name: str, value: Any, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
         raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     return int(value)
-
-
-class _Threads:
-    """torch.set_num_threads(n) inside the block, the previous count restored afterwards."""
-
-    def __init__(self, torch, n: int) -> None:
-        self.torch = torch
-        self.n = n
-        self.prev = 0
-
-    def __enter__(self) -> None:
-        self.prev = self.torch.get_num_threads()
-        if self.prev != self.n:
-            self.torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc) -> None:
-        if self.prev != self.n:
-            self.torch.set_num_threads(self.prev)
 
 
 class LSTMForecaster(PointForecaster):
@@ -174,7 +102,7 @@ class LSTMForecaster(PointForecaster):
             max_history = max(14 * season_steps, min_history)  # 14 days at the default season
         max_history = _check_int("max_history", max_history, min_history)
         if not has_torch():
-            raise RuntimeError(_NEEDS_TORCH)
+            raise RuntimeError(NEEDS_TORCH)
 
         super().__init__(max_horizon=max_horizon, window=window, quantiles=quantiles)
         self.config: dict[str, Any] = {
@@ -237,7 +165,7 @@ class LSTMForecaster(PointForecaster):
     def _build(self) -> tuple[Any, Any, Any]:
         """torch, the network (seeded: the same whenever it is built) and the input tensor."""
         if self._built is None:
-            torch = _torch()
+            torch = import_torch()
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 net = torch.nn.ModuleDict(
@@ -328,12 +256,12 @@ class LSTMForecaster(PointForecaster):
         n = len(x_np)
         epochs_done, loss_v, stop = 0, float("nan"), False
         rng = np.random.default_rng([self.seed, self.fits])
-        with _Threads(torch, self.threads), torch.random.fork_rng(devices=[]):
+        with Threads(torch, self.threads), torch.random.fork_rng(devices=[]):
             # seeded, one thread, CPU: the LSTM's kernels are deterministic as they are
             # (torch.use_deterministic_algorithms would import torch's compiler: 2.6 s)
             try:
                 torch.manual_seed(self.seed + self.fits)
-                opt = _Adam(self._net.parameters(), lr=self.lr)
+                opt = Adam(self._net.parameters(), lr=self.lr)
                 loss_fn = torch.nn.HuberLoss(delta=1.0)
                 self._net.train()
                 for _ in range(self.epochs):
@@ -382,7 +310,7 @@ class LSTMForecaster(PointForecaster):
         p = (self.n - lb) % self.season
         xb[:, 1] = self._sin[p : p + lb]
         xb[:, 2] = self._cos[p : p + lb]
-        with _Threads(torch, self.threads), torch.inference_mode():
+        with Threads(torch, self.threads), torch.inference_mode():
             z = self._forward(self._x)[0].numpy().astype(np.float64)
         out = np.expm1(z) * scale
         np.maximum(out, 0.0, out=out)
@@ -427,7 +355,7 @@ class LSTMForecaster(PointForecaster):
         With `history=False` it starts empty (time of day counted from its first observation)
         and forecasts the last value until `lookback` steps are seen.
         """
-        torch = _torch()
+        torch = import_torch()
         try:
             d = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # missing, truncated, not a torch file, ...

@@ -1,30 +1,22 @@
 """A local AWS Lambda: the spill function of local mode, behind AWS's own Invoke API.
 
-Local mode runs the whole system on one machine, and its Lambda must behave like the real one
-where it matters to the router and to the bill: it answers the Lambda Invoke REST API
-(`POST /2015-03-31/functions/{name}/invocations`, the same headers, status codes and error
-shapes), so the one async invoker (`hybridserve.aws.invoke`) and any boto3 client work unchanged
-against it and against AWS. Its execution environments are real worker processes
-(`hybridserve.lambda_emulator.worker`), so a cold start really pays for the interpreter, the imports
-and the model load, and its scaling is Lambda's: a warm environment if one is idle (the most
-recently used, so extras age out), else a new one up to the concurrency limit, else 429.
-Environments idle past the keep-alive are reaped. Each invoke's REPORT log line (duration,
-billed duration, memory, init duration on a cold start) is what AWS writes, and `stats()` sums
-the bill.
+Local mode's Lambda must behave like the real one where it matters to the router and to the
+bill: it answers the Lambda Invoke REST API (`POST /2015-03-31/functions/{name}/invocations`,
+the same headers, status codes and error shapes), so the one async invoker
+(`hybridserve.aws.invoke`) and any boto3 client work unchanged against it and against AWS. Its
+execution environments are real worker processes with Lambda's scaling (`environments.py`), so
+a cold start really pays for the interpreter, the imports and the model load. Each invoke's
+REPORT line is what AWS writes; `stats()` and `/metrics` (`metrics.py`) sum the bill.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,26 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from hybridserve.lambda_emulator import worker as proto
-from hybridserve.pricing import lambda_billed_ms, lambda_gb_s
+from hybridserve.lambda_emulator.environments import (
+    Environment,
+    EnvironmentPool,
+    Throttled,
+    exit_code,
+    exit_reason,
+    read_reply,
+)
+from hybridserve.lambda_emulator.metrics import EmulatorMetrics
+from hybridserve.pricing import lambda_billed_ms
+from predictors.prometheus import CONTENT_TYPE, Exposition
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_SYNC_PAYLOAD = 6 * 1024 * 1024  # Lambda's synchronous request and response limit
 LOG_TAIL_BYTES = 4096  # X-Amz-Log-Result carries the last 4 KB of the log
-INIT_LIMIT_S = 10.0  # Lambda's INIT phase limit
 VERSION = "$LATEST"
-
-
-@dataclass(eq=False)
-class _Env:
-    """One execution environment: a worker process and the pipes to it."""
-
-    proc: subprocess.Popen
-    reader: asyncio.StreamReader
-    read_transport: asyncio.BaseTransport
-    write_transport: asyncio.WriteTransport
-    last_used: float = 0.0
-    timed_out: bool = False
-    discarded: bool = False
 
 
 @dataclass
@@ -67,10 +55,6 @@ class _Outcome:
     max_memory_mb: int
     log: bytes = b""
     billed_ms: int = field(init=False, default=0)
-
-
-class _Throttled(Exception):
-    """No idle environment and no room for a new one."""
 
 
 class _ShuttingDown(Exception):
@@ -129,16 +113,17 @@ class LambdaEmulator:
         self._stopped = False
         self._stopping = False
         self._tmp: str | None = None
-        self._worker_env: dict[str, str] = {}
-        self._seq = 0
-        self._envs: set[_Env] = set()
-        self._idle: list[_Env] = []  # most recently used last
-        self._spawning = 0
-        self._procs: set[subprocess.Popen] = set()  # every worker not yet reaped
         self._tasks: set[asyncio.Task] = set()
-        self._counts = dict.fromkeys(("invocations", "cold_starts", "throttles", "errors"), 0)
-        self._billed_ms_total = 0
-        self._gb_s_total = 0.0
+        self.pool = EnvironmentPool(
+            function_name=function_name,
+            handler=handler,
+            concurrency=concurrency,
+            keep_alive_s=self.keep_alive_s,
+            timeout_s=self.timeout_s,
+            log_dir=self.log_dir,
+        )
+        self.metrics = EmulatorMetrics(function_name, memory_mb)
+        self._exposition = Exposition(lambda: self.metrics.families(self.pool.size, self.pool.busy))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -155,7 +140,7 @@ class LambdaEmulator:
             raise RuntimeError("LambdaEmulator.start() called twice")
         self._started = True
         self._tmp = tempfile.mkdtemp(prefix="hybridserve-lambda-")
-        self._worker_env = self._make_worker_env()
+        self.pool.worker_env = self._make_worker_env()
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         ready = threading.Event()
@@ -200,14 +185,7 @@ class LambdaEmulator:
                 asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=15)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=15)
-        self._envs.clear()
-        self._idle.clear()
-        for p in list(self._procs):  # spawning ones included
-            if p.poll() is None:
-                with contextlib.suppress(OSError):
-                    p.kill()
-            p.wait()
-        self._procs.clear()
+        self.pool.kill_all()
         self._cleanup_files()
 
     def __enter__(self) -> LambdaEmulator:
@@ -218,18 +196,11 @@ class LambdaEmulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters since start: invokes, cold starts, throttles, errors, environments, bill."""
-        envs = len(self._envs) + self._spawning
-        return {
-            **self._counts,
-            "environments": envs,
-            "busy": envs - len(self._idle),
-            "billed_ms_total": self._billed_ms_total,
-            "gb_s_total": self._gb_s_total,
-        }
+        return self.metrics.stats(self.pool.size, self.pool.busy)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live execution environments (tests, debugging)."""
-        return [e.proc.pid for e in list(self._envs)]
+        return [e.proc.pid for e in list(self.pool.live)]
 
     def _make_worker_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -261,20 +232,20 @@ class LambdaEmulator:
         app = web.Application(client_max_size=8 * MAX_SYNC_PAYLOAD)  # we answer 413 ourselves
         app.router.add_post("/2015-03-31/functions/{name}/invocations", self._http_invoke)
         app.router.add_get("/emulator/stats", self._http_stats)
+        app.router.add_get("/metrics", self._http_metrics)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._url = f"http://{self.host}:{port}"
-        self._spawn_task(self._reap_loop())
+        self._spawn_task(self.pool.reap_loop())
 
     async def _shutdown(self) -> None:
         self._stopping = True
         for t in list(self._tasks):
             t.cancel()
-        for e in list(self._envs):
-            self._discard(e)  # busy invokes end with an error at once
+        self.pool.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -283,160 +254,41 @@ class LambdaEmulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # ------------------------------------------------------------------ environments
-
-    async def _spawn(self) -> tuple[_Env | None, float, bytes | None]:
-        """Start a worker and wait for READY: (env, init ms, None) or (None, ms, error)."""
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        self._seq += 1
-        stderr: Any = subprocess.DEVNULL
-        if self.log_dir is not None:
-            stderr = open(self.log_dir / f"{self.function_name}-{self._seq:04d}.log", "ab")  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "hybridserve.lambda_emulator.worker",
-                    "--handler",
-                    self.handler,
-                    "--parent-pid",
-                    str(os.getpid()),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=self._worker_env,
-                close_fds=True,
-                start_new_session=True,
-            )
-        finally:
-            if stderr is not subprocess.DEVNULL:
-                stderr.close()
-        self._procs.add(proc)
-        reader = asyncio.StreamReader(limit=2**16)
-        rt, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), proc.stdout
-        )
-        wt, _ = await loop.connect_write_pipe(asyncio.Protocol, proc.stdin)
-        env = _Env(proc, reader, rt, wt)  # type: ignore[arg-type]
-        limit = max(INIT_LIMIT_S, self.timeout_s)
-        try:
-            kind, _, _, _, payload = await asyncio.wait_for(_read_reply(reader), limit)
-        except asyncio.TimeoutError:
-            kind, payload = (
-                -1,
-                proto._error(f"INIT phase timed out after {limit:.2f} seconds", "Sandbox.Timedout"),
-            )
-        except (asyncio.IncompleteReadError, ConnectionError):
-            code = await _exit_code(proc)
-            kind, payload = (
-                -1,
-                proto._error(
-                    f"Runtime exited with error: {_exit_reason(code)} during INIT",
-                    "Runtime.ExitError",
-                ),
-            )
-        except BaseException:
-            self._discard(env)
-            raise
-        init_ms = (time.perf_counter() - t0) * 1000.0
-        if kind == proto.READY:
-            return env, init_ms, None
-        self._discard(env)
-        return None, init_ms, payload
-
-    def _acquire(self) -> _Env | None:
-        """An idle environment (most recent first), None to spawn one (reserved), or 429."""
-        if self._idle:
-            return self._idle.pop()
-        if len(self._envs) + self._spawning < self.concurrency:
-            self._spawning += 1
-            return None
-        raise _Throttled
-
-    def _release(self, env: _Env) -> None:
-        if self._stopping or env not in self._envs:
-            self._discard(env)
-            return
-        env.last_used = time.monotonic()
-        self._idle.append(env)
-
-    def _discard(self, env: _Env) -> None:
-        """Kill an environment (timed out, crashed, expired or shutting down); idempotent."""
-        self._envs.discard(env)
-        if env.discarded:
-            return
-        env.discarded = True
-        with contextlib.suppress(ValueError):
-            self._idle.remove(env)
-        if env.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                env.proc.kill()
-        if not env.write_transport.is_closing():  # a dead worker's pipes close themselves
-            env.write_transport.abort()
-        if not env.read_transport.is_closing():
-            env.read_transport.close()
-
-    def _time_out(self, env: _Env) -> None:
-        env.timed_out = True
-        if env.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                env.proc.kill()
-
-    async def _reap_loop(self) -> None:
-        """End environments idle longer than the keep-alive; collect dead processes."""
-        tick = min(1.0, max(0.02, self.keep_alive_s / 4))
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for env in [e for e in self._idle if now - e.last_used > self.keep_alive_s]:
-                self._discard(env)
-            self._procs -= {p for p in self._procs if p.poll() is not None}
-
     # ------------------------------------------------------------------ invoking
 
     async def _invoke(self, event: bytes, request_id: str, tail: bool) -> _Outcome:
-        """Run one event on an environment (raises `_Throttled`, `_BadRequest`, `_ShuttingDown`)."""
-        env = self._acquire()
+        """Run one event on an environment (raises `Throttled`, `_BadRequest`, `_ShuttingDown`)."""
+        env = self.pool.acquire()
         init_ms = None
         if env is None:
-            try:
-                env, init_ms, init_error = await self._spawn()
-            finally:
-                self._spawning -= 1
-            self._counts["cold_starts"] += 1
+            env, init_ms, init_error = await self.pool.spawn()
+            self.metrics.counts["cold_starts"] += 1
             if env is None:
                 return self._account(_Outcome(init_error or b"", True, 0.0, init_ms, 0))
             if self._stopping:
-                self._discard(env)
+                self.pool.discard(env)
                 raise _ShuttingDown
-            self._envs.add(env)
         try:
             out = await self._call(env, event, request_id, tail)
         except _BadRequest:
-            self._release(env)
+            self.pool.release(env)
             raise
         except BaseException:
-            self._discard(env)
+            self.pool.discard(env)
             raise
         out.init_ms = init_ms
-        if env.timed_out or env.proc.poll() is not None:
-            self._discard(env)
-        else:
-            self._release(env)
+        self.pool.release(env)
         return self._account(out)
 
-    async def _call(self, env: _Env, event: bytes, rid: str, tail: bool) -> _Outcome:
+    async def _call(self, env: Environment, event: bytes, rid: str, tail: bool) -> _Outcome:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         env.write_transport.write(
             proto.encode_request(rid, time.time() + self.timeout_s, event, tail=tail)
         )
-        timer = loop.call_later(self.timeout_s, self._time_out, env)
+        timer = loop.call_later(self.timeout_s, self.pool.time_out, env)
         try:
-            kind, duration_ms, mem, log, payload = await _read_reply(env.reader)
+            kind, duration_ms, mem, log, payload = await read_reply(env.reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             elapsed = (time.perf_counter() - t0) * 1000.0
             if env.timed_out:
@@ -444,7 +296,7 @@ class LambdaEmulator:
                 return _Outcome(
                     proto._error(msg, "Sandbox.Timedout"), True, self.timeout_s * 1000.0, None, 0
                 )
-            reason = _exit_reason(await _exit_code(env.proc))
+            reason = exit_reason(await exit_code(env.proc))
             msg = f"RequestId: {rid} Error: Runtime exited with error: {reason}"
             return _Outcome(proto._error(msg, "Runtime.ExitError"), True, elapsed, None, 0)
         finally:
@@ -468,10 +320,7 @@ class LambdaEmulator:
     def _account(self, out: _Outcome) -> _Outcome:
         """Bill the invoke as AWS does: 1 ms granularity, init included on a cold start."""
         out.billed_ms = lambda_billed_ms(out.duration_ms + (out.init_ms or 0.0))
-        self._counts["invocations"] += 1
-        self._counts["errors"] += out.function_error
-        self._billed_ms_total += out.billed_ms
-        self._gb_s_total += lambda_gb_s(self.memory_mb, out.billed_ms)
+        self.metrics.invoked(out.duration_ms, out.init_ms, out.billed_ms, out.function_error)
         return out
 
     def _report(self, rid: str, out: _Outcome) -> str:
@@ -503,8 +352,8 @@ class LambdaEmulator:
                 return
             except (_BadRequest, _ShuttingDown):
                 return
-            except _Throttled:
-                self._counts["throttles"] += 1
+            except Throttled:
+                self.metrics.counts["throttles"] += 1
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
 
@@ -547,8 +396,8 @@ class LambdaEmulator:
             if self._stopping:
                 raise _ShuttingDown
             out = await self._invoke(event, rid, tail)
-        except _Throttled:
-            self._counts["throttles"] += 1
+        except Throttled:
+            self.metrics.counts["throttles"] += 1
             return _aws_error(
                 429,
                 "TooManyRequestsException",
@@ -578,6 +427,11 @@ class LambdaEmulator:
 
         return web.json_response(self.stats())
 
+    async def _http_metrics(self, request: Any) -> Any:
+        from aiohttp import web
+
+        return web.Response(body=self._exposition.render(), headers={"Content-Type": CONTENT_TYPE})
+
 
 def _split_function_name(raw: str) -> tuple[str, str | None]:
     """Name, name:qualifier, (partial) ARN -> (name, qualifier or None)."""
@@ -597,79 +451,3 @@ def _aws_error(status: int, error_type: str, message: str, rid: str, **extra: st
         content_type="application/json",
         headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": rid},
     )
-
-
-async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, float, int, bytes, bytes]:
-    """(kind, duration ms, max RSS MB, log bytes, payload) of the next worker reply."""
-    (n,) = proto.FRAME.unpack(await reader.readexactly(proto.FRAME.size))
-    body = await reader.readexactly(n)
-    kind, duration_ms, mem, log_len = proto.REPLY.unpack_from(body)
-    start = proto.REPLY.size
-    return kind, duration_ms, mem, body[start : start + log_len], body[start + log_len :]
-
-
-async def _exit_code(proc: subprocess.Popen, wait_s: float = 0.2) -> int | None:
-    """The exit status of a worker whose pipe closed, waiting briefly for it to be reapable."""
-    deadline = time.monotonic() + wait_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-    return proc.returncode
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "the runtime closed its pipe"
-    if code < 0:
-        try:
-            return f"signal: {signal.Signals(-code).name.removeprefix('SIG').lower()}"
-        except ValueError:
-            return f"signal: {-code}"
-    return f"exit status {code}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hybridserve.lambda_emulator.server`: serve until SIGTERM or SIGINT."""
-    ap = argparse.ArgumentParser(description="Local AWS Lambda emulator (the Invoke API).")
-    ap.add_argument("--artifact", default=None, help="model artifact directory")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--keep-alive-s", type=float, default=60.0)
-    ap.add_argument("--memory-mb", type=int, default=2048)
-    ap.add_argument("--function-name", default="hybridserve-spill")
-    ap.add_argument("--timeout-s", type=float, default=30.0)
-    ap.add_argument("--handler", default=proto.DEFAULT_HANDLER)
-    ap.add_argument("--log-dir", default=None)
-    args = ap.parse_args(argv)
-
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    try:
-        emu = LambdaEmulator(
-            args.artifact,
-            function_name=args.function_name,
-            handler=args.handler,
-            concurrency=args.concurrency,
-            keep_alive_s=args.keep_alive_s,
-            memory_mb=args.memory_mb,
-            timeout_s=args.timeout_s,
-            host=args.host,
-            port=args.port,
-            log_dir=args.log_dir,
-        )
-        emu.start()
-    except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        print(f"listening on {emu.url}", flush=True)
-        while not done.wait(0.5):
-            pass
-    finally:
-        emu.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

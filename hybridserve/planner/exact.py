@@ -215,6 +215,38 @@ class ExactPlanner:
         self.solves = 0
         self._pruned: tuple[tuple, list[Pool]] | None = None
 
+    def state(self) -> dict:
+        """The step counter and the last solution with the demand it saw (plan reuse)."""
+        s = self.last
+        last = None
+        if s is not None:
+            d = s.demand
+            last = {
+                "step": s.step,
+                "keys": list(s.keys),
+                "lambda_price": s.lambda_price,
+                "demand": {"rates": d.rates, "ratios": d.ratios, "per_second": d.per_second},
+                "counts": s.counts,
+                "target": dict(s.target),
+                "objective": s.objective,
+            }
+        return {"step": self.step, "solves": self.solves, "last": last}
+
+    def restore(self, state: dict) -> None:
+        self.step, self.solves = int(state["step"]), int(state["solves"])
+        s = state["last"]
+        self.last = None
+        if s is not None:
+            self.last = _Solved(
+                int(s["step"]),
+                tuple(s["keys"]),
+                s["lambda_price"],
+                DemandSketch(**s["demand"]),
+                np.asarray(s["counts"]),
+                {str(k): int(v) for k, v in s["target"].items()},
+                float(s["objective"]),
+            )
+
     def _reuse(self, inp: PlanInput, pools: list[Pool]) -> Plan | None:
         s = self.last
         if s is None or s.keys != tuple(p.key for p in pools):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 
+from hybridserve.controller_state import planner_state, restore_planner
 from hybridserve.planner.base import Plan, PlanInput, Planner
 
 log = logging.getLogger("hybridserve.planner")
@@ -52,6 +53,25 @@ class FallbackPlanner:
         self.failures: dict[str, int] = {}
         self.source = primary.name
         self._failing: set[str] = set()
+
+    def state(self) -> dict:
+        return {
+            "fallbacks": self.fallbacks,
+            "failures": dict(self.failures),
+            "source": self.source,
+            "failing": sorted(self._failing),
+            "primary": planner_state(self.primary),
+            "fallback": planner_state(self.fallback) if self.fallback is not None else {},
+        }
+
+    def restore(self, state: dict) -> None:
+        self.fallbacks = int(state["fallbacks"])
+        self.failures = {str(k): int(v) for k, v in state["failures"].items()}
+        self.source = str(state["source"])
+        self._failing = set(state["failing"])
+        restore_planner(self.primary, state["primary"])
+        if self.fallback is not None:
+            restore_planner(self.fallback, state["fallback"])
 
     @property
     def solves(self) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from hybridserve.config import Pool, ReactiveOptions
 from hybridserve.planner.base import Plan, PlanInput, retire_unplanned
@@ -54,10 +54,16 @@ class ReactivePlanner:
     def __init__(self, pool: Pool, options: ReactiveOptions | None = None) -> None:
         self.pool = pool
         self.opt = options or ReactiveOptions()
-        self.state = ReactiveState()
+        self.timers = ReactiveState()
+
+    def state(self) -> dict:
+        return asdict(self.timers)
+
+    def restore(self, state: dict) -> None:
+        self.timers = ReactiveState(**{k: float(v) for k, v in state.items()})
 
     def plan(self, inp: PlanInput) -> Plan:
-        o, s, dt = self.opt, self.state, inp.interval_s
+        o, s, dt = self.opt, self.timers, inp.interval_s
         n = inp.fleet.get(self.pool.key).total
         want = max(
             1, math.ceil(inp.observed_rate / (o.target_utilisation * self.pool.capacity_rps))

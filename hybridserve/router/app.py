@@ -6,8 +6,8 @@ even that would break the SLO budget, spills the request through the BATCH buffe
 A request whose instance dies mid-flight (connection lost) or sheds it (503) is retried once on
 Lambda. 503 with Retry-After only when the fleet and Lambda's concurrency are both exhausted.
 
-Raw ASGI (no framework) and a lean pooled HTTP/1.1 client per instance (router/upstream.py): the router's own cost is a few dict
-reads and a list scan per request. Every second it turns its measured arrivals into the counts
+Raw ASGI (no framework, router/asgi.py) and a lean pooled HTTP/1.1 client per instance
+(router/upstream.py): the router's own cost is a few dict reads and a list scan per request. Every second it turns its measured arrivals into the counts
 the Controller consumes, retunes the buffer from the spill rate and rescales each instance's
 completion table by its learnt correction.
 """
@@ -15,86 +15,40 @@ completion table by its learnt correction.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
+from prometheus_client.metrics_core import Metric
 
 from hybridserve.fleet import Endpoint
 from hybridserve.logs import event
 from hybridserve.pricing import lambda_gb_s
+from hybridserve.router.asgi import (
+    HL,
+    BadRequest,
+    as_json_request,
+    header_length,
+    reply,
+    reply_json,
+)
 from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer, batch_params
+from hybridserve.router.config import RouterConfig
+from hybridserve.router.endpoints import dispatch
 from hybridserve.router.metrics import RouterMetrics
 from hybridserve.router.policy import SPILL, choose, completion_table
-from hybridserve.router.upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from hybridserve.router.upstream import Upstream, UpstreamError, UpstreamTimeout
+from predictors.prometheus import Exposition
 
 log = logging.getLogger("hybridserve.router")
 
-JSON = b"application/json"
-HL = b"inference-header-content-length"
 HL_NAME = "inference-header-content-length"
 JSON_HEADERS = {"content-type": "application/json"}
 BINARY_HEADERS = {"content-type": "application/octet-stream"}
-CORRECTION_EWMA = 0.05  # weight of one observation in an instance's latency correction
-CORRECTION_BOUNDS = (0.5, 8.0)
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """How the router decides; built from a scenario and the serve config (see hybridserve.serve)."""
-
-    model_name: str
-    slo_ms: float
-    batch_ms: Mapping[int, float]  # an instance's profiled service ms by batch size
-    max_batch: int = 8  # the model servers' max batch
-    delay_ms: float = 5.0  # the model servers' batch formation delay
-    max_queue: int = 64  # requests in flight per instance, at most
-    margin_ms: float = 10.0  # SLO budget kept for the router, network and the client
-    spill_slack_fraction: float = 0.5  # of the budget the buffer may spend waiting + serving
-    spill: bool = True  # may requests go to Lambda at all (False: VM-only)
-    lambda_ms: tuple[float, ...] = ()  # Lambda warm ms by batch size (index 0 unused)
-    lambda_memory_gb: float = 2.0
-    lambda_usd_per_gb_s: float = 0.0000166667
-    lambda_usd_per_request: float = 0.0000002
-    lambda_concurrency: int = 8
-    max_spill_pending: int = 256
-    api_key: str | None = None
-    retry_after_s: int = 1
-    upstream_timeout_s: float = 30.0
-    counts_kept_s: int = 3600
-
-    @property
-    def budget_ms(self) -> float:
-        return self.slo_ms - self.margin_ms
-
-
-class Upstream:
-    """Router-side state of one ready instance."""
-
-    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio")
-
-    def __init__(self, endpoint: Endpoint, base: list[float], timeout_s: float) -> None:
-        self.endpoint = endpoint
-        self.pool = UpstreamPool(endpoint.url, timeout_s=timeout_s)
-        self.outstanding = 0
-        self.base = base
-        self.table = base
-        self.ratio = 1.0
-
-    def learn(self, predicted_ms: float, observed_ms: float) -> None:
-        r = observed_ms / max(predicted_ms, 1e-3)
-        lo, hi = CORRECTION_BOUNDS
-        self.ratio = min(hi, max(lo, self.ratio + CORRECTION_EWMA * (r - self.ratio)))
-
-    def rescale(self) -> None:
-        self.table = [x * self.ratio for x in self.base]
 
 
 class Router:
@@ -118,6 +72,7 @@ class Router:
         self.fleet_usd_per_s = fleet_usd_per_s
         self.refresh_s = refresh_s
         self.metrics = RouterMetrics()
+        self._exposition = Exposition(self._metric_families)
         self.ups: list[Upstream] = []
         self._by_id: dict[str, Upstream] = {}
         self._failed: dict[str, float] = {}  # instance id -> when it failed (excluded a while)
@@ -257,112 +212,11 @@ class Router:
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        if kind != "http":
-            return
-        if not self._started:
-            await self.start()
-        path: str = scope["path"]
-        method: str = scope["method"]
-        headers = scope["headers"]
-        if path.startswith("/v2/health/"):
-            await self._health(path, send)
-            return
-        if self._key is not None and not self._authorized(headers):
-            await _reply(
-                send,
-                401,
-                b'{"error":"missing or wrong API key"}',
-                extra=((b"www-authenticate", b"Bearer"),),
-            )
-            return
-        if path == "/metrics" and method == "GET":
-            await _reply(send, 200, self.render_metrics().encode(), b"text/plain; version=0.0.4")
-            return
-        parts = path.strip("/").split("/")
-        if parts == ["v2"] and method == "GET":
-            await _reply_json(
-                send,
-                200,
-                {
-                    "name": "hybridserve-router",
-                    "version": "0.1.0",
-                    "extensions": ["binary_tensor_data"],
-                },
-            )
-            return
-        if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
-            if parts[2] != self.cfg.model_name:
-                await _reply_json(
-                    send,
-                    404,
-                    {
-                        "error": f"unknown model {parts[2]!r}; this router serves {self.cfg.model_name!r}"
-                    },
-                )
-                return
-            tail = parts[3:]
-            if len(tail) >= 2 and tail[0] == "versions":
-                tail = tail[2:]
-            if tail == ["infer"] and method == "POST":
-                body = await _read_body(receive)
-                await self.infer(path, body, headers, send)
-                return
-            if not tail and method == "GET":
-                await self._metadata(path, send)
-                return
-            if tail == ["ready"] and method == "GET":
-                await _reply_json(send, 200, {"name": self.cfg.model_name, "ready": self.ready()})
-                return
-        await _reply_json(send, 404, {"error": f"no route for {method} {path}"})
-
-    async def _lifespan(self, receive: Callable, send: Callable) -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await self.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await self.stop()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        for k, v in headers:
-            if k == b"authorization" and v[:7].lower() == b"bearer ":
-                return hmac.compare_digest(v[7:].strip(), self._key or b"")
-            if k == b"x-api-key":
-                return hmac.compare_digest(v.strip(), self._key or b"")
-        return False
+        """ASGI entry: the endpoints (router/endpoints.py) call back into `infer`."""
+        await dispatch(self, scope, receive, send)
 
     def ready(self) -> bool:
         return bool(self.ups) or self.invoker is not None
-
-    async def _health(self, path: str, send: Callable) -> None:
-        if path.rstrip("/") == "/v2/health/live":
-            await _reply(send, 200, b'{"live":true}')
-        elif self.ready():
-            await _reply(send, 200, b'{"ready":true}')
-        else:
-            await _reply(send, 503, b'{"ready":false}')
-
-    async def _metadata(self, path: str, send: Callable) -> None:
-        if self.metadata is None and self.ups:
-            try:
-                status, _, body = await self.ups[0].pool.request(b"GET", path)
-                if status == 200:
-                    self.metadata = json.loads(body)
-            except UpstreamError:
-                pass
-        if self.metadata is None:
-            await _reply_json(
-                send, 503, {"error": "model metadata unavailable: no instance ready yet"}
-            )
-        else:
-            await _reply_json(send, 200, self.metadata)
 
     # ------------------------------------------------------------------ inference
     async def infer(self, path: str, body: bytes, headers: list, send: Callable) -> None:
@@ -374,7 +228,12 @@ class Router:
         hl = None
         for k, v in headers:
             if k == HL:
-                hl = v
+                try:
+                    hl = header_length(v, len(body))
+                except BadRequest as e:  # refused before any instance counts it
+                    self.metrics.request("rejected", 400, time.perf_counter() - t0, 0.0)
+                    await reply_json(send, 400, {"error": str(e)})
+                    return
                 break
         u = self._pick(self._budget)
         if u is None and self.buffer is None:  # VM-only: queue beyond the SLO, don't drop
@@ -400,7 +259,7 @@ class Router:
             out_headers = (*out_headers, (b"retry-after", str(self.cfg.retry_after_s).encode()))
         # counted before the reply: a client holding its response must find it in the metrics
         self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms)
-        await _reply(send, status, payload, extra=out_headers)
+        await reply(send, status, payload, extra=out_headers)
 
     def _pick(self, budget_ms: float) -> Upstream | None:
         """The instance `choose` picks within `budget_ms`, or None (spill or reject)."""
@@ -494,84 +353,18 @@ class Router:
         return res.status, res.body
 
     # ------------------------------------------------------------------ metrics
-    def render_metrics(self) -> str:
+    def render_metrics(self) -> bytes:
+        """The text exposition of the router's collector (built now, from the counters)."""
+        return self._exposition.render()
+
+    def _metric_families(self) -> Iterator[Metric]:
         fleet_usd_s = self.fleet_usd_per_s() if self.fleet_usd_per_s else 0.0
         lambda_usd_s = self.metrics.lambda_usd_rate(self._lambda_usd)
         params = self.buffer.params if self.buffer is not None else None
-        return self.metrics.render(
+        return self.metrics.families(
             ups=self.ups,
             spill_pending=self.buffer.pending if self.buffer is not None else 0,
             lambda_in_flight=self.buffer.in_flight if self.buffer is not None else 0,
             usd_per_hour=(fleet_usd_s + lambda_usd_s) * 3600.0,
             batch=params,
         )
-
-
-def as_json_request(body: bytes, hl: bytes | None) -> bytes:
-    """The request as compact V2 JSON bytes (what the Lambda batch event carries).
-
-    A JSON body is checked to be one object and passed on as is; a binary-extension body is
-    decoded with the V2 codec and re-encoded as JSON. ValueError names what was wrong."""
-    if hl is None:
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"request body is not valid JSON: {e}") from None
-        if not isinstance(doc, dict):
-            raise ValueError(
-                f"request body must be a JSON object (V2 inference request), got {type(doc).__name__}"
-            )
-        return body
-    from predictors.v2 import V2Error, decode_request
-
-    try:
-        req = decode_request(body, hl.decode())
-    except V2Error as e:
-        raise ValueError(e.message) from None
-    out: dict[str, Any] = {
-        "inputs": [
-            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": _plain(t.data)}
-            for t in req.inputs
-        ]
-    }
-    if req.id is not None:
-        out["id"] = req.id
-    if req.outputs:
-        out["outputs"] = [{"name": o.name} for o in req.outputs]
-    return json.dumps(out, separators=(",", ":")).encode()
-
-
-def _plain(arr: np.ndarray) -> list:
-    if arr.dtype == object:
-        return [x.decode() if isinstance(x, bytes) else x for x in arr.ravel().tolist()]
-    return arr.ravel().tolist()
-
-
-async def _read_body(receive: Callable) -> bytes:
-    msg = await receive()
-    body = msg.get("body", b"")
-    if not msg.get("more_body"):
-        return body
-    chunks = [body]
-    while msg.get("more_body"):
-        msg = await receive()
-        chunks.append(msg.get("body", b""))
-    return b"".join(chunks)
-
-
-async def _reply(
-    send: Callable, status: int, body: bytes, ctype: bytes = JSON, extra: tuple = ()
-) -> None:
-    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
-    if extra:
-        for k, v in extra:
-            if k == b"content-type":
-                headers[0] = (k, v)
-            else:
-                headers.append((k, v))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _reply_json(send: Callable, status: int, doc: Any) -> None:
-    await _reply(send, status, json.dumps(doc).encode())

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from predictors.prometheus import Histogram, label, number
+from prometheus_client.metrics_core import Metric
+
+from predictors.prometheus import Histogram, counter, gauge, histogram
 
 PATHS = ("fleet", "lambda", "retry", "rejected")
 
 
 class RouterMetrics:
-    """Counters updated on the event loop; `render` writes the text exposition format."""
+    """Plain counters updated on the event loop; `families` turns them into metric families
+    when `/metrics` is scraped (no prometheus_client call on the request path)."""
 
     def __init__(self) -> None:
         self.started = time.monotonic()
@@ -60,7 +64,7 @@ class RouterMetrics:
     def attainment(self) -> float:
         return self.within_slo / self.slo_counted if self.slo_counted else 1.0
 
-    def render(
+    def families(
         self,
         *,
         ups: Sequence[Any],
@@ -68,133 +72,103 @@ class RouterMetrics:
         lambda_in_flight: int,
         usd_per_hour: float,
         batch: Any | None,
-    ) -> str:
-        out: list[str] = []
-
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP {name} {help_}")
-            out.append(f"# TYPE {name} {kind}")
-            for labels, v in samples:
-                out.append(f"{name}{{{labels}}} {number(v)}" if labels else f"{name} {number(v)}")
-
-        metric(
-            "hybridserve_router_arrivals_total",
-            "counter",
-            "Inference requests received.",
-            [("", self.arrivals)],
+    ) -> Iterator[Metric]:
+        """The metric families at scrape time (the router's collector calls this)."""
+        yield counter(
+            "hybridserve_router_arrivals", "Inference requests received.", [((), self.arrivals)]
         )
-        metric(
-            "hybridserve_router_spills_total",
-            "counter",
+        yield counter(
+            "hybridserve_router_spills",
             "Requests sent to Lambda (spill and retries).",
-            [("", self.spills)],
+            [((), self.spills)],
         )
-        metric(
-            "hybridserve_router_retries_total",
-            "counter",
+        yield counter(
+            "hybridserve_router_retries",
             "Requests retried after their instance failed or shed them.",
-            [("", self.retries)],
+            [((), self.retries)],
         )
-        metric(
-            "hybridserve_router_instance_failures_total",
-            "counter",
+        yield counter(
+            "hybridserve_router_instance_failures",
             "Instances that failed under a request (unreachable, or dropped it).",
-            [("", self.instance_failures)],
+            [((), self.instance_failures)],
         )
-        metric(
-            "hybridserve_router_upstream_timeouts_total",
-            "counter",
+        yield counter(
+            "hybridserve_router_upstream_timeouts",
             "Requests an instance took but did not answer within the upstream timeout (slow, "
             "kept in the fleet; the request is retried).",
-            [("", self.upstream_timeouts)],
+            [((), self.upstream_timeouts)],
         )
-        metric(
-            "hybridserve_router_responses_total",
-            "counter",
+        yield counter(
+            "hybridserve_router_responses",
             "Responses by path (fleet, lambda, retry, rejected) and HTTP status.",
-            [(f'path="{p}",code="{c}"', n) for (p, c), n in sorted(self.responses.items())],
+            [((p, str(c)), n) for (p, c), n in sorted(self.responses.items())],
+            labels=("path", "code"),
         )
-        metric(
+        yield gauge(
             "hybridserve_router_slo_attainment",
-            "gauge",
             "Share of requests (client errors aside) answered 200 within the SLO.",
-            [("", self.attainment)],
+            [((), self.attainment)],
         )
-        out.append(
-            "# HELP hybridserve_router_latency_seconds Request latency in the router, by path."
+        yield histogram(
+            "hybridserve_router_latency_seconds",
+            "Request latency in the router, by path.",
+            [((p,), h.cumulative(), h.sum) for p, h in self.latency.items()],
+            labels=("path",),
         )
-        out.append("# TYPE hybridserve_router_latency_seconds histogram")
-        for p, h in self.latency.items():
-            out += h.lines("hybridserve_router_latency_seconds", f'path="{p}"')
-        metric(
+        yield gauge(
             "hybridserve_router_queue_depth",
-            "gauge",
             "Requests in flight per instance.",
-            [
-                (
-                    f'instance="{label(u.endpoint.instance_id)}",pool="{label(u.endpoint.pool)}"',
-                    u.outstanding,
-                )
-                for u in ups
-            ],
+            [((u.endpoint.instance_id, u.endpoint.pool), u.outstanding) for u in ups],
+            labels=("instance", "pool"),
         )
-        metric(
+        yield gauge(
             "hybridserve_router_latency_correction",
-            "gauge",
             "Observed over profiled latency, per instance.",
-            [(f'instance="{label(u.endpoint.instance_id)}"', u.ratio) for u in ups],
+            [((u.endpoint.instance_id,), u.ratio) for u in ups],
+            labels=("instance",),
         )
-        pools: dict[str, int] = {}
-        for u in ups:
-            pools[u.endpoint.pool] = pools.get(u.endpoint.pool, 0) + 1
-        metric(
+        pools = Counter(u.endpoint.pool for u in ups)
+        yield gauge(
             "hybridserve_fleet_size",
-            "gauge",
             "Ready instances by pool.",
-            [(f'pool="{label(k)}"', n) for k, n in sorted(pools.items())],
+            [((k,), n) for k, n in sorted(pools.items())],
+            labels=("pool",),
         )
-        metric(
+        yield gauge(
             "hybridserve_spill_pending",
-            "gauge",
             "Spilled requests buffered or in flight to Lambda.",
-            [("", spill_pending)],
+            [((), spill_pending)],
         )
-        metric(
+        yield gauge(
             "hybridserve_lambda_in_flight",
-            "gauge",
             "Lambda invocations in flight.",
-            [("", lambda_in_flight)],
+            [((), lambda_in_flight)],
         )
-        metric(
-            "hybridserve_lambda_invocations_total",
-            "counter",
+        yield counter(
+            "hybridserve_lambda_invocations",
             "Lambda invocations (one per batch).",
-            [("", self.lambda_invocations)],
+            [((), self.lambda_invocations)],
         )
-        metric(
-            "hybridserve_lambda_rows_total",
-            "counter",
+        yield counter(
+            "hybridserve_lambda_rows",
             "Requests carried by Lambda invocations.",
-            [("", self.lambda_rows)],
+            [((), self.lambda_rows)],
         )
-        metric(
-            "hybridserve_lambda_cold_starts_total",
-            "counter",
+        yield counter(
+            "hybridserve_lambda_cold_starts",
             "Lambda invocations that met a cold start.",
-            [("", self.cold_starts)],
+            [((), self.cold_starts)],
         )
         if batch is not None:
-            metric(
+            yield gauge(
                 "hybridserve_spill_batch_size",
-                "gauge",
                 "The buffer's current batch size.",
-                [("", batch.size)],
+                [((), batch.size)],
             )
-            metric(
+            yield gauge(
                 "hybridserve_spill_batch_timeout_seconds",
-                "gauge",
                 "The buffer's current timeout.",
-                [("", batch.timeout_ms / 1000.0)],
+                [((), batch.timeout_ms / 1000.0)],
             )
         for key, help_ in (
             ("forecaster_fallbacks", "Control steps whose forecast came from a fallback model."),
@@ -202,16 +176,9 @@ class RouterMetrics:
             ("step_failures", "Control steps that failed outright (the loop carried on)."),
         ):
             if key in self.controller:
-                metric(
-                    f"hybridserve_controller_{key}_total",
-                    "counter",
-                    help_,
-                    [("", self.controller[key])],
-                )
-        metric(
+                yield counter(f"hybridserve_controller_{key}", help_, [((), self.controller[key])])
+        yield gauge(
             "hybridserve_cost_usd_per_hour",
-            "gauge",
             "Estimated cost rate: fleet now plus Lambda's mean.",
-            [("", usd_per_hour)],
+            [((), usd_per_hour)],
         )
-        return "\n".join(out) + "\n"

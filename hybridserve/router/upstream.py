@@ -5,6 +5,8 @@ client (aiohttp) spends more on its abstractions than on the bytes; this one wri
 request head and parses the answer with httptools on a pooled asyncio Protocol per connection.
 A request that fails on a reused connection before any answer came back (the server closed it
 while idle) is sent again once on a fresh connection; any other failure is the instance's.
+`Upstream` is the router's state of one instance: its pool, requests in flight, and the
+completion table scaled by the latency correction it learns.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from collections.abc import Mapping
 
 import httptools
 
+from hybridserve.fleet import Endpoint
+
+CORRECTION_EWMA = 0.05  # weight of one observation in an instance's latency correction
+CORRECTION_BOUNDS = (0.5, 8.0)
 IDLE_S = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server may drop
 
 
@@ -201,3 +207,25 @@ class UpstreamPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+class Upstream:
+    """Router-side state of one ready instance."""
+
+    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio")
+
+    def __init__(self, endpoint: Endpoint, base: list[float], timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self.pool = UpstreamPool(endpoint.url, timeout_s=timeout_s)
+        self.outstanding = 0
+        self.base = base
+        self.table = base
+        self.ratio = 1.0
+
+    def learn(self, predicted_ms: float, observed_ms: float) -> None:
+        r = observed_ms / max(predicted_ms, 1e-3)
+        lo, hi = CORRECTION_BOUNDS
+        self.ratio = min(hi, max(lo, self.ratio + CORRECTION_EWMA * (r - self.ratio)))
+
+    def rescale(self) -> None:
+        self.table = [x * self.ratio for x in self.base]

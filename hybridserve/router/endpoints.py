@@ -1,0 +1,125 @@
+"""The router's endpoints: ASGI lifespan, health, API key, metrics, server and model metadata,
+and the infer route, whose path and body are checked here before `Router.infer` routes them.
+
+As in KServe's model server, endpoints sit above the data plane: nothing here decides where a
+request goes, and nothing a client sent reaches an instance's request line unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hybridserve.router.asgi import (
+    SERVER_METADATA,
+    BadRequest,
+    BodyTooLarge,
+    authorized,
+    model_path,
+    read_body,
+    reply,
+    reply_json,
+)
+from hybridserve.router.upstream import UpstreamError
+from predictors.prometheus import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from hybridserve.router.app import Router
+
+
+async def dispatch(router: Router, scope: dict, receive: Callable, send: Callable) -> None:
+    kind = scope["type"]
+    if kind == "lifespan":
+        await _lifespan(router, receive, send)
+        return
+    if kind != "http":
+        return
+    if not router._started:
+        await router.start()
+    path: str = scope["path"]
+    method: str = scope["method"]
+    headers = scope["headers"]
+    if path.startswith("/v2/health/"):
+        await _health(router, path, send)
+        return
+    if router._key is not None and not authorized(headers, router._key):
+        await reply(
+            send,
+            401,
+            b'{"error":"missing or wrong API key"}',
+            extra=((b"www-authenticate", b"Bearer"),),
+        )
+        return
+    if path == "/metrics" and method == "GET":
+        await reply(send, 200, router.render_metrics(), CONTENT_TYPE.encode())
+        return
+    parts = path.strip("/").split("/")
+    if parts == ["v2"] and method == "GET":
+        await reply_json(send, 200, SERVER_METADATA)
+        return
+    if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
+        name = router.cfg.model_name
+        if parts[2] != name:
+            msg = f"unknown model {parts[2]!r}; this router serves {name!r}"
+            await reply_json(send, 404, {"error": msg})
+            return
+        tail, version = parts[3:], None
+        if len(tail) >= 2 and tail[0] == "versions":
+            tail, version = tail[2:], tail[1]
+        try:
+            upstream = model_path(name, version)
+            if tail == ["infer"] and method == "POST":
+                body = await read_body(receive, router.cfg.max_body_bytes)
+                await router.infer(upstream + "/infer", body, headers, send)
+                return
+        except BodyTooLarge:
+            limit = router.cfg.max_body_bytes
+            await reply_json(send, 413, {"error": f"request body over {limit} bytes"})
+            return
+        except BadRequest as e:
+            await reply_json(send, 400, {"error": str(e)})
+            return
+        if not tail and method == "GET":
+            await _metadata(router, upstream, send)
+            return
+        if tail == ["ready"] and method == "GET":
+            await reply_json(send, 200, {"name": name, "ready": router.ready()})
+            return
+    await reply_json(send, 404, {"error": f"no route for {method} {path!r}"})
+
+
+async def _lifespan(router: Router, receive: Callable, send: Callable) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await router.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await router.stop()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _health(router: Router, path: str, send: Callable) -> None:
+    if path.rstrip("/") == "/v2/health/live":
+        await reply(send, 200, b'{"live":true}')
+    elif router.ready():
+        await reply(send, 200, b'{"ready":true}')
+    else:
+        await reply(send, 503, b'{"ready":false}')
+
+
+async def _metadata(router: Router, path: str, send: Callable) -> None:
+    """Model metadata, fetched once from an instance (on a path built here) and kept."""
+    if router.metadata is None and router.ups:
+        try:
+            status, _, body = await router.ups[0].pool.request(b"GET", path)
+            if status == 200:
+                router.metadata = json.loads(body)
+        except UpstreamError:
+            pass
+    if router.metadata is None:
+        await reply_json(send, 503, {"error": "model metadata unavailable: no instance ready yet"})
+    else:
+        await reply_json(send, 200, router.metadata)

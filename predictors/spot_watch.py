@@ -1,0 +1,82 @@
+"""The instance's own view of a spot interruption: EC2's metadata service, polled.
+
+The second way a notice reaches the fleet (the first is EventBridge to the controller,
+`hybridserve.aws.spot`). Two minutes before reclaiming a spot instance EC2 answers
+`GET /latest/meta-data/spot/instance-action` with 200 and the action (404 until then). The
+model server polls it with an IMDSv2 session token and, once it answers, reports not ready: the
+router's health probe then drains the instance within a probe interval, even when the
+controller's queue is late or missing, while requests already sent still finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+
+PATH = "/latest/meta-data/spot/instance-action"
+TOKEN_PATH = "/latest/api/token"
+TOKEN_TTL_S = 21600  # IMDSv2's longest: one token for the watcher's life, renewed on 401
+log = logging.getLogger("hybridserve.spot_watch")
+
+
+class SpotWatch:
+    """Polls the metadata service every `every_s` on a daemon thread; `noticed` (the action
+    EC2 announced) is set once and stays. Any error other than 404 is logged and retried: a
+    metadata hiccup never marks the instance interrupted."""
+
+    def __init__(self, base_url: str, every_s: float = 5.0, timeout_s: float = 1.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self.noticed: dict | None = None
+        self._token: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # the metadata service is link-local: never through a proxy
+        self._open = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spot-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.noticed is None:
+            try:
+                self.noticed = self.poll()
+                if self.noticed is not None:
+                    log.warning("spot interruption notice: %s; reporting not ready", self.noticed)
+            except (OSError, ValueError) as e:  # HTTPError is an OSError
+                log.info("spot metadata poll failed (%s); retrying", e)
+            self._stop.wait(self.every_s)
+
+    def poll(self) -> dict | None:
+        """The announced action, or None (404: nothing announced)."""
+        if self._token is None:
+            req = urllib.request.Request(
+                self.base_url + TOKEN_PATH,
+                method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)},
+            )
+            with self._open(req, timeout=self.timeout_s) as r:
+                self._token = r.read().decode()
+        req = urllib.request.Request(
+            self.base_url + PATH, headers={"X-aws-ec2-metadata-token": self._token}
+        )
+        try:
+            with self._open(req, timeout=self.timeout_s) as r:
+                body = r.read().decode()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            if e.code == 401:  # the token expired: a new one next poll
+                self._token = None
+            raise
+        doc = json.loads(body)
+        return doc if isinstance(doc, dict) else {"action": str(doc)}
