@@ -216,20 +216,22 @@ class LocalStack(RouterStack):
             lambda_concurrency=cfg.lambda_.concurrency,
             lambda_max_batch=cfg.lambda_.max_batch,
         )
-        self.router = Router(
-            rc,
-            self.backend.endpoints,
-            invoker,
-            metadata=metadata,
-            fleet_usd_per_s=fleet_usd_per_s(lambda: self.backend.observe().totals(), sc),
-        )
+        cost = fleet_usd_per_s(lambda: self.backend.observe().totals(), sc)
+        if cfg.router.replicas > 1:
+            self.replicas = self._replica_set(rc, metadata, cost)
+            take_counts = self.replicas.take_counts
+        else:
+            self.router = Router(rc, self.backend.endpoints, invoker, metadata=metadata,
+                                 fleet_usd_per_s=cost)  # fmt: skip
+            take_counts = self.router.take_counts
         if cfg.deployment != "fixed":
             policy = cfg.deployment
             controller, _ = build_controller(
                 policy, sc, CappedBackend(self.backend, it.max_instances), forecaster=cfg.forecaster
             )
-            self.loop_ = LiveLoop(controller, self.router.take_counts)
-            self.router.metrics.controller = self.loop_.stats
+            self.loop_ = LiveLoop(controller, take_counts)
+            if self.router is not None:
+                self.router.metrics.controller = self.loop_.stats
         event(
             log,
             "serve.prepared",
@@ -241,6 +243,40 @@ class LocalStack(RouterStack):
             batch=pool.batch,
             lambda_url=self.emulator_url,
         )
+
+    def _replica_set(self, rc: Any, metadata: dict[str, Any], cost: Any) -> Any:
+        """The router replicas (hybridserve/replicas.py) and what each builds its router from."""
+        import dataclasses
+        import tempfile
+
+        from hybridserve.replicas import ReplicaSet
+
+        cfg, r = self.cfg, self.cfg.router
+        spec = {
+            "router": dataclasses.asdict(dataclasses.replace(rc, api_key=None)),
+            "api_key_env": r.api_key_env,  # each replica reads the key itself: never on disk
+            "metadata": metadata,
+            "lambda": None
+            if self.emulator_url is None
+            else {
+                "function_name": cfg.lambda_.function_name,
+                "endpoint_url": self.emulator_url,
+                "timeout_s": cfg.lambda_.timeout_s + 5,
+            },
+            "host": r.host,
+            "port": r.port,
+            "tls_cert": None if r.tls_cert is None else str(r.tls_cert),
+            "tls_key": None if r.tls_key is None else str(r.tls_key),
+            "interval_s": cfg.control_interval_s,
+        }
+
+        def fleet_doc() -> dict[str, Any]:
+            eps = [[e.instance_id, e.pool, e.url] for e in self.backend.endpoints()]
+            stats = dict(self.loop_.stats) if self.loop_ is not None else {}
+            return {"endpoints": eps, "usd_per_s": cost(), "controller": stats}
+
+        state = Path(tempfile.mkdtemp(prefix="hybridserve-replicas-"))
+        return ReplicaSet(r.replicas, state, spec, fleet_doc, log_dir=cfg.log_dir, owns_dir=True)
 
     def close(self) -> None:
         super().close()

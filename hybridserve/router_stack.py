@@ -105,7 +105,9 @@ class RouterStack:
         self.router: Any = None
         self.loop_: Any = None
         self.scenario: Scenario | None = None
+        self.replicas: Any = None  # a ReplicaSet when router.replicas > 1, instead of `router`
         self.url: str | None = None
+        self._stop = threading.Event()
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -114,6 +116,7 @@ class RouterStack:
 
     def shutdown(self) -> None:
         """Ask a running `serve` to return (thread-safe enough: uvicorn polls the flag)."""
+        self._stop.set()
         if self._server is not None:
             self._server.should_exit = True
 
@@ -123,6 +126,8 @@ class RouterStack:
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Run the router (uvicorn) and the background tasks until cancelled or signalled."""
+        if self.replicas is not None:
+            return await self._serve_replicas(ready)
         import uvicorn
 
         r = self.router_options
@@ -145,17 +150,37 @@ class RouterStack:
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
         if server.started:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            self.url = f"{'https' if r.tls_cert else 'http'}://{r.host}:{port}"
-            event(log, "serve.listening", url=self.url)
-            print(f"listening on {self.url}", flush=True)
-            if ready is not None:
-                ready.set()
+            self._listening(server.servers[0].sockets[0].getsockname()[1], ready)
         try:
             await serving
         finally:
             for t in tasks:
                 t.cancel()
+
+    def _listening(self, port: int, ready: asyncio.Event | None) -> None:
+        r = self.router_options
+        self.url = f"{'https' if r.tls_cert else 'http'}://{r.host}:{port}"
+        event(log, "serve.listening", url=self.url)
+        print(f"listening on {self.url}", flush=True)
+        if ready is not None:
+            ready.set()
+
+    async def _serve_replicas(self, ready: asyncio.Event | None) -> None:
+        """`router.replicas` processes on the port, this process feeding and supervising them,
+        with the control loop beside them, until cancelled or `shutdown`."""
+        r = self.router_options
+        warn_if_open(r.host, os.environ.get(r.api_key_env))
+        port = await asyncio.to_thread(self.replicas.start)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(c) for c in [*self.background(), self.replicas.run()]]
+        self._listening(port, ready)
+        try:
+            while not self._stop.is_set():
+                await asyncio.sleep(0.1)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.to_thread(self.replicas.close)
 
     def start_background(self, timeout_s: float = 60.0) -> str:
         """Serve on a daemon thread (notebooks, tests, scripts); returns the router's URL."""
@@ -187,5 +212,7 @@ class RouterStack:
 
     def close(self) -> None:
         """Stop what this process started (threads, local processes); idempotent."""
+        if self.replicas is not None:
+            self.replicas.close()
         if self.backend is not None:
             self.backend.close()

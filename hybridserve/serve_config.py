@@ -68,6 +68,9 @@ class RouterOptions(Strict):
     # larger bodies get 413; the default is Lambda's synchronous payload limit
     max_body_bytes: int = Field(6 * 2**20, ge=1024)
     api_key_env: str = API_KEY_ENV  # the key comes from this variable, never from the file
+    # router processes sharing the port (SO_REUSEPORT), one Controller behind them: a killed
+    # replica takes only the connections it held, and is replaced (hybridserve/replicas.py)
+    replicas: int = Field(1, ge=1, le=32)
     # TLS: the router serves https with this certificate chain and key (PEM files), both or
     # neither (on AWS a load balancer may terminate TLS in front of it instead)
     tls_cert: Path | None = None
@@ -119,18 +122,17 @@ class ServeConfig(Strict):
         return v
 
 
+def _keys(model: type[Strict]) -> frozenset[str]:
+    return frozenset(f.alias or n for n, f in model.model_fields.items())
+
+
+# the keys both configs have (artifact, lambda, router) tell them apart from nothing
+SHARED_KEYS = _keys(DeploymentConfig) & _keys(ServeConfig)
+
 # Top-level keys only a deployment config has (hybridserve.deployment.DeploymentConfig, which
-# loads without AWS libraries): every key of its model but the two a serve config shares
-SHARED_KEYS = frozenset({"artifact", "lambda"})
-
-
-DEPLOYMENT_KEYS = (
-    frozenset(f.alias or n for n, f in DeploymentConfig.model_fields.items()) - SHARED_KEYS
-)
-
-
-# Serve-only keys: every ServeConfig key but the two the configs share (artifact, lambda).
-SERVE_KEYS = frozenset(f.alias or n for n, f in ServeConfig.model_fields.items()) - SHARED_KEYS
+# loads without AWS libraries), and those only a serve config has, both derived from the models
+DEPLOYMENT_KEYS = _keys(DeploymentConfig) - SHARED_KEYS
+SERVE_KEYS = _keys(ServeConfig) - SHARED_KEYS
 
 
 def config_kind(data: Mapping[str, Any], source: str = "<config>") -> Literal["local", "aws"]:

@@ -1,0 +1,195 @@
+"""One router replica: a process of its own, sharing the serving port with the others.
+
+`serve` with `router.replicas: N` runs N of these (hybridserve/replicas.py starts them). Each
+binds the port with SO_REUSEPORT, so the kernel spreads new connections over the replicas that
+are alive and a killed one takes only the connections it held. Each routes to the shared
+fleet, which the controller's process writes to `fleet.json` in the state directory, and
+publishes the per-second arrivals it closed to the same directory (hybridserve/arrivals.py),
+where the controller sums them: one Controller, however many routers.
+
+    python -m hybridserve.router.replica --state-dir DIR --replica ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hybridserve.arrivals import ArrivalWindow, DirArrivals
+from hybridserve.fleet import Endpoint
+
+log = logging.getLogger("hybridserve.router.replica")
+
+SPEC = "replica-spec.json"  # written once by the controller's process
+FLEET = "fleet.json"  # rewritten by it whenever the fleet or its stats change
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Atomically: readers see the old document or the new one, never half of one."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A socket bound with SO_REUSEPORT: every replica binds the same port, and the kernel
+    balances new connections across the ones listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+class FleetFile:
+    """The shared fleet as the controller's process last wrote it; re-read only when the file
+    changed (the router asks every 0.1 s)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: int | None = None
+        self.doc: dict[str, Any] = {"endpoints": [], "usd_per_s": 0.0, "controller": {}}
+        self._eps: list[Endpoint] = []
+
+    def _load(self) -> None:
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if stamp == self._stamp:
+            return
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):  # replaced under us: the next call reads the new one
+            return
+        self._stamp, self.doc = stamp, doc
+        self._eps = [Endpoint(*e) for e in doc["endpoints"]]
+
+    def endpoints(self) -> list[Endpoint]:
+        self._load()
+        return list(self._eps)
+
+    def usd_per_s(self) -> float:
+        return float(self.doc.get("usd_per_s", 0.0))
+
+
+async def publish_arrivals(router: Any, window: ArrivalWindow, store: DirArrivals, every_s: float):
+    """Every `every_s`, the seconds the router closed go into the window, and the window out."""
+    while True:
+        await asyncio.sleep(every_s)
+        window.add(router.take_counts())
+        store.publish(window.document(time.time()))
+
+
+async def watch_parent(server: Any, parent: int) -> None:
+    """A replica outlives no controller: it stops when the process that started it is gone."""
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    server.should_exit = True
+
+
+def build_router(spec: dict[str, Any], fleet: FleetFile, replicas: int) -> Any:
+    from hybridserve.router import Router, RouterConfig
+
+    rc = spec["router"]
+    rc["batch_ms"] = {int(k): v for k, v in rc["batch_ms"].items()}
+    rc["lambda_ms"] = tuple(rc["lambda_ms"])
+    cfg = RouterConfig(**rc)
+    key = os.environ.get(spec["api_key_env"]) or None
+    # the function's concurrency is shared: each replica may use its part of it
+    share = max(1, cfg.lambda_concurrency // max(1, replicas))
+    cfg = dataclasses.replace(cfg, api_key=key, lambda_concurrency=share)
+    invoker = None
+    lam = spec.get("lambda")
+    if lam is not None and cfg.spill:
+        from hybridserve.aws.invoke import LambdaInvoker
+
+        invoker = LambdaInvoker(
+            lam["function_name"],
+            endpoint_url=lam["endpoint_url"],
+            local_credentials=True,
+            max_concurrency=share,
+            timeout_s=lam["timeout_s"],
+        )
+    router = Router(
+        cfg, fleet.endpoints, invoker, metadata=spec["metadata"], fleet_usd_per_s=fleet.usd_per_s
+    )
+    router.metrics.controller = fleet.doc.setdefault("controller", {})
+    return router
+
+
+async def serve_replica(state_dir: Path, replica: str) -> None:
+    import uvicorn
+
+    spec = json.loads((state_dir / SPEC).read_text())
+    fleet = FleetFile(state_dir / FLEET)
+    router = build_router(spec, fleet, spec["replicas"])
+    sock = reuseport_socket(spec["host"], spec["port"])
+    config = uvicorn.Config(
+        router,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        ssl_certfile=spec.get("tls_cert"),
+        ssl_keyfile=spec.get("tls_key"),
+    )
+    server = uvicorn.Server(config)
+    store = DirArrivals(state_dir)
+    window = ArrivalWindow(replica, spec["keep_s"])
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(publish_arrivals(router, window, store, spec["publish_every_s"])),
+        loop.create_task(watch_parent(server, os.getppid())),
+    ]
+
+    async def controller_stats() -> None:  # the controller's counters, for this /metrics
+        while True:
+            await asyncio.sleep(1.0)
+            router.metrics.controller.update(fleet.doc.get("controller", {}))
+
+    tasks.append(loop.create_task(controller_stats()))
+    serving = loop.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        write_json(state_dir / f"ready-{replica}.json", {"pid": os.getpid()})
+    try:
+        await serving
+    finally:
+        for t in tasks:
+            t.cancel()
+        window.add(router.take_counts())  # what it closed before it stopped still counts
+        store.publish(window.document(time.time()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hybridserve.router.replica")
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--replica", required=True)
+    a = p.parse_args(argv)
+    from hybridserve.logs import configure
+
+    configure()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve_replica(a.state_dir, a.replica))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
