@@ -66,6 +66,11 @@ def parse_document(raw: bytes | str, where: str) -> dict[str, Any]:
     return {"replica": replica, "written": written, "seconds": seconds}
 
 
+def last_second(doc: dict[str, Any]) -> int:
+    """The latest second a window has closed (windows are in order; a max costs little)."""
+    return max(s for s, _ in doc["seconds"])
+
+
 class ArrivalMerger:
     """Sums the replicas' windows per second, each (replica, second) once (see the module)."""
 
@@ -80,11 +85,11 @@ class ArrivalMerger:
             return []
         fresh = {id(d) for d in docs if now - d["written"] <= self.stale_s}
         # released: what every fresh replica has closed; a quiet replica gives all it has
-        upto = min((d["seconds"][-1][0] for d in docs if id(d) in fresh), default=None)
+        upto = min((last_second(d) for d in docs if id(d) in fresh), default=None)
         totals: dict[int, int] = {}
         for d in docs:
             last = self.taken.get(d["replica"], -1)
-            end = upto if id(d) in fresh else d["seconds"][-1][0]
+            end = upto if id(d) in fresh else last_second(d)
             for sec, n in d["seconds"]:
                 if last < sec <= end:
                     totals[sec] = totals.get(sec, 0) + n

@@ -389,3 +389,53 @@ def test_serve_runs_keep_warm_only_when_the_deployment_asks(tmp_path):
         assert len(tasks) == want
         for t in tasks:
             t.close()
+
+
+def test_two_routers_one_controller_on_everyones_arrivals_and_a_takeover(deployment, moto_url):
+    """Two routers of one deployment: both publish their arrivals to S3, only the lease holder
+    steps, on the sum; when it goes, the other takes over from the state it saved."""
+    from hybridserve.aws.arrivals import arrivals_prefix
+    from hybridserve.aws.lease import lease_key
+    from hybridserve.aws.serving import AwsStack
+    from hybridserve.serve import RouterOptions
+
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    s3.delete_object(Bucket=deployment.bucket, Key=lease_key(deployment))  # a free lease
+    a, b = (
+        AwsStack(deployment, endpoint_url=moto_url, router=RouterOptions(port=0), replica=r)
+        for r in ("router-a", "router-b")
+    )
+    try:
+        a.prepare()
+        b.prepare()
+        for s in (a, b):  # CloudWatch is another test's subject: keep its namespace as it was
+            s.loop_.publish = lambda values: None
+        now = int(time.time())
+        # low rates: Lambda serves them, so no step here launches an instance
+        a.router.counts.extend((now - 60 + i, 2) for i in range(60))
+        b.router.counts.extend((now - 60 + i, 1) for i in range(60))
+        b.loop_.share()  # as its loop does every few seconds
+        d = a.loop_.step()
+        assert d is not None and a.loop_.holding
+        assert all(x.kind != "launch" for x in d.actions)
+        assert b.loop_.step() is None and b.loop_.stats["passive_steps"] == 1
+        # a stepped on both routers' arrivals (2 + 1 req/s), each second once; the interval
+        # may end a few seconds past the ones given, which then count zero
+        assert 2.5 < d.inputs.observed_rate <= 3.0
+        keys = s3.list_objects_v2(Bucket=deployment.bucket, Prefix=arrivals_prefix(deployment))
+        assert sorted(o["Key"].rsplit("/", 1)[1] for o in keys["Contents"]) >= [
+            "router-a.json",
+            "router-b.json",
+        ]
+        steps = a.loop_.controller.steps
+        a.loop_.lease.release()  # a stops (or its lease expires): b takes over
+        later = int(time.time()) + 1
+        b.router.counts.extend((later + i, 10) for i in range(5))
+        d = b.loop_.step()
+        assert d is not None and b.loop_.holding
+        assert b.loop_.controller.steps == steps + 1  # resumed from a's saved state
+    finally:
+        for s in (a, b):
+            if s.loop_ is not None and s.loop_.holding:
+                s.loop_.lease.release()
+            s.close()

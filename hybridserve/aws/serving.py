@@ -20,7 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hybridserve.arrivals import ArrivalMerger, ArrivalWindow
 from hybridserve.aws import resources as R
+from hybridserve.aws.arrivals import PUBLISH_EVERY_S, S3Arrivals, replica_id
 from hybridserve.aws.metrics import RouterIntervals, controller_metrics, router_counters
 from hybridserve.config_base import ConfigError
 from hybridserve.controller import Controller
@@ -34,6 +36,7 @@ from hybridserve.serve_config import RouterOptions
 log = logging.getLogger("hybridserve.aws.serving")
 
 MANIFEST = "manifest.json"
+TAKEN = "arrivals_taken"  # in the saved state: router -> the last second the holder counted
 
 
 class PublishingLoop(LiveLoop):
@@ -81,6 +84,89 @@ class PublishingLoop(LiveLoop):
         return values
 
 
+class LeasedLoop(PublishingLoop):
+    """The loop of one router among several: it always publishes the router's arrivals
+    (hybridserve/aws/arrivals.py), and it steps the Controller only while it holds the
+    deployment's lease (aws/lease.py), on every router's arrivals summed. On taking the lease
+    it resumes from the state the last holder saved, which also says up to which second it
+    had counted each router's arrivals; after every step it saves its own."""
+
+    def __init__(
+        self,
+        build: Callable[[], Controller],
+        router: Any,
+        publish: Callable[[dict[str, float]], None],
+        *,
+        store: Any,
+        lease: Any,
+        load: Callable[[], dict[str, Any] | None],
+        save: Callable[[dict[str, Any]], None],
+        replica: str,
+        source: str = "controller state",
+    ) -> None:
+        super().__init__(build(), router, publish)
+        self.build, self.take_counts = build, self.arrivals
+        self.store, self.lease, self.load, self.save = store, lease, load, save
+        self.source = source
+        self.window = ArrivalWindow(replica, max(600, 4 * self.controller.interval_s))
+        self.merger = ArrivalMerger(stale_s=3 * self.publish_every_s)
+        self.holding = False
+        self.stats["passive_steps"] = 0
+
+    def resume(self) -> None:
+        """A fresh Controller from the saved state (if any), and the seconds it had counted."""
+        self.controller = self.build()
+        state = self.load()
+        self.merger.taken = {}
+        if state is not None:
+            self.merger.taken = {str(k): int(v) for k, v in state.pop(TAKEN, {}).items()}
+            self.controller.restore(state, source=self.source)
+
+    @property
+    def publish_every_s(self) -> float:
+        return min(PUBLISH_EVERY_S, max(0.5, self.controller.interval_s / 4))
+
+    def share(self) -> None:
+        """This router's closed seconds out to the others (a failure waits for the next)."""
+        self.window.add(self.router.take_counts())
+        self.store.publish(self.window.document(time.time()))
+
+    def arrivals(self) -> list[tuple[int, int]]:
+        self.share()  # its own seconds up to now count in this step
+        return self.merger.take(self.store.read_all(time.time()), time.time())
+
+    def step(self) -> Decision | None:  # type: ignore[override]
+        if not self.lease.hold():
+            if self.holding:
+                event(log, "controller.lease_lost", holder=self.lease.seen.get("holder"))
+            self.holding = False
+            self.stats["passive_steps"] += 1
+            self.share()
+            return None
+        if not self.holding:  # taken over (or first start): resume where the holder was
+            self.resume()
+            self.holding = True
+            event(log, "controller.lease_taken", step=self.controller.steps)
+        d = super().step()
+        self.save({**self.controller.state(), TAKEN: dict(self.merger.taken)})
+        return d
+
+    async def run(self) -> None:
+        """Steps once per interval, and shares the router's arrivals more often between."""
+        loop = asyncio.get_running_loop()
+        next_step = loop.time() + self.controller.interval_s
+        while True:
+            await asyncio.sleep(max(0.0, min(self.publish_every_s, next_step - loop.time())))
+            if loop.time() >= next_step:
+                next_step += self.controller.interval_s
+                await asyncio.to_thread(self.safe_step)
+                continue
+            try:
+                await asyncio.to_thread(self.share)
+            except Exception:
+                log.exception("publishing this router's arrivals failed; the next try is soon")
+
+
 def deployment_metadata(cfg: DeploymentConfig, s3: Any) -> dict[str, Any]:
     """The model's V2 metadata, from the local artifact's manifest when the config's artifact
     directory is here, else from the manifest `deploy` uploaded to S3."""
@@ -116,9 +202,11 @@ class AwsStack(RouterStack):
         endpoint_url: str | None = None,
         router: RouterOptions | None = None,
         clients: R.Clients | None = None,
+        replica: str | None = None,
     ) -> None:
         super().__init__(router or RouterOptions())
         self.cfg = cfg
+        self.replica = replica or replica_id()  # its name among the deployment's routers
         self.endpoint_url = endpoint_url
         self.clients = clients
         self.cloudwatch: Any = None
@@ -175,10 +263,19 @@ class AwsStack(RouterStack):
             fleet_usd_per_s=fleet_usd_per_s(self.backend.fleet_totals, sc),
         )
         cw = self.cloudwatch = service_client(c, "cloudwatch")
-        self.loop_ = PublishingLoop(
-            build_controller(sc, self.backend),
+        from hybridserve.aws.lease import Lease, lease_ttl_s
+        from hybridserve.aws.state import load_state, save_state, state_url
+
+        self.loop_ = LeasedLoop(
+            lambda: build_controller(sc, self.backend),
             self.router,
             lambda values: publish(cw, cfg.name, values),
+            store=S3Arrivals(c.s3, cfg),
+            lease=Lease(c.s3, cfg, lease_ttl_s(sc.control_interval_s), holder=self.replica),
+            load=lambda: load_state(c.s3, cfg),
+            save=lambda state: save_state(c.s3, cfg, state),
+            replica=self.replica,
+            source=state_url(cfg),
         )
         self.router.metrics.controller = self.loop_.stats
         eps = self.backend.refresh()  # the router starts with the fleet as it is now
