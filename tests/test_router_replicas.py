@@ -204,3 +204,21 @@ def test_replica_state_is_removed_on_close(tmp_path):
     rs = ReplicaSet(1, d, {"host": "127.0.0.1", "port": 0}, lambda: {}, owns_dir=True)
     rs.close()
     assert not Path(d).exists()
+
+
+def test_s3_windows_are_read_back_and_a_router_gone_for_a_day_is_forgotten(aws, tmp_path):
+    from hybridserve.aws.arrivals import S3Arrivals, arrivals_prefix
+    from hybridserve.deployment import DeploymentConfig
+
+    cfg = DeploymentConfig(name="arr", artifact=str(tmp_path), bucket="arr-bucket")
+    aws.s3.create_bucket(Bucket=cfg.bucket)
+    store = S3Arrivals(aws.s3, cfg)
+    store.publish(doc("i-0abc", [(5, 3)], 6.0))
+    store.publish(doc("i-0def", [(5, 1)], 6.0))
+    now = time.time()
+    assert [d["replica"] for d in store.read_all(now)] == ["i-0abc", "i-0def"]
+    assert ArrivalMerger(5.0).take(store.read_all(now), now=7.0) == [(5, 4)]
+    # both untouched for more than a day: deleted by the reader, without reading them
+    assert store.read_all(now + 2 * 86400) == []
+    listed = aws.s3.list_objects_v2(Bucket=cfg.bucket, Prefix=arrivals_prefix(cfg))
+    assert listed.get("KeyCount", 0) == 0

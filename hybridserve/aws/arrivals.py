@@ -63,10 +63,10 @@ class S3Arrivals:
         for page in pages:
             for obj in page.get("Contents", []):
                 key = obj["Key"]
-                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-                doc = parse_document(body, f"s3://{self.bucket}/{key}")
-                if now is not None and now - doc["written"] > FORGET_AFTER_S:
+                age = None if now is None else now - obj["LastModified"].timestamp()
+                if age is not None and age > FORGET_AFTER_S:  # a router long gone: no GET
                     self.s3.delete_object(Bucket=self.bucket, Key=key)
                     continue
-                out.append(doc)
+                body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                out.append(parse_document(body, f"s3://{self.bucket}/{key}"))
         return out
