@@ -139,7 +139,7 @@ def faithful_aws() -> Iterator[Faults]:
     from moto.awslambda.models import LambdaBackend, LambdaFunction
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.instances import InstanceBackend
-    from moto.ec2.models.tags import TagBackend
+    from moto.ec2.responses.tags import TagResponse
     from moto.iam.models import IAMBackend
 
     faults = Faults()
@@ -253,7 +253,9 @@ def faithful_aws() -> Iterator[Faults]:
         (InstanceBackend, "run_instances", "ec2:RunInstances", _ec2_throttle, recorded),
         (InstanceBackend, "describe_instances", "ec2:DescribeInstances", _ec2_throttle, with_lag),
         (InstanceBackend, "terminate_instances", "ec2:TerminateInstances", _ec2_throttle, None),
-        (TagBackend, "create_tags", "ec2:CreateTags", _ec2_throttle, None),
+        # the API action, not moto's backend method: moto tags new instances, templates and
+        # groups through that too, and EC2 never fails a RunInstances halfway on a tag throttle
+        (TagResponse, "create_tags", "ec2:CreateTags", _ec2_throttle, None),
         (LambdaBackend, "invoke", "lambda:Invoke", _lambda_throttle, None),
     ]
     InstanceBackend.run_instances = run_instances

@@ -150,3 +150,24 @@ def test_a_launch_right_after_deploy_waits_out_iam_propagation(aws, aws_faults):
         assert running(aws) == 1
     finally:
         be.close()
+
+
+def test_a_createtags_throttle_fails_the_api_call_not_a_launch_halfway(aws, aws_faults):
+    """Moto tags new instances through the same backend method as the CreateTags action; the
+    layer throttles the action only, as EC2 does (a launch with tags is one call)."""
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    from moto.ec2.models import ec2_backends
+
+    aws_faults.throttle["ec2:CreateTags"] = 1
+    aws.ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, ClientToken="tagged-launch",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "k", "Value": "v"}]}],
+    )  # fmt: skip
+    made = ec2_backends["123456789012"]["us-east-1"].all_instances()
+    assert len(made) == 1 and aws_faults.throttle["ec2:CreateTags"] == 1
+    once = boto3.client("ec2", region_name="us-east-1", config=Config(retries={"max_attempts": 1}))
+    with pytest.raises(ClientError, match="RequestLimitExceeded"):
+        once.create_tags(Resources=[made[0].id], Tags=[{"Key": "a", "Value": "b"}])
+    once.create_tags(Resources=[made[0].id], Tags=[{"Key": "a", "Value": "b"}])
