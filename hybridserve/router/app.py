@@ -205,10 +205,17 @@ class Router:
             )
 
     def take_counts(self) -> list[tuple[int, int]]:
-        """Per-second arrival counts closed since the last call (the Controller's input)."""
-        out = list(self.counts)
-        self.counts.clear()
-        return out
+        """Per-second arrival counts closed since the last call (the Controller's input).
+
+        Called from the control loop's thread while the event loop appends: each popleft is
+        atomic, so a second closed meanwhile is taken now or next time, never dropped (a copy
+        then `clear` could drop it)."""
+        out = []
+        while True:
+            try:
+                out.append(self.counts.popleft())
+            except IndexError:
+                return out
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
