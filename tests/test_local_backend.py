@@ -244,6 +244,51 @@ def test_a_spot_notice_under_load_loses_no_request_and_is_replaced(make, artifac
     assert b.notice([victim]) == []  # gone already
 
 
+def test_a_scale_in_under_load_drains_and_loses_no_request(make, artifact):
+    """Scale-in under load: the retired instance leaves routing at once, finishes what it was
+    sent during its drain, then stops; a client routing on endpoints() sees every request
+    answered."""
+    import threading
+
+    b = make(drain_s=1.0)
+    b.converge({KEY: 2})
+    wait_for(lambda: len(b.endpoints()) == 2)
+    name = json.loads((artifact / "manifest.json").read_text())["name"]
+    req = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+    ).encode()
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        k = 0
+        while not stop.is_set():
+            eps = b.endpoints()
+            e = eps[k % len(eps)]
+            try:
+                codes.append(call(e.url, "POST", f"/v2/models/{name}/infer", req)[0])
+            except OSError:  # refused or reset: a lost request
+                codes.append(-1)
+            k += 1
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(codes) >= 20)
+        pids = b.pids()
+        (retire,) = b.converge({KEY: 1})
+        assert retire.kind == "retire"
+        wait_for(lambda: not _alive(pids[retire.instance_id]), timeout_s=10)
+        n = len(codes)
+        wait_for(lambda: len(codes) >= n + 20)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert codes and set(codes) == {200}, sorted(set(codes))
+
+
 def test_a_server_that_dies_while_starting_is_lost_with_its_log(make, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
