@@ -6,6 +6,10 @@ The systemd units, the cloud-init user data and the Packer variables all come fr
 What the instance installs is pinned here too: the S3 URIs and sha256 of the project's wheel,
 of the dependency bundle and of the hashed requirements (hybridserve.aws.wheelhouse makes
 them), fetched by fetch.py and installed with `pip --no-index --require-hashes`.
+
+A router replica (hybridserve.aws.routers) installs the same, from the same `ImageParams`, and
+runs `hybridserve serve` instead of the model server: `RouterParams` adds the config it runs
+with, pinned by sha256 as well (cloud-init-router.yaml, hybridserve-router.service).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ _UNIT = re.compile(r"^[A-Za-z0-9@._\-]+\.service$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]{0,62}$")
 _PYTHON = re.compile(r"^python3\.[0-9]+$")
 EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
+ROUTER_STATE = "hybridserve-router"  # a router replica's systemd StateDirectory, in /var/lib
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,46 @@ class ImageParams:
             raise ValueError("ec2 image parameters: " + "; ".join(errors))
 
 
+@dataclass(frozen=True)
+class RouterParams:
+    """A router replica: the files it runs with (the deployment config first, then the scenario
+    files it names), each an s3:// object and its sha256, fetched into `state_dir`."""
+
+    pins: tuple[tuple[str, str], ...]  # ((uri, sha256), ...), deployment.yaml first
+    port: int = 8080
+    unit: str = "hybridserve-router.service"
+    state: str = ROUTER_STATE
+
+    def __post_init__(self) -> None:
+        errors = []
+        if not self.pins or self.pins[0][0].rsplit("/", 1)[-1] != "deployment.yaml":
+            errors.append("pins: expected the deployment config (deployment.yaml) first")
+        names = [uri.rsplit("/", 1)[-1] for uri, _ in self.pins]
+        if len(set(names)) != len(names):
+            errors.append(f"pins: file names {names} collide in {self.state_dir}")
+        for uri, sha in self.pins:
+            if not _S3_OBJECT.match(uri):
+                errors.append(f"pin {uri!r}: expected s3://bucket/key")
+            if not _SHA256.match(sha):
+                errors.append(f"pin {uri} sha256 {sha!r}: expected 64 lowercase hex digits")
+        if not 1 <= self.port <= 65535:
+            errors.append(f"port {self.port}: expected 1-65535")
+        if not _UNIT.match(self.unit):
+            errors.append(f"unit {self.unit!r}: expected a systemd unit name ending in .service")
+        if not _NAME.match(self.state):
+            errors.append(f"state {self.state!r}: expected a directory name")
+        if errors:
+            raise ValueError("router parameters: " + "; ".join(errors))
+
+    @property
+    def state_dir(self) -> str:
+        return f"/var/lib/{self.state}"
+
+    @property
+    def config_path(self) -> str:
+        return f"{self.state_dir}/deployment.yaml"
+
+
 def _read(name: str) -> str:
     return resources.files("ec2_images").joinpath(name).read_text()
 
@@ -101,6 +146,36 @@ def render_user_data(params: ImageParams) -> str:
         "server_unit_b64": base64.b64encode(render_unit(params).encode()).decode(),
     }
     text = Template(_read("cloud-init.yaml")).substitute(_values(params) | files)
+    if len(text.encode()) > EC2_USER_DATA_LIMIT:
+        raise ValueError(f"user data is {len(text.encode())} bytes; EC2 takes at most 16 KiB")
+    return text
+
+
+def _router_values(params: ImageParams, router: RouterParams) -> dict[str, object]:
+    return _values(params) | {
+        "router_unit": router.unit,
+        "router_state": router.state,
+        "router_dir": router.state_dir,
+        "router_config": router.config_path,
+        "router_port": router.port,
+        "router_pins": " ".join(x for pin in router.pins for x in pin),
+    }
+
+
+def render_router_unit(params: ImageParams, router: RouterParams) -> str:
+    return Template(_read("hybridserve-router.service")).substitute(_router_values(params, router))
+
+
+def render_router_user_data(params: ImageParams, router: RouterParams) -> str:
+    """cloud-init user data of a router replica: the same install as the model servers', then
+    `hybridserve serve` on the config pinned in `router`."""
+    unit = render_router_unit(params, router)
+    files = {
+        "fetch_script_b64": base64.b64encode(_read("fetch.py").encode()).decode(),
+        "router_unit_b64": base64.b64encode(unit.encode()).decode(),
+    }
+    values = _router_values(params, router) | files
+    text = Template(_read("cloud-init-router.yaml")).substitute(values)
     if len(text.encode()) > EC2_USER_DATA_LIMIT:
         raise ValueError(f"user data is {len(text.encode())} bytes; EC2 takes at most 16 KiB")
     return text

@@ -29,6 +29,18 @@ ECR_URI_PATTERN = (
 MIN_ROUTER_PREFIX = 8
 
 
+def _ipv4_network(v: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(v, strict=True)
+    except ValueError as e:
+        raise ValueError(
+            f"expected an IPv4 network such as 10.0.0.0/16 (host bits zero), got {v!r}: {e}"
+        ) from None
+    if net.version != 4:
+        raise ValueError(f"expected an IPv4 network such as 10.0.0.0/16, got {v!r}")
+    return net
+
+
 class Ec2Settings(Strict):
     # an AMI id, or "auto": the newest standard Amazon Linux 2023 of the fleet's architecture
     image: str = "auto"
@@ -58,14 +70,7 @@ class Ec2Settings(Strict):
     def _router_cidr(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        try:
-            net = ipaddress.ip_network(v, strict=True)
-        except ValueError as e:
-            raise ValueError(
-                f"expected an IPv4 network such as 10.0.0.0/16 (host bits zero), got {v!r}: {e}"
-            ) from None
-        if net.version != 4:
-            raise ValueError(f"expected an IPv4 network such as 10.0.0.0/16, got {v!r}")
+        net = _ipv4_network(v)
         if net.prefixlen < MIN_ROUTER_PREFIX:
             raise ValueError(
                 f"{v} is refused: it would open the model servers to {net.num_addresses:,} addresses; expected "
@@ -80,6 +85,37 @@ class Ec2Settings(Strict):
         if v is not None and not (Path(v).name.startswith("hybridserve-") and v.endswith(".whl")):
             raise ValueError(f"expected the path of a hybridserve-*.whl file, got {v!r}")
         return v
+
+
+class RouterFleetSettings(Strict):
+    """Router replicas behind a Network Load Balancer, made by `deploy` (aws/routers.py): an
+    Auto Scaling group of `replicas` instances, each running `hybridserve serve` on `port`; the
+    NLB listens on `listen_port`. 0 replicas: no router fleet (run `serve` yourself)."""
+
+    replicas: int = Field(0, ge=0)
+    instance_type: str = Field("c5.large", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+    port: int = Field(8080, ge=1, le=65535)
+    listen_port: int = Field(80, ge=1, le=65535)
+    scheme: Literal["internet-facing", "internal"] = "internet-facing"
+    # who may reach the routers (the NLB keeps the client's address); None: the VPC's own
+    # CIDR block(s). Any IPv4 network for an internet-facing NLB, 0.0.0.0/0 included when given
+    # explicitly (reaching clients outside is what it is for); /8 or longer for an internal one
+    client_cidr: str | None = None
+
+    @field_validator("client_cidr")
+    @classmethod
+    def _client_cidr(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        net = _ipv4_network(v)
+        scheme = info.data.get("scheme", "internet-facing")
+        if scheme == "internal" and net.prefixlen < MIN_ROUTER_PREFIX:
+            raise ValueError(
+                f"{v} is refused for an internal load balancer: expected the clients' private "
+                f"network with a prefix of /{MIN_ROUTER_PREFIX} or longer (0.0.0.0/0 and other "
+                "wide networks only with scheme internet-facing; unset: the VPC's CIDR blocks)"
+            )
+        return str(net)
 
 
 PACKAGE_MODES = ("zip", "image", "auto")
@@ -166,6 +202,7 @@ class DeploymentConfig(Strict):
     lambda_: LambdaSettings = Field(LambdaSettings(), alias="lambda")
     fleet: dict[str, int] = Field(default_factory=dict)  # initial target, pool -> count
     budget_usd_per_hour: float | None = Field(None, gt=0)  # the fleet's, at list prices
+    router: RouterFleetSettings = RouterFleetSettings()  # replicas behind an NLB; 0: none
 
     def key(self, name: str) -> str:
         """The S3 key of `name` under the deployment's prefix (its name when unset)."""

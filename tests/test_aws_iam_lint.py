@@ -19,6 +19,7 @@ boto3 = pytest.importorskip("boto3")
 
 from hybridserve.aws import iam as I  # noqa: E402
 from hybridserve.aws import resources as R  # noqa: E402
+from hybridserve.aws.balancer import router_name  # noqa: E402
 from hybridserve.aws.bucket import TLS_ONLY_SID, tls_only_statement  # noqa: E402
 from tests.aws_lambda_helpers import ACCOUNT, BUCKET, DEP, REGION, URI  # noqa: E402
 from tests.wheel_helpers import offline_wheelhouse  # noqa: E402
@@ -50,10 +51,11 @@ ALLOWED: dict[tuple[str, str, tuple[str, ...]], str] = {
 
 
 def kind(name: str) -> str:
-    """The ALLOWED key of a generated policy's name."""
+    """The ALLOWED key of a generated policy's name: the router replicas' role is the runtime
+    policy plus exact reads (aws/routers.py), so it is allowed what the runtime policy is."""
     if name.endswith(" trust"):
         return "trust"
-    return "runtime" if name.startswith("runtime") else name
+    return "runtime" if name.startswith("runtime") or name == router_name(DEP) else name
 
 
 def _list(v: Any) -> list[Any]:
@@ -77,13 +79,15 @@ def lint(doc: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
 
 
 def _config(tmp_path: Path) -> Path:
-    """The deployment, shipping the instances' wheelhouse offline (tests/wheel_helpers.py)."""
+    """The deployment, shipping the instances' wheelhouse offline (tests/wheel_helpers.py),
+    with a router fleet (its replicas' role is linted too)."""
     _, wheel, links = offline_wheelhouse()
     (tmp_path / "art").mkdir()
     cfg = tmp_path / "deploy.yaml"
     cfg.write_text(
         f"name: {DEP}\nartifact: art\nbucket: {BUCKET}\nlambda: {{image_uri: '{URI}'}}\n"
         f"fleet: {{}}\nec2: {{wheel: '{wheel}', find_links: '{links}'}}\n"
+        "router: {replicas: 2}\n"
     )
     return cfg
 
@@ -117,7 +121,7 @@ def generated(tmp_path_factory) -> dict[str, dict[str, Any]]:
         docs = {"runtime (not deployed)": _cli_policy(path)}
         deploy(load_deployment(path), c, log=lambda *_: None)
         docs["runtime"] = _cli_policy(path)
-        for role in (R.lambda_role_name(DEP), R.instance_role_name(DEP)):
+        for role in (R.lambda_role_name(DEP), R.instance_role_name(DEP), router_name(DEP)):
             inline = c.iam.get_role_policy(RoleName=role, PolicyName=R.INLINE_POLICY)
             docs[role] = R.policy_doc(inline["PolicyDocument"])
             got = c.iam.get_role(RoleName=role)["Role"]
@@ -137,7 +141,7 @@ def _as_linted(name: str, doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_generated_policy_is_lint_clean(generated):
-    assert len(generated) == 7
+    assert len(generated) == 9
     unexpected = {
         name: [f for f in lint(_as_linted(name, doc)) if (kind(name), *f) not in ALLOWED]
         for name, doc in generated.items()
@@ -160,7 +164,7 @@ def test_no_wildcard_action_but_the_tls_only_deny(generated):
 def test_runinstances_statements_together_cover_every_required_resource(generated):
     """The compensation for ALLOWED's RESOURCE_MISMATCH: merged into one statement, the
     runtime policy's RunInstances resources leave parliament nothing to miss."""
-    for name in ("runtime", "runtime (not deployed)"):
+    for name in ("runtime", "runtime (not deployed)", router_name(DEP)):
         launch = [
             st for st in generated[name]["Statement"] if "ec2:RunInstances" in _list(st["Action"])
         ]
@@ -184,18 +188,30 @@ def test_runinstances_statements_together_cover_every_required_resource(generate
 
 def test_the_role_the_runtime_may_pass_is_the_instance_role_to_ec2(generated):
     """The compensation for ALLOWED's PassRole findings: one role, one service."""
-    passes = [
-        st for st in generated["runtime"]["Statement"] if "iam:PassRole" in _list(st["Action"])
-    ]
-    assert passes == [
-        {
-            "Sid": "PassInstanceRole",
-            "Effect": "Allow",
-            "Action": ["iam:PassRole"],
-            "Resource": [f"arn:aws:iam::{ACCOUNT}:role/{R.instance_role_name(DEP)}"],
-            "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
-        }
-    ]
+    for name in ("runtime", router_name(DEP)):
+        passes = [
+            st for st in generated[name]["Statement"] if "iam:PassRole" in _list(st["Action"])
+        ]
+        assert passes == [
+            {
+                "Sid": "PassInstanceRole",
+                "Effect": "Allow",
+                "Action": ["iam:PassRole"],
+                "Resource": [f"arn:aws:iam::{ACCOUNT}:role/{R.instance_role_name(DEP)}"],
+                "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+            }
+        ]
+
+
+def test_the_router_role_is_the_runtime_policy_and_its_boot_files(generated):
+    """The replicas run `serve` with the controller in it: the runtime policy `iam-policy`
+    prints, statement for statement, and exact reads of the files they boot from."""
+    doc = generated[router_name(DEP)]
+    assert doc["Statement"][:-1] == generated["runtime"]["Statement"]
+    boot = doc["Statement"][-1]
+    assert (boot["Sid"], boot["Action"]) == ("RouterBoot", ["s3:GetObject"])
+    assert all("*" not in r for r in boot["Resource"])
+    assert f"arn:aws:s3:::{BUCKET}/{DEP}/router/deployment.yaml" in boot["Resource"]
 
 
 def test_trust_policies_let_one_service_assume_the_role(generated):
@@ -203,6 +219,7 @@ def test_trust_policies_let_one_service_assume_the_role(generated):
     per role, and no one else."""
     assert generated[f"{R.lambda_role_name(DEP)} trust"] == I.trust_policy("lambda")
     assert generated[f"{R.instance_role_name(DEP)} trust"] == I.trust_policy("ec2")
+    assert generated[f"{router_name(DEP)} trust"] == I.trust_policy("ec2")
     assert I.trust_policy("lambda")["Statement"] == [
         {
             "Effect": "Allow",

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import base64
+import http.server
 import re
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ec2_images import fetch
+from ec2_images import fetch, replica
 from ec2_images.render import (
     ImageParams,
+    RouterParams,
     render_fetch_unit,
     render_packer_vars,
+    render_router_unit,
+    render_router_user_data,
     render_unit,
     render_user_data,
     write_packer_dir,
@@ -137,3 +142,122 @@ def test_bad_parameters_are_named(field, value, needle):
         ImageParams(
             **{"deployment": "demo", "artifact_uri": "s3://b-ucket/p/", **PINS, field: value}
         )
+
+
+# --- a router replica (hybridserve/aws/routers.py) ------------------------------------------
+
+CONFIG_PIN = ("s3://my-bucket/demo/router/deployment.yaml", "e" * 64)
+SCENARIO_PIN = ("s3://my-bucket/demo/router/scenario.yaml", "f" * 64)
+RP = RouterParams(pins=(CONFIG_PIN, SCENARIO_PIN), port=8080)
+
+
+def test_router_user_data_installs_exactly_as_the_model_servers_do():
+    router, fleet = (
+        yaml.safe_load(render_router_user_data(P, RP)),
+        yaml.safe_load(render_user_data(P)),
+    )
+    # the same users, the same fetch script, the same install steps, word for word
+    assert router["users"] == fleet["users"]
+    assert (
+        _files(render_router_user_data(P, RP))[P.fetch_script] == Path(fetch.__file__).read_text()
+    )
+    steps = [c for c in fleet["runcmd"] if c[0] not in ("systemctl", "mkdir", "chown")]
+    assert [c for c in router["runcmd"] if c[0] != "systemctl"] == steps
+    assert router["runcmd"][-2:] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", RP.unit],
+    ]
+    assert all(isinstance(w, str) for c in router["runcmd"] for w in c)
+    assert len(render_router_user_data(P, RP).encode()) <= 16384
+
+
+def test_router_unit_fetches_its_config_by_sha256_and_serves_it():
+    unit = render_router_unit(P, RP)
+    assert "${" not in unit
+    assert _files(render_router_user_data(P, RP))[f"/etc/systemd/system/{RP.unit}"] == unit
+    pre = [
+        ln.split("=", 1)[1].split() for ln in unit.splitlines() if ln.startswith("ExecStartPre=")
+    ]
+    fetch_cmd, replica = pre
+    assert fetch_cmd[:2] == ["/opt/hybridserve/venv/bin/python", P.fetch_script]
+    assert fetch_cmd[fetch_cmd.index("files") :] == [
+        "files", "--dest", RP.state_dir, *CONFIG_PIN, *SCENARIO_PIN
+    ]  # fmt: skip
+    assert replica == ["/opt/hybridserve/venv/bin/python", "-m", "ec2_images.replica", "--out",
+                       f"/run/{RP.state}/replica.env"]  # fmt: skip
+    assert f"EnvironmentFile=-/run/{RP.state}/replica.env" in unit
+    assert f"StateDirectory={RP.state}" in unit and f"RuntimeDirectory={RP.state}" in unit
+    (start,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    assert start == (
+        "ExecStart=/opt/hybridserve/venv/bin/hybridserve serve --config "
+        f"{RP.state_dir}/deployment.yaml --host 0.0.0.0 --port 8080"
+    )
+    assert "User=hybridserve" in unit and "Restart=always" in unit
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"pins": ()}, "deployment config"),
+        ({"pins": (SCENARIO_PIN, CONFIG_PIN)}, "deployment config"),
+        ({"pins": (CONFIG_PIN, CONFIG_PIN)}, "collide"),
+        ({"pins": ((CONFIG_PIN[0], "abc"),)}, "sha256"),
+        ({"pins": (("https://pypi.org/deployment.yaml", "e" * 64),)}, "s3://"),
+        ({"pins": (CONFIG_PIN,), "port": 0}, "port"),
+        ({"pins": (CONFIG_PIN,), "unit": "router"}, "unit"),
+        ({"pins": (CONFIG_PIN,), "state": "../etc"}, "state"),
+    ],
+)
+def test_bad_router_parameters_are_named(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        RouterParams(**kw)
+
+
+class _Imds(http.server.BaseHTTPRequestHandler):
+    """EC2's metadata service, IMDSv2 only: a token from PUT, required on GET."""
+
+    answer = "i-0123456789abcdef0"
+
+    def do_PUT(self):  # noqa: N802
+        ok = (
+            self.path == "/latest/api/token"
+            and self.headers["X-aws-ec2-metadata-token-ttl-seconds"]
+        )
+        self._reply(200 if ok else 400, b"tok")
+
+    def do_GET(self):  # noqa: N802
+        ok = self.headers["X-aws-ec2-metadata-token"] == "tok"
+        body = self.answer.encode() if self.path == "/latest/meta-data/instance-id" else b""
+        self._reply(200 if ok else 401, body)
+
+    def _reply(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def imds():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Imds)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_replica_id_is_the_instance_id_from_imdsv2(imds, tmp_path, monkeypatch):
+    out = tmp_path / "run" / "replica.env"
+    replica.main(["--out", str(out), "--imds-url", imds])
+    assert out.read_text() == "HYBRIDSERVE_REPLICA_ID=i-0123456789abcdef0\n"
+    # anything but an instance id is refused (after the bounded retries), the file untouched
+    monkeypatch.setattr(_Imds, "answer", "i-0123\nEVIL=1")
+    with pytest.raises(SystemExit, match="not an instance id"):
+        replica.main(["--out", str(out), "--imds-url", imds, "--attempts", "1"])
+    assert out.read_text() == "HYBRIDSERVE_REPLICA_ID=i-0123456789abcdef0\n"
+    with pytest.raises(ValueError, match="environment variable"):
+        replica.write_env(out, "bad name", "i-0123456789abcdef0")

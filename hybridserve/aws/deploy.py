@@ -23,7 +23,8 @@ from hybridserve.aws.ec2 import Ec2Fleet
 from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
 from hybridserve.aws.images import deployment_arch, latest_al2023
 from hybridserve.aws.network import router_cidrs
-from hybridserve.aws.shared import service_client
+from hybridserve.aws.routers import deploy_routers, router_plan, router_status
+from hybridserve.aws.shared import account_id, deployment_vpc, service_client
 from hybridserve.aws.user_data import deployed_user_data
 from hybridserve.config_base import ConfigError
 from hybridserve.deployment import DeploymentConfig
@@ -41,12 +42,7 @@ def _image(cfg: DeploymentConfig, ec2: Any) -> str:
 
 
 def _vpc(cfg: DeploymentConfig, ec2: Any) -> str:
-    if cfg.ec2.vpc_id:
-        return cfg.ec2.vpc_id
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise ConfigError("ec2.vpc_id: the account has no default VPC; give one")
-    return vpcs[0]["VpcId"]
+    return deployment_vpc(ec2, cfg.ec2.vpc_id)
 
 
 def _security_group(cfg: DeploymentConfig, ec2: Any) -> str:
@@ -119,11 +115,12 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
             f"{cfg.lambda_.image_uri or cfg.lambda_.package}, provisioned concurrency "
             f"{cfg.lambda_.provisioned_concurrency}, alias live)",
             f"fleet {dict(cfg.fleet) or '(none)'}",
+            router_plan(cfg),
         ]
         for line in plan:
             log(f"would ensure: {line}")
         return {"dry_run": True, "plan": plan}
-    account = _account(c)
+    account = account_id(c)
     created = R.ensure_bucket(c.s3, cfg.bucket, cfg.name, cfg.region)
     uploaded = R.upload_artifact(c.s3, cfg.bucket, cfg.artifact_prefix, cfg.artifact, cfg.name)
     log(
@@ -157,21 +154,19 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     ensure_notice_queue(service_client(c, "sqs"), service_client(c, "events"), cfg.name)
     actions = scale(cfg, c, dict(cfg.fleet))
     log(f"fleet: {len(actions)} actions")
-    return {"function": fn, "roles": roles, "actions": [a.kind for a in actions]}
-
-
-def _account(c: R.Clients) -> str:
-    return service_client(c, "sts").get_caller_identity()["Account"]
+    at = {} if cfg.router.replicas == 0 else {"vpc": _vpc(cfg, c.ec2), "image": _image(cfg, c.ec2)}
+    routers = deploy_routers(cfg, c, supply, **at, policy=lambda: runtime_policy(cfg, c), log=log)
+    return {
+        "function": fn,
+        "roles": roles,
+        "actions": [a.kind for a in actions],
+        "routers": routers,
+    }
 
 
 def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str, Any]:
     """ensure_function's code arguments: the ECR image, or the zip, uploaded to S3 under a
     content-addressed key (a new zip is a new key, so ensure_function sees the change)."""
-
-    from botocore.exceptions import ClientError
-
-    from hybridserve.aws import tags as T
-
     lam = cfg.lambda_
     if lam.image_uri:
         if R.ecr_region(lam.image_uri) != cfg.region:
@@ -254,11 +249,13 @@ def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
     for i in insts:
         if i.live:
             pools[i.pool] = pools.get(i.pool, 0) + 1
+    routers = router_status(cfg, c)
     return {
         "deployment": cfg.name,
         "instances": [{"id": i.instance_id, "pool": i.pool, "state": i.state} for i in insts],
         "fleet": pools,
         "function": function,
+        **({"routers": routers} if routers is not None else {}),
     }
 
 
@@ -444,11 +441,13 @@ def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
     return iam.runtime_policy(
         deployment=cfg.name,
         region=cfg.region,
-        account=_account(c),
+        account=account_id(c),
         bucket=cfg.bucket,
         state_key=state_key(cfg),
         lease_key=lease_key(cfg),
         function=R.function_name(cfg.name),
         instance_role=R.instance_role_name(cfg.name),
         template_id=template_id,
+        manifest_key=R.artifact_key(cfg.artifact_prefix, "manifest.json"),
+        arrivals_prefix=cfg.key("arrivals/"),
     )

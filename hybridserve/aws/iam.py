@@ -109,13 +109,18 @@ def runtime_policy(
     template_id: str = "*",
     partition: str = "aws",
     notice_queue: str | None = None,
+    manifest_key: str | None = None,
+    arrivals_prefix: str | None = None,
 ) -> dict[str, Any]:
     """What the router and the controller need at run time, and no more: describe the fleet;
     launch only tagged instances from the deployment's launch template and terminate only
-    those; pass the instance role; invoke the spill function's alias; read and write the saved
-    state and the lease; tag its own instances draining or interrupted; take spot notices from
-    the deployment's queue; publish metrics in the deployment's namespace. Nothing rewrites security groups,
-    roles or the function: `deploy` does that once, on its own credentials."""
+    those; pass the instance role; find and invoke the spill function's alias; read and write
+    the saved state and the lease; tag its own instances draining or interrupted; take spot
+    notices from the deployment's queue; publish metrics in the deployment's namespace. With
+    `manifest_key`, read the model's manifest (a router without the artifact at hand); with
+    `arrivals_prefix` (`<prefix>/arrivals/`), write, read and list the router replicas'
+    per-second arrival counts there. Nothing rewrites security groups, roles or the function:
+    `deploy` does that once, on its own credentials."""
     arn = f"arn:{partition}"
     ec2 = f"{arn}:ec2:{region}:{account}"
     notice_queue = notice_queue or queue_name(deployment)
@@ -199,11 +204,21 @@ def runtime_policy(
                 "Resource": [f"{arn}:lambda:{region}:{account}:function:{function}:live"],
             },
             {
+                "Sid": "FindSpill",  # serve checks the alias is deployed before it starts
+                "Effect": "Allow",
+                "Action": ["lambda:GetAlias"],
+                "Resource": [
+                    f"{arn}:lambda:{region}:{account}:function:{function}",
+                    f"{arn}:lambda:{region}:{account}:function:{function}:live",
+                ],
+            },
+            {
                 "Sid": "ControllerState",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:PutObjectTagging"],
                 "Resource": [f"{arn}:s3:::{bucket}/{k}" for k in (state_key, lease_key)],
             },
+            *_runtime_reads(arn, bucket, manifest_key, arrivals_prefix),
             {
                 "Sid": "PublishMetrics",
                 "Effect": "Allow",
@@ -215,6 +230,46 @@ def runtime_policy(
             },
         ],
     }
+
+
+def _runtime_reads(
+    arn: str, bucket: str, manifest_key: str | None, arrivals_prefix: str | None
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if manifest_key:
+        out.append(
+            {
+                "Sid": "ReadManifest",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"{arn}:s3:::{bucket}/{manifest_key}"],
+            }
+        )
+    if arrivals_prefix:
+        prefix = arrivals_prefix.strip("/") + "/"
+        out += [
+            {
+                # each replica's window, tagged so teardown finds it; the holder deletes a
+                # window untouched for a day (aws/arrivals.py)
+                "Sid": "ReplicaArrivals",
+                "Effect": "Allow",
+                "Action": [
+                    "s3:DeleteObject",
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:PutObjectTagging",
+                ],
+                "Resource": [f"{arn}:s3:::{bucket}/{prefix}*"],
+            },
+            {
+                "Sid": "ListArrivals",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": [f"{arn}:s3:::{bucket}"],
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+            },
+        ]
+    return out
 
 
 def least_privilege_problems(doc: dict[str, Any]) -> list[str]:

@@ -38,6 +38,10 @@ KINDS = (
     "objects",
     "buckets",
     "notices",
+    "auto_scaling_groups",  # the router fleet (aws/routers.py), with the next three
+    "listeners",
+    "load_balancers",
+    "target_groups",
 )
 
 
@@ -142,6 +146,34 @@ def retry_while_propagating(
                 raise
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def account_id(c: Clients) -> str:
+    """The account of the credentials in use."""
+    return service_client(c, "sts").get_caller_identity()["Account"]
+
+
+def deployment_vpc(ec2: Any, vpc_id: str | None) -> str:
+    """`ec2.vpc_id` when given, else the account's default VPC in the region."""
+    if vpc_id:
+        return vpc_id
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        from hybridserve.config_base import ConfigError
+
+        raise ConfigError("ec2.vpc_id: the account has no default VPC; give one")
+    return vpcs[0]["VpcId"]
+
+
+def until(done: Callable[[], bool], wait_s: float) -> bool:
+    """Poll `done()` (every 5 s, or every second under a 30 s budget) until it holds: False
+    when `wait_s` passed first."""
+    deadline = time.monotonic() + wait_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(5 if wait_s >= 30 else 1)
+    return True
 
 
 def service_client(c: Clients, service: str) -> Any:

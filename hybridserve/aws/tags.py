@@ -17,6 +17,16 @@ TEMPLATE = "hybridserve:template"  # the launch template content it was launched
 ROLE_INSTANCE = "model-server"
 ROLE_TEMPLATE = "launch-template"
 ROLE_LAMBDA = "spill-function"
+# the router fleet (aws/routers.py): replicas of `serve` in an Auto Scaling group behind an NLB
+ROLE_ROUTER = "router"  # its instances and their Auto Scaling group (which tags them)
+ROLE_ROUTER_TEMPLATE = "router-launch-template"
+ROLE_ROUTER_BALANCER = "router-load-balancer"
+ROLE_ROUTER_LISTENER = "router-listener"
+ROLE_ROUTER_TARGETS = "router-target-group"
+ROLE_ROUTER_SG = "router-security-group"
+ROLE_ROUTER_ROLE = "router-role"
+ROLE_ROUTER_PROFILE = "router-profile"
+ROLE_ROUTER_CONFIG = "router-config"  # the config the replicas run with, in S3
 
 
 def object_tagging(deployment: str, role: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from hybridserve.aws import tags as T
+from hybridserve.aws.balancer import remove_balancers, router_name
 from hybridserve.aws.bucket import bucket_tags
 from hybridserve.aws.shared import (
     ADOPTED_BY,
@@ -24,6 +25,7 @@ from hybridserve.aws.shared import (
     profile_name,
     service_client,
     template_name,
+    until,
 )
 
 
@@ -58,13 +60,18 @@ def _teardown_notices(c: Clients, deployment: str) -> list[str]:
     return teardown_notice_queue(service_client(c, "sqs"), service_client(c, "events"), deployment)
 
 
-def _teardown_templates(ec2: Any, deployment: str) -> list[str]:
+def _role_filter(role: str | None) -> list[dict[str, Any]]:
+    return [] if role is None else [{"Name": f"tag:{T.ROLE}", "Values": [role]}]
+
+
+def _teardown_templates(ec2: Any, deployment: str, role: str | None = None) -> list[str]:
+    """The deployment's launch templates (only those of `role` when given)."""
     found: dict[str, str] = {}
-    for flt in (
-        {"Name": f"tag:{T.DEPLOYMENT}", "Values": [deployment]},
-        {"Name": "launch-template-name", "Values": [template_name(deployment)]},
-    ):
-        for page in ec2.get_paginator("describe_launch_templates").paginate(Filters=[flt]):
+    flts = [[{"Name": f"tag:{T.DEPLOYMENT}", "Values": [deployment]}, *_role_filter(role)]]
+    if role is None:
+        flts.append([{"Name": "launch-template-name", "Values": [template_name(deployment)]}])
+    for flt in flts:
+        for page in ec2.get_paginator("describe_launch_templates").paginate(Filters=flt):
             for lt in page["LaunchTemplates"]:
                 found[lt["LaunchTemplateId"]] = lt["LaunchTemplateName"]
     out = []
@@ -123,9 +130,11 @@ def _teardown_functions(lam: Any, deployment: str) -> list[str]:
     return out
 
 
-def _teardown_security_groups(ec2: Any, deployment: str, wait_s: float) -> list[str]:
+def _teardown_security_groups(
+    ec2: Any, deployment: str, wait_s: float, role: str | None = None
+) -> list[str]:
     groups = ec2.describe_security_groups(
-        Filters=[{"Name": f"tag:{T.DEPLOYMENT}", "Values": [deployment]}]
+        Filters=[{"Name": f"tag:{T.DEPLOYMENT}", "Values": [deployment]}, *_role_filter(role)]
     )["SecurityGroups"]
     out = []
     for sg in groups:
@@ -145,21 +154,28 @@ def _teardown_security_groups(ec2: Any, deployment: str, wait_s: float) -> list[
     return out
 
 
-def _teardown_iam(iam: Any, deployment: str) -> tuple[list[str], list[str]]:
+def _teardown_iam(
+    iam: Any, deployment: str, names: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+) -> tuple[list[str], list[str]]:
+    """The instance profile(s), then the role(s): `names` ((profiles), (roles)), by default
+    the model servers' profile and the Lambda and instance roles."""
     profiles, roles = [], []
-    pname = profile_name(deployment)
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=pname)["InstanceProfile"]
-    except ClientError as e:
-        if not is_missing(e):
-            raise
-        profile = None
-    if profile is not None:
+    pnames, rnames = names or (
+        (profile_name(deployment),),
+        (lambda_role_name(deployment), instance_role_name(deployment)),
+    )
+    for pname in pnames:
+        try:
+            profile = iam.get_instance_profile(InstanceProfileName=pname)["InstanceProfile"]
+        except ClientError as e:
+            if not is_missing(e):
+                raise
+            continue
         for r in profile.get("Roles", []):
             iam.remove_role_from_instance_profile(InstanceProfileName=pname, RoleName=r["RoleName"])
         iam.delete_instance_profile(InstanceProfileName=pname)
         profiles.append(pname)
-    for name in (lambda_role_name(deployment), instance_role_name(deployment)):
+    for name in rnames:
         try:
             role = iam.get_role(RoleName=name)["Role"]
         except ClientError as e:
@@ -255,6 +271,53 @@ def _teardown_bucket(s3: Any, bucket: str, deployment: str, created: bool) -> li
     return mine
 
 
+def _teardown_router_front(c: Clients, deployment: str, wait_s: float) -> dict[str, list[str]]:
+    """The group (ForceDelete: its instances with it; waited for), then each load balancer's
+    listeners, the load balancer and the target group, found by tags."""
+    elb, asg = service_client(c, "elbv2"), service_client(c, "autoscaling")
+    out: dict[str, list[str]] = {
+        k: [] for k in ("auto_scaling_groups", "listeners", "load_balancers", "target_groups")
+    }
+    flt = [
+        {"Name": f"tag:{T.DEPLOYMENT}", "Values": [deployment]},
+        {"Name": f"tag:{T.ROLE}", "Values": [T.ROLE_ROUTER]},
+    ]
+
+    def groups() -> list[dict[str, Any]]:
+        pages = asg.get_paginator("describe_auto_scaling_groups").paginate(Filters=flt)
+        return [g for p in pages for g in p["AutoScalingGroups"]]
+
+    for g in groups():
+        if not g.get("Status"):  # not already being deleted
+            try:
+                asg.delete_auto_scaling_group(
+                    AutoScalingGroupName=g["AutoScalingGroupName"], ForceDelete=True
+                )
+            except ClientError as e:
+                if "not found" not in str(e).lower():
+                    raise
+        out["auto_scaling_groups"].append(g["AutoScalingGroupName"])
+    if not until(lambda: not groups(), wait_s):
+        raise TimeoutError(f"router group of {deployment} still deleting after {wait_s:g} s")
+    out["listeners"], out["load_balancers"], out["target_groups"] = remove_balancers(
+        elb, deployment, wait_s
+    )
+    return out
+
+
+def teardown_routers(c: Clients, deployment: str, *, wait_s: float = 600) -> dict[str, list[str]]:
+    """The router fleet alone (aws/routers.py), dependants first: the Auto Scaling group
+    (ForceDelete: its instances go with it; waited for), the listeners, the load balancer, the
+    target group, the router template, security group, profile and role. Run by `teardown`
+    and by a deploy with `router.replicas: 0`; safe to run twice."""
+    out = _teardown_router_front(c, deployment, wait_s)
+    out["launch_templates"] = _teardown_templates(c.ec2, deployment, T.ROLE_ROUTER_TEMPLATE)
+    out["security_groups"] = _teardown_security_groups(c.ec2, deployment, wait_s, T.ROLE_ROUTER_SG)
+    name = router_name(deployment)
+    out["instance_profiles"], out["roles"] = _teardown_iam(c.iam, deployment, ((name,), (name,)))
+    return out
+
+
 def teardown(
     session_or_clients: Any,
     deployment: str,
@@ -265,22 +328,28 @@ def teardown(
 ) -> dict[str, list[str]]:
     """Remove everything of `deployment`, dependants first; returns what was removed per kind.
 
-    Order: instances (terminated, waited for) -> launch templates -> the spot notice rule and
-    queue -> Lambda function (its
-    provisioned concurrency released first; versions and alias with it) -> security groups -> instance profile -> roles (inline and
-    attached policies first) -> the deployment's S3 objects -> buckets it created.
+    Order: the router fleet (`teardown_routers`: its group, listeners, load balancer, target
+    group, template, security group, profile and role) -> instances (terminated, waited for)
+    -> launch templates -> the spot notice rule and queue -> Lambda function (its provisioned
+    concurrency released first; versions and alias with it) -> security groups -> instance
+    profile -> roles (inline and attached policies first) -> the deployment's S3 objects ->
+    buckets it created.
     Buckets are found by tag (`hybridserve:created-by` / `hybridserve:adopted-by:<deployment>`)
     among the account's buckets, plus `buckets` given explicitly. A bucket not created by the
     deployment keeps everything but the deployment's tagged objects. Safe to run twice.
     """
     c = as_clients(session_or_clients, region)
     out: dict[str, list[str]] = {k: [] for k in KINDS}
+    for kind, removed in teardown_routers(c, deployment, wait_s=wait_s).items():
+        out[kind] += removed
     out["instances"] = _teardown_instances(c.ec2, deployment, wait_s)
-    out["launch_templates"] = _teardown_templates(c.ec2, deployment)
+    out["launch_templates"] += _teardown_templates(c.ec2, deployment)
     out["notices"] = _teardown_notices(c, deployment)
     out["functions"] = _teardown_functions(c.lam, deployment)
-    out["security_groups"] = _teardown_security_groups(c.ec2, deployment, wait_s)
-    out["instance_profiles"], out["roles"] = _teardown_iam(c.iam, deployment)
+    out["security_groups"] += _teardown_security_groups(c.ec2, deployment, wait_s)
+    profiles, roles = _teardown_iam(c.iam, deployment)
+    out["instance_profiles"] += profiles
+    out["roles"] += roles
     for bucket, created in sorted(_deployment_buckets(c.s3, deployment, buckets).items()):
         out["objects"] += [
             f"{bucket}/{k}" for k in _teardown_bucket(c.s3, bucket, deployment, created)
