@@ -138,7 +138,7 @@ def test_deploy_over_https_works_and_plain_http_is_denied(servers, tmp_path):
     assert _denied(s3.get_object, Key=key) == "AccessDenied"
     assert _denied(s3.put_object, Key=key, Body=b"tampered") == "AccessDenied"
     assert c.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"\x00weights"
-    out = R.teardown(c, DEP, region=REGION, buckets=(BUCKET,), wait_s=10)
+    out = R.teardown(c, DEP, region=REGION, buckets=(BUCKET,), wait_s=10, settle_s=0)
     assert out["buckets"] == [BUCKET]  # teardown, over TLS, gets through the policy
 
 

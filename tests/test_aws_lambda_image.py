@@ -100,9 +100,9 @@ def test_code_arguments_are_checked():
 def test_teardown_removes_an_image_function(aws):
     c = aws
     R.ensure_function(c.lam, DEP, **function_args(demo_roles(c)))
-    removed = R.teardown(c, DEP, region=REGION, wait_s=5)
+    removed = R.teardown(c, DEP, region=REGION, wait_s=5, settle_s=0)
     assert removed["functions"] == [FN] and c.lam.list_functions()["Functions"] == []
-    assert R.teardown(c, DEP, region=REGION, wait_s=5) == {k: [] for k in R.KINDS}
+    assert R.teardown(c, DEP, region=REGION, wait_s=5, settle_s=0) == {k: [] for k in R.KINDS}
 
 
 def test_build_commands_and_tag_follow_the_context(tmp_path):

@@ -126,7 +126,7 @@ def test_provisioned_concurrency_set_changed_removed_with_reserved_ordering(aws)
         lam, DEP, **function_args(roles, reserved_concurrency=20, provisioned_concurrency=5)
     )
     lam.calls.clear()
-    assert R.teardown(R.Clients(c.ec2, c.s3, c.iam, lam), DEP, region=REGION, wait_s=5)[
+    assert R.teardown(R.Clients(c.ec2, c.s3, c.iam, lam), DEP, region=REGION, wait_s=5, settle_s=0)[
         "functions"
     ] == [FN]
     assert lam.calls == [("delete", R.ALIAS), ("delete_function", [])]  # released first

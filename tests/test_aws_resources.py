@@ -347,7 +347,7 @@ def test_deploy_then_teardown_removes_everything_twice_safe(aws, tmp_path):
     assert len(_live_instances(c)) == 2
     assert c.ec2.describe_launch_templates()["LaunchTemplates"]
 
-    removed = R.teardown(c, DEP, region=REGION, wait_s=5)
+    removed = R.teardown(c, DEP, region=REGION, wait_s=5, settle_s=0)
     assert len(removed["instances"]) == 2
     assert removed["launch_templates"] == ["hybridserve-demo"]
     assert removed["functions"] == ["hybridserve-demo-spill"]
@@ -359,7 +359,7 @@ def test_deploy_then_teardown_removes_everything_twice_safe(aws, tmp_path):
     _assert_nothing_left(c)
     assert c.s3.list_buckets()["Buckets"] == []
 
-    again = R.teardown(c, DEP, region=REGION, wait_s=5)
+    again = R.teardown(c, DEP, region=REGION, wait_s=5, settle_s=0)
     assert again == {k: [] for k in R.KINDS}
 
 
@@ -367,7 +367,7 @@ def test_teardown_keeps_preexisting_bucket_and_other_deployments(aws, tmp_path):
     c = aws
     _deploy(c, tmp_path, pre_existing_bucket=True)
     c.s3.put_object(Bucket=BUCKET, Key="other-dep/x", Body=b"x", Tagging=f"{T.DEPLOYMENT}=other")
-    removed = R.teardown(c, DEP, region=REGION, wait_s=5)
+    removed = R.teardown(c, DEP, region=REGION, wait_s=5, settle_s=0)
     assert removed["buckets"] == []
     assert len(removed["objects"]) == 4
     _assert_nothing_left(c)
@@ -376,9 +376,11 @@ def test_teardown_keeps_preexisting_bucket_and_other_deployments(aws, tmp_path):
     assert left == ["other-dep/x", "other/keep.txt"]
     tags = R.bucket_tags(c.s3, BUCKET)
     assert not any(k.startswith(R.ADOPTED_BY) for k in tags)  # adoption mark removed
-    assert R.teardown(c, DEP, region=REGION, wait_s=5) == {k: [] for k in R.KINDS}
+    assert R.teardown(c, DEP, region=REGION, wait_s=5, settle_s=0) == {k: [] for k in R.KINDS}
 
 
 def test_teardown_accepts_a_session(aws):
     session = boto3.session.Session(region_name=REGION)
-    assert R.teardown(session, "nothing-here", region=REGION, wait_s=5) == {k: [] for k in R.KINDS}
+    assert R.teardown(session, "nothing-here", region=REGION, wait_s=5, settle_s=0) == {
+        k: [] for k in R.KINDS
+    }

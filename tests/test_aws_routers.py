@@ -347,13 +347,13 @@ def test_teardown_leaves_nothing_tagged_and_runs_twice(aws, make_cfg):
     c = aws
     _deploy(make_cfg(replicas=2), c)
     assert all(_left(c)[k] for k in NOTHING if k != "router_instances")
-    removed = R.teardown(c, DEP, region="us-east-1", buckets=(BUCKET,), wait_s=5)
+    removed = R.teardown(c, DEP, region="us-east-1", buckets=(BUCKET,), wait_s=5, settle_s=0)
     assert removed["auto_scaling_groups"] == [router_name(DEP)]
     assert removed["load_balancers"] == [elb_name(DEP, "nlb")]
     assert removed["target_groups"] == [elb_name(DEP, "tg")] and len(removed["listeners"]) == 1
     assert router_name(DEP) in removed["launch_templates"] and router_name(DEP) in removed["roles"]
     assert _left(c) == NOTHING
-    assert R.teardown(c, DEP, region="us-east-1", buckets=(BUCKET,), wait_s=5) == {
+    assert R.teardown(c, DEP, region="us-east-1", buckets=(BUCKET,), wait_s=5, settle_s=0) == {
         k: [] for k in R.KINDS
     }
 

@@ -190,7 +190,7 @@ def test_teardown_then_deploy_again_brings_the_fleet_back(cfg, aws, aws_faults):
     """The second deploy's launch is not swallowed by the first one's (terminated) token."""
     D.deploy(cfg, aws, log=quiet)
     (first,) = live()
-    removed = teardown(aws, DEP, region=REGION, wait_s=5)
+    removed = teardown(aws, DEP, region=REGION, wait_s=5, settle_s=0)
     assert removed["instances"] == [first] and live() == set()
     assert removed["buckets"] == [BUCKET]
     # the same config, the same fleet: the launch must not be answered by the old token
@@ -198,10 +198,10 @@ def test_teardown_then_deploy_again_brings_the_fleet_back(cfg, aws, aws_faults):
     (again,) = live()
     assert again != first and instances()[first].state == "terminated"
     assert D.status(cfg, aws)["fleet"] == {OD: 1}
-    assert teardown(aws, DEP, region=REGION, wait_s=5)["instances"] == [again]
+    assert teardown(aws, DEP, region=REGION, wait_s=5, settle_s=0)["instances"] == [again]
     assert live() == set()
     _assert_nothing_tagged(aws)
-    assert teardown(aws, DEP, region=REGION, wait_s=5) == {k: [] for k in R.KINDS}
+    assert teardown(aws, DEP, region=REGION, wait_s=5, settle_s=0) == {k: [] for k in R.KINDS}
 
 
 def _assert_nothing_tagged(c: R.Clients) -> None:
@@ -310,3 +310,13 @@ def test_one_backend_under_lag_storm_and_no_capacity_launches_to_plan(
     finally:
         be.close()
     assert book.asked == 1 + 2 + 2
+
+
+def test_teardown_finds_an_instance_a_lagging_describe_did_not_list_yet(cfg, aws, aws_faults):
+    """Deploy then teardown at once, while DescribeInstances lags the launch by 1 s: the first
+    look finds nothing, a look within `settle_s` finds the instance, and it is terminated."""
+    aws_faults.describe_lag_s = 1.0
+    D.deploy(cfg, aws, log=quiet)
+    (launched,) = live()  # the test reads moto directly; the library's describe lags
+    removed = teardown(aws, DEP, region=REGION, wait_s=5, settle_s=3.0)
+    assert removed["instances"] == [launched] and live() == set()

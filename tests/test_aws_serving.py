@@ -199,7 +199,7 @@ def deployment(moto_url, deployment_yaml):
     c = clients(cfg.region, endpoint_url=moto_url)
     deploy(cfg, c, log=lambda m: None)
     yield cfg
-    teardown(c, cfg.name, region=cfg.region, buckets=(cfg.bucket,), wait_s=10)
+    teardown(c, cfg.name, region=cfg.region, buckets=(cfg.bucket,), wait_s=10, settle_s=0)
     assert _tagged(moto_url) == []
 
 

@@ -28,8 +28,11 @@ from hybridserve.aws.shared import (
     until,
 )
 
+# how long teardown keeps looking for instances a lagging describe did not list yet
+SETTLE_S = 5.0
 
-def _teardown_instances(ec2: Any, deployment: str, wait_s: float) -> list[str]:
+
+def _live_instances(ec2: Any, deployment: str) -> list[str]:
     ids = []
     pages = ec2.get_paginator("describe_instances").paginate(
         Filters=[
@@ -43,15 +46,34 @@ def _teardown_instances(ec2: Any, deployment: str, wait_s: float) -> list[str]:
     for page in pages:
         for res in page["Reservations"]:
             ids += [i["InstanceId"] for i in res["Instances"]]
-    if not ids:
-        return []
-    ec2.terminate_instances(InstanceIds=ids)
-    delay = 5 if wait_s >= 30 else 1
-    ec2.get_waiter("instance_terminated").wait(
-        InstanceIds=ids,
-        WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(wait_s // delay))},
-    )
     return ids
+
+
+def _teardown_instances(
+    ec2: Any, deployment: str, wait_s: float, settle_s: float = 0.0
+) -> list[str]:
+    """Terminate the deployment's instances and wait for them. DescribeInstances lags
+    RunInstances (seconds on AWS), so an instance launched just before the teardown may not be
+    listed yet: it looks again until a look `settle_s` after the last terminations (or the
+    first look) finds nothing more, and terminates what that finds too."""
+    out: list[str] = []
+    quiet_since = time.monotonic()
+    while True:
+        ids = [i for i in _live_instances(ec2, deployment) if i not in out]
+        if ids:
+            ec2.terminate_instances(InstanceIds=ids)
+            delay = 5 if wait_s >= 30 else 1
+            ec2.get_waiter("instance_terminated").wait(
+                InstanceIds=ids,
+                WaiterConfig={"Delay": delay, "MaxAttempts": max(1, int(wait_s // delay))},
+            )
+            out += ids
+            quiet_since = time.monotonic()
+            continue
+        left = settle_s - (time.monotonic() - quiet_since)
+        if left <= 0:
+            return out
+        time.sleep(min(1.0, left))
 
 
 def _teardown_notices(c: Clients, deployment: str) -> list[str]:
@@ -325,6 +347,7 @@ def teardown(
     region: str,
     buckets: Iterable[str] = (),
     wait_s: float = 600,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, list[str]]:
     """Remove everything of `deployment`, dependants first; returns what was removed per kind.
 
@@ -333,7 +356,8 @@ def teardown(
     -> launch templates -> the spot notice rule and queue -> Lambda function (its provisioned
     concurrency released first; versions and alias with it) -> security groups -> instance
     profile -> roles (inline and attached policies first) -> the deployment's S3 objects ->
-    buckets it created.
+    buckets it created. Instances are looked for until a look `settle_s` after the last finds
+    none (describe lags launches; see `_teardown_instances`).
     Buckets are found by tag (`hybridserve:created-by` / `hybridserve:adopted-by:<deployment>`)
     among the account's buckets, plus `buckets` given explicitly. A bucket not created by the
     deployment keeps everything but the deployment's tagged objects. Safe to run twice.
@@ -342,7 +366,7 @@ def teardown(
     out: dict[str, list[str]] = {k: [] for k in KINDS}
     for kind, removed in teardown_routers(c, deployment, wait_s=wait_s).items():
         out[kind] += removed
-    out["instances"] = _teardown_instances(c.ec2, deployment, wait_s)
+    out["instances"] = _teardown_instances(c.ec2, deployment, wait_s, settle_s)
     out["launch_templates"] += _teardown_templates(c.ec2, deployment)
     out["notices"] = _teardown_notices(c, deployment)
     out["functions"] = _teardown_functions(c.lam, deployment)
