@@ -8,6 +8,8 @@ server add to the forward pass, not how fast this CPU is (int8 DistilBERT is ~12
 interpreter until the first prediction, decompress and verify included; median of 5) split into
 its phases, the handler's peak RSS, and warm latency p50/p95/p99 over 200 requests through the
 Lambda handler (in process) and through the V2 model server (HTTP), next to the seed benchmark.
+The bare forward, the handler and the server are timed in interleaved blocks, so a drift of the
+shared host's speed falls on all three alike.
 The targets judge int8, the variant `package` ships by default; fp32 is measured beside it
 (its 236 MB artifact needs a container image and takes seconds to cold-start: the reason the
 int8 artifact exists).
@@ -18,6 +20,7 @@ Usage: python benchmarks/serverless_latency.py [--json] [--work DIR] [--variants
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +43,7 @@ SEED_ROWS = [  # serverless benchmark, DistilBERT (~256 MB): warm p50/p95/p99 s,
 ]
 MEMORY_MB = 3538  # a 2-vCPU function: the handler then runs onnxruntime on 2 threads
 THREADS = 2
+BLOCKS = 8  # bare, handler and server measured in this many interleaved blocks
 # targets, relative to the bare forward pass measured first (calibration)
 HANDLER_OVERHEAD_MS = 3.0  # JSON decode, V2 validation, encode: handler p50 <= bare p50 + this
 SERVER_OVERHEAD_MS = 6.0  # + HTTP on localhost and the Starlette app: server p50 <= bare + this
@@ -65,8 +69,19 @@ def percentiles(ms: np.ndarray) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}
 
 
-def bare_forward(model_path: Path, seq: int, n: int = 200) -> np.ndarray:
-    """The calibration: onnxruntime alone, batch 1, THREADS intra-op threads (ms per forward)."""
+def timed(call, n: int) -> np.ndarray:
+    """ms per call, n calls."""
+    ms = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        call()
+        ms[i] = (time.perf_counter() - t0) * 1000
+    return ms
+
+
+def bare_forward(model_path: Path, seq: int):
+    """The calibration: onnxruntime alone, batch 1, THREADS intra-op threads (one forward per
+    call of what this returns)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -76,12 +91,7 @@ def bare_forward(model_path: Path, seq: int, n: int = 200) -> np.ndarray:
     feed = {i["name"]: np.ones((1, seq), np.int64) for i in request(seq)["inputs"]}
     for _ in range(5):
         s.run(None, feed)
-    ms = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        s.run(None, feed)
-        ms[i] = (time.perf_counter() - t0) * 1000
-    return ms
+    return lambda: s.run(None, feed)
 
 
 # the cold start, phase by phase, in a fresh interpreter (VmHWM restarts at exec, whereas
@@ -145,7 +155,9 @@ def cold_start(artifact: Path, work: Path, seq: int, runs: int = 5) -> tuple[flo
     return float(np.median(times)), max(rss), median
 
 
-def warm_in_process(artifact: Path, work: Path, seq: int, n: int = 200) -> np.ndarray:
+@contextlib.contextmanager
+def warm_in_process(artifact: Path, work: Path, seq: int):
+    """The handler in this process, warmed: yields one warm invocation per call."""
     os.environ["HYBRIDSERVE_ARTIFACT"] = str(artifact)
     os.environ["HYBRIDSERVE_EXTRACT_DIR"] = str(work / "warm")
     os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = str(MEMORY_MB)
@@ -155,14 +167,15 @@ def warm_in_process(artifact: Path, work: Path, seq: int, n: int = 200) -> np.nd
     req = request(seq)
     for _ in range(5):
         lam.handler(req)
-    ms = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
+
+    def call() -> None:
         out = lam.handler(req)
-        ms[i] = (time.perf_counter() - t0) * 1000
-    assert "outputs" in out, out
-    lam._CACHE.clear()
-    return ms
+        assert "outputs" in out, out
+
+    try:
+        yield call
+    finally:
+        lam._CACHE.clear()
 
 
 def _free_port() -> int:
@@ -171,7 +184,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def through_server(artifact: Path, name: str, seq: int, n: int = 200) -> np.ndarray:
+@contextlib.contextmanager
+def through_server(artifact: Path, name: str, seq: int):
+    """The V2 model server in its own process, warmed: yields one request per call."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "hybridserve.cli", "model-server", "--artifact", str(artifact),
@@ -194,16 +209,17 @@ def through_server(artifact: Path, name: str, seq: int, n: int = 200) -> np.ndar
                 time.sleep(0.2)
         body = json.dumps(request(seq)).encode()
         url = f"{base}/v2/models/{name}/infer"
-        ms = np.empty(n + 5)
-        for i in range(n + 5):
-            t0 = time.perf_counter()
+
+        def call() -> None:
             req = urllib.request.Request(
                 url, data=body, headers={"Content-Type": "application/json"}
             )
             with urllib.request.urlopen(req, timeout=30) as r:
                 r.read()
-            ms[i] = (time.perf_counter() - t0) * 1000
-        return ms[5:]
+
+        for _ in range(5):
+            call()
+        yield call
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -223,10 +239,21 @@ def measure(model: str, variant: str, work: Path, n: int) -> dict:
     pkg = build_lambda_package(artifact, work / f"lambda-{variant}")
     model_path = load_artifact(artifact, extract_dir=work / "bare").model_path
     print(f"{variant}: calibrating, cold start, warm latency ...", file=sys.stderr)
-    bare = bare_forward(model_path, seq, n)
     cold_s, rss_mb, phases = cold_start(artifact, work, seq)
-    warm = warm_in_process(artifact, work, seq, n)
-    server = through_server(artifact, manifest["name"], seq, n)
+    # bare, handler and server in interleaved blocks: a shared host's speed drifts by tens of
+    # percent within minutes, and the targets compare the three, so each must see the same host
+    bare_call = bare_forward(model_path, seq)
+    got: dict[str, list[np.ndarray]] = {"bare": [], "handler": [], "server": []}
+    size = max(1, n // BLOCKS)
+    with (
+        warm_in_process(artifact, work, seq) as handler_call,
+        through_server(artifact, manifest["name"], seq) as server_call,
+    ):
+        for _ in range(BLOCKS):
+            for key, call in (("bare", bare_call), ("handler", handler_call),
+                              ("server", server_call)):  # fmt: skip
+                got[key].append(timed(call, size))
+    bare, warm, server = (np.concatenate(got[k]) for k in ("bare", "handler", "server"))
     return {
         "artifact_mb": round(art_mb, 1),
         "package_kind": pkg.kind,
