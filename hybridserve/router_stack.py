@@ -4,9 +4,11 @@ derived from the scenario, the control loop beside it, and the fleet's cost rate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Mapping
@@ -172,6 +174,9 @@ class RouterStack:
         warn_if_open(r.host, os.environ.get(r.api_key_env))
         port = await asyncio.to_thread(self.replicas.start)
         loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop as uvicorn would: replicas first
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                loop.add_signal_handler(sig, self._stop.set)  # main thread only
         tasks = [loop.create_task(c) for c in [*self.background(), self.replicas.run()]]
         self._listening(port, ready)
         try:

@@ -222,3 +222,44 @@ def test_s3_windows_are_read_back_and_a_router_gone_for_a_day_is_forgotten(aws, 
     assert store.read_all(now + 2 * 86400) == []
     listed = aws.s3.list_objects_v2(Bucket=cfg.bucket, Prefix=arrivals_prefix(cfg))
     assert listed.get("KeyCount", 0) == 0
+
+
+def test_cli_serve_with_replicas_stops_them_all_on_sigterm(tmp_path):
+    """`hybridserve serve` with two replicas answers, and SIGTERM stops the replicas and
+    itself cleanly: no replica outlives it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from hybridserve.spawn import spawn_listening
+    from predictors.artifact import build_artifact
+
+    art = build_artifact("mlp", tmp_path / "art", variant="fp32")
+    (tmp_path / "profile.yaml").write_text(PROFILE)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(
+        f"artifact: {art}\nprofile: {tmp_path / 'profile.yaml'}\ndeployment: fixed\n"
+        "instances: {initial: 1, launch_delay_s: 0}\nrouter: {port: 0, replicas: 2}\n"
+        f"log_dir: {tmp_path / 'logs'}\n"
+    )
+    args = [sys.executable, "-m", "hybridserve.cli", "serve", "--config", str(cfg)]
+    with open(tmp_path / "serve.log", "wb") as err:
+        proc, url = spawn_listening(args, err, "serve", 120)
+    try:
+        u = urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.request("GET", "/v2/health/live")
+        assert conn.getresponse().status == 200
+        conn.close()
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "router.replica"],
+                              capture_output=True, text=True).stdout.split()  # fmt: skip
+        assert len(kids) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        for pid in kids:
+            wait_until(lambda p=int(pid): not os.path.exists(f"/proc/{p}"), 10, "replica gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
