@@ -320,3 +320,15 @@ def test_teardown_finds_an_instance_a_lagging_describe_did_not_list_yet(cfg, aws
     (launched,) = live()  # the test reads moto directly; the library's describe lags
     removed = teardown(aws, DEP, region=REGION, wait_s=5, settle_s=3.0)
     assert removed["instances"] == [launched] and live() == set()
+
+
+def test_a_second_scale_right_after_the_first_launches_nothing_while_describe_lags(
+    cfg, aws, aws_faults
+):
+    """Each `scale` is a new process that knows nothing of the last one's launches: the first
+    returns only once describe shows them (Ec2Fleet.settle), so the second sees the fleet."""
+    aws_faults.describe_lag_s = 1.0
+    D.deploy(cfg, aws, log=quiet)
+    D.scale(cfg, aws, {OD: 2})
+    assert D.scale(cfg, aws, {OD: 2}) == []
+    assert len(live()) == 2

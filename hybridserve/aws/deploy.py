@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from botocore.exceptions import ClientError
 from hybridserve.aws import resources as R
 from hybridserve.aws import tags as T
 from hybridserve.aws import wheelhouse as W
-from hybridserve.aws.ec2 import Ec2Fleet
+from hybridserve.aws.ec2 import COMMAND_SETTLE_S, Ec2Fleet
 from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
 from hybridserve.aws.images import deployment_arch, latest_al2023
 from hybridserve.aws.network import router_cidrs
@@ -280,6 +281,9 @@ def scale(cfg: DeploymentConfig, c: R.Clients, target: dict[str, int], *, dry_ru
             backend.fleet.ensure_launch_template()
         actions = backend.converge(target, dry_run=dry_run)
         backend.drain.wait()
+        if not dry_run and not backend.fleet.settle(COMMAND_SETTLE_S):
+            msg = f"describe shows not every change yet after {COMMAND_SETTLE_S:g} s"
+            warnings.warn(msg, stacklevel=2)
         return actions
     finally:
         backend.close()

@@ -40,6 +40,8 @@ LIVE_STATES = ("pending", "running")
 # how long a launch or termination this process made may be missing from describes: EC2's
 # describe calls are eventually consistent, typically for seconds; past this, describe wins
 DESCRIBE_LAG_MAX_S = 300.0
+# how long a one-shot command waits for describe to show what it changed (Ec2Fleet.settle)
+COMMAND_SETTLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,25 @@ class Ec2Fleet:
             if now - t > DESCRIBE_LAG_MAX_S:
                 self.terminated.pop(iid, None)
         return [i for i in found if i.instance_id not in self.terminated]
+
+    def settle(self, timeout_s: float, *, poll_s: float = 1.0) -> bool:
+        """Wait (at most `timeout_s`) until describe shows this process's launches and no
+        longer shows its terminations as live: a one-shot command (`scale`, `deploy`) returns
+        only then, so the next command, a new process that knows none of them, sees the fleet
+        they made rather than launching it again. True once settled."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            shown = {i.instance_id for i in self._describe()}
+            now = time.time()
+            waiting = [
+                i for i, (_, _, t) in self.launched.items()
+                if i not in shown and now - t <= DESCRIBE_LAG_MAX_S
+            ] + [i for i in self.terminated if i in shown]  # fmt: skip
+            if not waiting:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
 
     def _describe(self) -> list[Ec2Instance]:
         out = []
