@@ -120,24 +120,30 @@ def ensure_roles(
         instance_policy,
         T.tags_for(deployment, ROLE_INSTANCE_ROLE),
     )
-    name = profile_name(deployment)
+    profile_arn = ensure_instance_profile(
+        iam, profile_name(deployment), instance_role, T.tags_for(deployment, ROLE_INSTANCE_PROFILE)
+    )
+    return {
+        "lambda_role_arn": lambda_arn,
+        "instance_role_arn": instance_arn,
+        "instance_profile_arn": profile_arn,
+    }
+
+
+def ensure_instance_profile(iam: Any, name: str, role: str, tags: dict[str, str]) -> str:
+    """The instance profile `name` holding exactly `role` (a profile holds one); its ARN."""
     try:
         profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
     except ClientError as e:
         if not is_missing(e):
             raise
-        profile = iam.create_instance_profile(
-            InstanceProfileName=name,
-            Tags=T.tag_list(T.tags_for(deployment, ROLE_INSTANCE_PROFILE)),
-        )["InstanceProfile"]
-    names = [r["RoleName"] for r in profile.get("Roles", [])]
-    for other in names:
-        if other != instance_role:  # a profile holds one role
+        profile = iam.create_instance_profile(InstanceProfileName=name, Tags=T.tag_list(tags))[
+            "InstanceProfile"
+        ]
+    held = [r["RoleName"] for r in profile.get("Roles", [])]
+    for other in held:
+        if other != role:
             iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=other)
-    if instance_role not in names:
-        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=instance_role)
-    return {
-        "lambda_role_arn": lambda_arn,
-        "instance_role_arn": instance_arn,
-        "instance_profile_arn": profile["Arn"],
-    }
+    if role not in held:
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role)
+    return profile["Arn"]

@@ -48,7 +48,7 @@ from hybridserve.aws.balancer import (
     warn_fleet_admission,
 )
 from hybridserve.aws.images import deployment_arch, instance_arch
-from hybridserve.aws.roles import _ensure_role, exact_read
+from hybridserve.aws.roles import _ensure_role, ensure_instance_profile, exact_read
 from hybridserve.aws.shared import error_code, is_missing, service_client
 from hybridserve.aws.user_data import render_router
 from hybridserve.aws.wheelhouse import Supply
@@ -294,7 +294,9 @@ def deploy_routers(
     name = router_name(cfg.name)
     role_tags = T.tags_for(cfg.name, T.ROLE_ROUTER_ROLE)
     _ensure_role(c.iam, name, "ec2", router_role_policy(policy(), cfg.bucket, keys), role_tags)
-    profile = _ensure_profile(c.iam, cfg.name, name)
+    profile = ensure_instance_profile(
+        c.iam, router_name(cfg.name), name, T.tags_for(cfg.name, T.ROLE_ROUTER_PROFILE)
+    )
     data = template_data(cfg, image, render_router(cfg, supply, pins), sg, profile)
     template = ensure_router_template(c.ec2, cfg, data)
     tg = ensure_target_group(elb, cfg, vpc)
@@ -304,26 +306,6 @@ def deploy_routers(
     url = f"http://{lb['DNSName']}:{cfg.router.listen_port}"
     log(f"routers: {cfg.router.replicas} x {cfg.router.instance_type} behind {url}")
     return {"url": url, "template_version": template[1], "config_sha256": pins[0][1]}
-
-
-def _ensure_profile(iam: Any, deployment: str, role: str) -> str:
-    name = router_name(deployment)
-    try:
-        profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    except ClientError as e:
-        if not is_missing(e):
-            raise
-        profile = iam.create_instance_profile(
-            InstanceProfileName=name,
-            Tags=T.tag_list(T.tags_for(deployment, T.ROLE_ROUTER_PROFILE)),
-        )["InstanceProfile"]
-    held = [r["RoleName"] for r in profile.get("Roles", [])]
-    for other in held:
-        if other != role:  # a profile holds one role
-            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=other)
-    if role not in held:
-        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=role)
-    return profile["Arn"]
 
 
 def router_status(cfg: DeploymentConfig, c: Any) -> dict[str, Any] | None:
