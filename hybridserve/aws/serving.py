@@ -3,7 +3,8 @@
 The fleet is the deployment's tagged EC2 instances (`AwsBackend`; ready once the model server
 answers its health check, unless `ec2.readiness: state`), spilled requests go to the
 deployment's function through its alias, and the Controller is the one `controller run` builds,
-fed with the router's measured arrivals instead of a trace. After every control step the
+fed with every router's measured arrivals (published to S3, aws/arrivals.py) instead of a
+trace, and stepped only by the router that holds the deployment's lease (`LeasedLoop`). After every control step the
 router's own metrics over the interval (arrival rate, spill fraction, SLO attainment, ready
 instances, Lambda cold starts) and the controller's go to CloudWatch in `hybridserve/<name>`.
 Publishing is actuation, so it lives here beside the loop, never in the planner.
