@@ -51,6 +51,18 @@ class ArrivalWindow:
     def document(self, now: float) -> dict[str, Any]:
         return {"replica": self.replica, "written": now, "seconds": [list(p) for p in self.seconds]}
 
+    def publish(self, closed: Iterable[tuple[int, int]], store: Any, now: float) -> None:
+        """Add the seconds just closed, then publish the whole window to `store`."""
+        self.add(closed)
+        store.publish(self.document(now))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write, then rename: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
 
 def parse_document(raw: bytes | str, where: str) -> dict[str, Any]:
     """A published window, checked: a malformed one names where it came from."""
@@ -106,10 +118,7 @@ class DirArrivals:
         self.path.mkdir(parents=True, exist_ok=True)
 
     def publish(self, doc: dict[str, Any]) -> None:
-        final = self.path / f"arrivals-{doc['replica']}.json"
-        tmp = final.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, final)
+        write_atomic(self.path / f"arrivals-{doc['replica']}.json", json.dumps(doc))
 
     def read_all(self) -> list[dict[str, Any]]:
         out = []

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hybridserve.arrivals import ArrivalMerger, DirArrivals
+from hybridserve.arrivals import ArrivalMerger, DirArrivals, write_atomic
 from hybridserve.logs import event
-from hybridserve.router.replica import FLEET, SPEC, reuseport_socket, write_json
+from hybridserve.router.replica import FLEET, SPEC, reuseport_socket
 
 log = logging.getLogger("hybridserve.replicas")
 
@@ -77,7 +77,7 @@ class ReplicaSet:
         self.port = port
         keep_s = max(600, 4 * int(self.spec.get("interval_s", 60)))
         self.spec.update(port=port, replicas=self.n, publish_every_s=PUBLISH_EVERY_S, keep_s=keep_s)
-        write_json(self.dir / SPEC, self.spec)
+        write_atomic(self.dir / SPEC, json.dumps(self.spec))
         self.write_fleet()
         for i in range(self.n):
             self._spawn(f"r{i}")
@@ -124,7 +124,7 @@ class ReplicaSet:
         """`fleet.json` anew, when what it says changed."""
         doc = json.dumps(self.fleet_doc(), sort_keys=True)
         if doc != self._written:
-            write_json(self.dir / FLEET, json.loads(doc))
+            write_atomic(self.dir / FLEET, doc)
             self._written = doc
 
     def supervise(self) -> None:

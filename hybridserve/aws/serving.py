@@ -129,8 +129,7 @@ class LeasedLoop(PublishingLoop):
 
     def share(self) -> None:
         """This router's closed seconds out to the others (a failure waits for the next)."""
-        self.window.add(self.router.take_counts())
-        self.store.publish(self.window.document(time.time()))
+        self.window.publish(self.router.take_counts(), self.store, time.time())
 
     def arrivals(self) -> list[tuple[int, int]]:
         self.share()  # its own seconds up to now count in this step

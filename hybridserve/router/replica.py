@@ -24,20 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hybridserve.arrivals import ArrivalWindow, DirArrivals
+from hybridserve.arrivals import ArrivalWindow, DirArrivals, write_atomic
 from hybridserve.fleet import Endpoint
 
 log = logging.getLogger("hybridserve.router.replica")
 
 SPEC = "replica-spec.json"  # written once by the controller's process
 FLEET = "fleet.json"  # rewritten by it whenever the fleet or its stats change
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Atomically: readers see the old document or the new one, never half of one."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -58,7 +51,8 @@ class FleetFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: int | None = None
-        self.doc: dict[str, Any] = {"endpoints": [], "usd_per_s": 0.0, "controller": {}}
+        self.doc: dict[str, Any] = {"endpoints": [], "usd_per_s": 0.0}
+        self.controller: dict[str, int] = {}  # the controller's counters, as last written
         self._eps: list[Endpoint] = []
 
     def _load(self) -> None:
@@ -74,6 +68,9 @@ class FleetFile:
             return
         self._stamp, self.doc = stamp, doc
         self._eps = [Endpoint(*e) for e in doc["endpoints"]]
+        # in place: the router's /metrics holds this dict
+        self.controller.clear()
+        self.controller.update(doc.get("controller", {}))
 
     def endpoints(self) -> list[Endpoint]:
         self._load()
@@ -87,8 +84,7 @@ async def publish_arrivals(router: Any, window: ArrivalWindow, store: DirArrival
     """Every `every_s`, the seconds the router closed go into the window, and the window out."""
     while True:
         await asyncio.sleep(every_s)
-        window.add(router.take_counts())
-        store.publish(window.document(time.time()))
+        window.publish(router.take_counts(), store, time.time())
 
 
 async def watch_parent(server: Any, parent: int) -> None:
@@ -124,7 +120,7 @@ def build_router(spec: dict[str, Any], fleet: FleetFile, replicas: int) -> Any:
     router = Router(
         cfg, fleet.endpoints, invoker, metadata=spec["metadata"], fleet_usd_per_s=fleet.usd_per_s
     )
-    router.metrics.controller = fleet.doc.setdefault("controller", {})
+    router.metrics.controller = fleet.controller  # rereading the fleet file refreshes it
     return router
 
 
@@ -152,25 +148,18 @@ async def serve_replica(state_dir: Path, replica: str) -> None:
         loop.create_task(publish_arrivals(router, window, store, spec["publish_every_s"])),
         loop.create_task(watch_parent(server, os.getppid())),
     ]
-
-    async def controller_stats() -> None:  # the controller's counters, for this /metrics
-        while True:
-            await asyncio.sleep(1.0)
-            router.metrics.controller.update(fleet.doc.get("controller", {}))
-
-    tasks.append(loop.create_task(controller_stats()))
     serving = loop.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
     if server.started:
-        write_json(state_dir / f"ready-{replica}.json", {"pid": os.getpid()})
+        write_atomic(state_dir / f"ready-{replica}.json", json.dumps({"pid": os.getpid()}))
     try:
         await serving
     finally:
         for t in tasks:
             t.cancel()
-        window.add(router.take_counts())  # what it closed before it stopped still counts
-        store.publish(window.document(time.time()))
+        # what it closed before it stopped still counts
+        window.publish(router.take_counts(), store, time.time())
 
 
 def main(argv: list[str] | None = None) -> int:
