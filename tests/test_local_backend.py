@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -192,16 +194,11 @@ def test_a_killed_instance_is_lost_and_the_next_converge_replaces_it(make):
         b.kill("local-999")
 
 
-def test_a_spot_notice_under_load_loses_no_request_and_is_replaced(make, artifact):
-    """The local analogue of a spot notice: the instance leaves routing at once, what was sent
-    to it finishes, its process stops after the notice, and the converge at the notice
-    (Controller.on_notice) launches the replacement. A client routing on endpoints() as the
-    router does sees every request answered."""
-    import threading
-
-    b = make()
-    b.converge({KEY: 2})
-    wait_for(lambda: len(b.endpoints()) == 2)
+@contextlib.contextmanager
+def routed_load(b, artifact, clients: int = 1) -> Iterator[list[int]]:
+    """`clients` threads sending inferences as the router would, round robin over
+    endpoints() as it is at each request; yields the status codes (-1: refused or reset, a
+    lost request) while they run, and stops them on leaving."""
     name = json.loads((artifact / "manifest.json").read_text())["name"]
     req = json.dumps(
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
@@ -217,13 +214,30 @@ def test_a_spot_notice_under_load_loses_no_request_and_is_replaced(make, artifac
                 e = eps[k % len(eps)]
                 try:
                     codes.append(call(e.url, "POST", f"/v2/models/{name}/infer", req)[0])
-                except OSError:  # refused or reset: a lost request
+                except OSError:
                     codes.append(-1)
                 k += 1
 
-    t = threading.Thread(target=load, daemon=True)
-    t.start()
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
     try:
+        yield codes
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+
+
+def test_a_spot_notice_under_load_loses_no_request_and_is_replaced(make, artifact):
+    """The local analogue of a spot notice: the instance leaves routing at once, what was sent
+    to it finishes, its process stops after the notice, and the converge at the notice
+    (Controller.on_notice) launches the replacement. A client routing on endpoints() as the
+    router does sees every request answered."""
+    b = make()
+    b.converge({KEY: 2})
+    wait_for(lambda: len(b.endpoints()) == 2)
+    with routed_load(b, artifact) as codes:
         wait_for(lambda: len(codes) >= 20)
         victim = b.endpoints()[0].instance_id
         pid = b.pids()[victim]
@@ -236,9 +250,6 @@ def test_a_spot_notice_under_load_loses_no_request_and_is_replaced(make, artifac
         wait_for(lambda: not _alive(pid), timeout_s=10)
         n = len(codes)
         wait_for(lambda: len(codes) >= n + 20)
-    finally:
-        stop.set()
-        t.join(15)
     assert codes and set(codes) == {200}, sorted(set(codes))
     assert [k for _, k, _, i in b.events() if i == victim][-1] == "notice"
     assert b.notice([victim]) == []  # gone already
@@ -248,33 +259,10 @@ def test_a_scale_in_under_load_drains_and_loses_no_request(make, artifact):
     """Scale-in under load: the retired instance leaves routing at once, finishes what it was
     sent during its drain, then stops; a client routing on endpoints() sees every request
     answered."""
-    import threading
-
     b = make(drain_s=1.0)
     b.converge({KEY: 2})
     wait_for(lambda: len(b.endpoints()) == 2)
-    name = json.loads((artifact / "manifest.json").read_text())["name"]
-    req = json.dumps(
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
-    ).encode()
-    codes: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        k = 0
-        while not stop.is_set():
-            eps = b.endpoints()
-            e = eps[k % len(eps)]
-            try:
-                codes.append(call(e.url, "POST", f"/v2/models/{name}/infer", req)[0])
-            except OSError:  # refused or reset: a lost request
-                codes.append(-1)
-            k += 1
-
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
+    with routed_load(b, artifact, clients=2) as codes:
         wait_for(lambda: len(codes) >= 20)
         pids = b.pids()
         (retire,) = b.converge({KEY: 1})
@@ -282,10 +270,6 @@ def test_a_scale_in_under_load_drains_and_loses_no_request(make, artifact):
         wait_for(lambda: not _alive(pids[retire.instance_id]), timeout_s=10)
         n = len(codes)
         wait_for(lambda: len(codes) >= n + 20)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(15)
     assert codes and set(codes) == {200}, sorted(set(codes))
 
 
