@@ -124,3 +124,21 @@ class Scrape:
 
     def type(self, family: str) -> str:
         return self.families[family].type
+
+
+# a profile claiming 20 ms per request (about 50 req/s an instance), whatever this CPU does
+MLP_PROFILE = (
+    "name: mlp\nprovenance: test\n"
+    "reference: {vcpus: 1, threads: 1, batch_ms: {1: 20.0, 2: 38.0, 4: 76.0, 8: 160.0}}\n"
+)
+
+
+def mlp_with_profile(tmp: Path) -> tuple[Path, Path]:
+    """The mlp fp32 artifact built in `tmp`, and `MLP_PROFILE` written beside it: what the
+    local `serve` tests run and plan with."""
+    from predictors.artifact_build import build_artifact
+
+    art = build_artifact("mlp", tmp / "art", variant="fp32")
+    profile = tmp / "profile.yaml"
+    profile.write_text(MLP_PROFILE)
+    return art, profile

@@ -13,7 +13,7 @@ from hybridserve.config import ConfigError
 from hybridserve.live import CappedBackend, interval_counts
 from hybridserve.serve import load_serve_config
 from predictors.prometheus import CONTENT_TYPE
-from tests.conftest import Scrape, wait_until
+from tests.conftest import Scrape, mlp_with_profile, wait_until
 
 
 def test_interval_counts_aligns_to_the_last_second_and_pads_with_zeros():
@@ -69,9 +69,6 @@ def test_serve_config_errors_name_the_field(tmp_path):
 
 
 # ------------------------------------------------------------------------------- end to end
-PROFILE = "name: mlp\nprovenance: test\nreference: {vcpus: 1, threads: 1, batch_ms: {1: 20.0, 2: 38.0, 4: 76.0, 8: 160.0}}\n"
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """hybridserve serve in this process: router on a thread, real servers and emulator workers.
@@ -81,15 +78,13 @@ def stack(tmp_path_factory):
     pytest.importorskip("uvicorn")
     pytest.importorskip("aiobotocore")
     from hybridserve.serve import LocalStack
-    from predictors.artifact import build_artifact
 
     tmp = tmp_path_factory.mktemp("stack")
-    art = build_artifact("mlp", tmp / "art", variant="fp32")
-    (tmp / "profile.yaml").write_text(PROFILE)
+    art, profile = mlp_with_profile(tmp)
     cfg = load_serve_config(
         None,
         artifact=art,
-        profile=tmp / "profile.yaml",
+        profile=profile,
         deployment="hybrid",
         forecaster="last-value",
         control_interval_s=2,

@@ -15,7 +15,7 @@ import pytest
 
 from hybridserve.arrivals import ArrivalMerger, ArrivalWindow, DirArrivals, parse_document
 from hybridserve.serve import load_serve_config
-from tests.conftest import wait_until
+from tests.conftest import mlp_with_profile, wait_until
 
 
 def doc(replica: str, seconds: list[tuple[int, int]], written: float) -> dict:
@@ -64,24 +64,19 @@ def test_windows_round_trip_through_a_directory_and_bad_ones_name_their_file(tmp
 
 
 # ------------------------------------------------------------------------------- end to end
-PROFILE = "name: mlp\nprovenance: test\nreference: {vcpus: 1, threads: 1, batch_ms: {1: 20.0, 2: 38.0, 4: 76.0, 8: 160.0}}\n"
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """`serve` with two router replicas on one port, one instance and the Lambda emulator."""
     pytest.importorskip("uvicorn")
     pytest.importorskip("aiobotocore")
     from hybridserve.serve import LocalStack
-    from predictors.artifact import build_artifact
 
     tmp = tmp_path_factory.mktemp("replicas")
-    art = build_artifact("mlp", tmp / "art", variant="fp32")
-    (tmp / "profile.yaml").write_text(PROFILE)
+    art, profile = mlp_with_profile(tmp)
     cfg = load_serve_config(
         None,
         artifact=art,
-        profile=tmp / "profile.yaml",
+        profile=profile,
         deployment="hybrid",
         forecaster="last-value",
         control_interval_s=2,
@@ -241,13 +236,11 @@ def test_cli_serve_with_replicas_stops_them_all_on_sigterm(tmp_path):
     import sys
 
     from hybridserve.spawn import spawn_listening
-    from predictors.artifact import build_artifact
 
-    art = build_artifact("mlp", tmp_path / "art", variant="fp32")
-    (tmp_path / "profile.yaml").write_text(PROFILE)
+    art, profile = mlp_with_profile(tmp_path)
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(
-        f"artifact: {art}\nprofile: {tmp_path / 'profile.yaml'}\ndeployment: fixed\n"
+        f"artifact: {art}\nprofile: {profile}\ndeployment: fixed\n"
         "instances: {initial: 1, launch_delay_s: 0}\nrouter: {port: 0, replicas: 2}\n"
         f"log_dir: {tmp_path / 'logs'}\n"
     )
