@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import re
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from ec2_images.render import (
     render_user_data,
     write_packer_dir,
 )
+from tests.imds_double import imds_server
 
 WH = "s3://my-bucket/demo/wheelhouse"
 PINS = {
@@ -213,51 +212,23 @@ def test_bad_router_parameters_are_named(kw, needle):
         RouterParams(**kw)
 
 
-class _Imds(http.server.BaseHTTPRequestHandler):
-    """EC2's metadata service, IMDSv2 only: a token from PUT, required on GET."""
-
-    answer = "i-0123456789abcdef0"
-
-    def do_PUT(self):  # noqa: N802
-        ok = (
-            self.path == "/latest/api/token"
-            and self.headers["X-aws-ec2-metadata-token-ttl-seconds"]
-        )
-        self._reply(200 if ok else 400, b"tok")
-
-    def do_GET(self):  # noqa: N802
-        ok = self.headers["X-aws-ec2-metadata-token"] == "tok"
-        body = self.answer.encode() if self.path == "/latest/meta-data/instance-id" else b""
-        self._reply(200 if ok else 401, body)
-
-    def _reply(self, code, body):
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 
 
 @pytest.fixture
 def imds():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Imds)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with imds_server({INSTANCE_ID_PATH: "i-0123456789abcdef0"}) as srv:
+        yield srv
 
 
-def test_the_replica_id_is_the_instance_id_from_imdsv2(imds, tmp_path, monkeypatch):
+def test_the_replica_id_is_the_instance_id_from_imdsv2(imds, tmp_path):
     out = tmp_path / "run" / "replica.env"
-    replica.main(["--out", str(out), "--imds-url", imds])
+    replica.main(["--out", str(out), "--imds-url", imds.url])
     assert out.read_text() == "HYBRIDSERVE_REPLICA_ID=i-0123456789abcdef0\n"
     # anything but an instance id is refused (after the bounded retries), the file untouched
-    monkeypatch.setattr(_Imds, "answer", "i-0123\nEVIL=1")
+    imds.paths[INSTANCE_ID_PATH] = "i-0123\nEVIL=1"
     with pytest.raises(SystemExit, match="not an instance id"):
-        replica.main(["--out", str(out), "--imds-url", imds, "--attempts", "1"])
+        replica.main(["--out", str(out), "--imds-url", imds.url, "--attempts", "1"])
     assert out.read_text() == "HYBRIDSERVE_REPLICA_ID=i-0123456789abcdef0\n"
     with pytest.raises(ValueError, match="environment variable"):
         replica.write_env(out, "bad name", "i-0123456789abcdef0")
