@@ -208,6 +208,8 @@ class Ec2Fleet:
         longer shows its terminations as live: a one-shot command (`scale`, `deploy`) returns
         only then, so the next command, a new process that knows none of them, sees the fleet
         they made rather than launching it again. True once settled."""
+        if not self.launched and not self.terminated:
+            return True  # this process changed nothing: no describe to wait for
         deadline = time.monotonic() + timeout_s
         while True:
             shown = {i.instance_id for i in self._describe()}
