@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hybridserve.catalog import Catalog, LambdaPricing, Market, ModelProfile
 
@@ -25,6 +25,17 @@ from hybridserve.config_base import deep_merge, load_yaml
 from hybridserve.config_base import format_validation_error as format_validation_error
 from hybridserve.config_base import read_yaml_mapping as read_yaml_mapping
 from hybridserve.pricing import lambda_invoke_usd
+from hybridserve.spot_interruptions import (
+    BANDS,
+    BUILTIN_ADVISOR,
+    POSITIONS,
+    Band,
+    Reclaim,
+    band_fraction,
+    hourly_rate,
+    load_advisor,
+    load_interruption_trace,
+)
 
 LAMBDA_MB_PER_VCPU = 1769.0  # AWS: a function gets one full vCPU at 1,769 MB.
 
@@ -103,8 +114,138 @@ class PlannerOptions(Strict):
 
 
 class SpotOptions(Strict):
-    interruptions_per_hour: float = Field(0.005, ge=0)
+    """How the simulator interrupts spot instances (hybridserve/spot_interruptions.py), and the
+    notice they get. On AWS, EC2 interrupts them; only `notice_s` describes AWS too.
+
+    `interruptions`: `advisor` (per instance type, the Spot Instance Advisor's band of monthly
+    interruption frequency: `advisor_file`, `bands`, `band_position`), `rate` (one hazard for
+    every spot pool: `interruptions_per_hour`) or `trace` (a CSV of reclaims:
+    `interruption_trace`, `trace_pick`). Left out, it follows the fields given: `trace` with
+    `interruption_trace`, `rate` with `interruptions_per_hour` (as scenarios written before the
+    bands meant), `advisor` otherwise."""
+
+    interruptions: Literal["advisor", "rate", "trace"] = "advisor"
+    interruptions_per_hour: float = Field(0.005, ge=0, description="the rate model's hazard")
+    advisor_file: str | None = Field(
+        None, description="bands of your region and date (None: the built-in us-east-1 snapshot)"
+    )
+    bands: dict[str, Band] = Field(
+        default_factory=dict, description="per instance type, a band over the advisor file's"
+    )
+    band_position: Literal["low", "mid", "high"] | float = Field(
+        "mid",
+        description="where in its band a type's monthly fraction is: low, mid, high or a "
+        "quantile in [0, 1] (>20% spans 20-40%: an assumption)",
+    )
+    interruption_trace: str | None = Field(
+        None, description="CSV time_s,instance_type (or time_s,pool): one reclaim per row"
+    )
+    trace_pick: Literal["oldest", "random"] = Field(
+        "oldest", description="which live instance of the type a trace row reclaims"
+    )
+    correlation: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of a pool's instances one reclaim event takes at once (advisor, rate)",
+    )
     notice_s: float = Field(120, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "interruptions" not in data:
+            if data.get("interruption_trace") is not None:
+                data = {**data, "interruptions": "trace"}
+            elif "interruptions_per_hour" in data:
+                data = {**data, "interruptions": "rate"}
+        return data
+
+    @field_validator("band_position", mode="before")
+    @classmethod
+    def _position(cls, v: Any) -> Any:
+        if isinstance(v, str) and v in POSITIONS:
+            return v
+        try:
+            q = float("nan") if isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            q = float("nan")
+        if not 0.0 <= q <= 1.0:
+            raise ValueError("low, mid, high or a quantile in [0, 1]")
+        return q
+
+    @field_validator("advisor_file", "interruption_trace")
+    @classmethod
+    def _file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        """A path relative to the scenario file (the working directory without one), read now
+        so a bad file fails the scenario, naming the file and its line or field."""
+        if v is None:
+            return None
+        p = Path(v).expanduser()
+        base = (info.context or {}).get("base_dir")
+        if not p.is_absolute() and base is not None:
+            p = Path(base) / p
+        if info.field_name == "advisor_file":
+            load_advisor(p)
+        else:
+            load_interruption_trace(p)
+        return str(p)
+
+    @model_validator(mode="after")
+    def _one_model(self) -> SpotOptions:
+        model = self.interruptions
+        owner = {
+            "interruptions_per_hour": ("rate",),
+            "advisor_file": ("advisor",),
+            "bands": ("advisor",),
+            "band_position": ("advisor",),
+            "interruption_trace": ("trace",),
+            "trace_pick": ("trace",),
+            "correlation": ("advisor", "rate"),
+        }
+        wrong = [
+            f
+            for f, models in owner.items()
+            if f in self.model_fields_set and getattr(self, f) is not None and model not in models
+        ]
+        if wrong:
+            why = "; ".join(f"{f} is for {' or '.join(owner[f])}" for f in wrong)
+            raise ValueError(f"{', '.join(wrong)}: not used by interruptions: {model} ({why})")
+        if model == "trace" and self.interruption_trace is None:
+            raise ValueError("interruptions: trace needs interruption_trace (a CSV path)")
+        return self
+
+    def band(self, instance_type: str) -> str | None:
+        """The advisor band of a type: `bands` first, then the advisor file (None: neither)."""
+        if instance_type in self.bands:
+            return self.bands[instance_type]
+        entry = load_advisor(self.advisor_file).instances.get(instance_type)
+        return None if entry is None else entry.band
+
+    def rates_per_hour(self, instance_types: list[str]) -> dict[str, float]:
+        """Per-instance hazard of each type under the random models (0 under `trace`); a type
+        without a band is an error naming the advisor file."""
+        if self.interruptions == "trace":
+            return dict.fromkeys(instance_types, 0.0)
+        if self.interruptions == "rate":
+            return dict.fromkeys(instance_types, self.interruptions_per_hour)
+        missing = [t for t in instance_types if self.band(t) is None]
+        if missing:
+            src = self.advisor_file or f"hybridserve/data/{BUILTIN_ADVISOR}"
+            raise ConfigError(
+                f"spot.interruptions: advisor: no interruption band for {missing} in {src}; "
+                f"add them there or under spot.bands (one of {list(BANDS)})"
+            )
+        return {
+            t: hourly_rate(band_fraction(str(self.band(t)), self.band_position))
+            for t in instance_types
+        }
+
+    def reclaims(self) -> tuple[Reclaim, ...]:
+        """The trace's reclaims in time order (none unless `interruptions: trace`)."""
+        if self.interruptions != "trace" or self.interruption_trace is None:
+            return ()
+        return load_interruption_trace(self.interruption_trace)
 
 
 class Scenario(Strict):
@@ -332,7 +473,8 @@ def build_scenario(overrides: dict[str, Any] | None = None, source: str = "<scen
             raise ConfigError(f"{source}: field {key}: expected a file path or a mapping")
         parts[key] = data
     try:
-        return Scenario.model_validate({**over, **parts})
+        # base_dir: the spot options' files are relative to the scenario, as catalog and model
+        return Scenario.model_validate({**over, **parts}, context={"base_dir": base_dir})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
 

@@ -7,7 +7,9 @@ every spot warning of the account and region; the controller keeps its own by in
 The controller long-polls the queue between steps (`NoticeQueue.poll`), tags each of its
 instances the notice names as interrupted, so every router drains it on its next refresh (about
 a second), and converges at once, which launches the replacement at the notice rather than at
-the next control step. The simulator replays the same thing (`Controller.on_notice`).
+the next control step. The simulator replays the same thing: both go through
+`hybridserve.spot_interruptions.take_notices` (the backend's `notice`, then
+`Controller.on_notice`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridserve.aws import tags as T
+from hybridserve.spot_interruptions import take_notices
 
 DETAIL_TYPE = "EC2 Spot Instance Interruption Warning"
 ROLE_QUEUE = "spot-notices"
@@ -152,18 +155,17 @@ def await_notices(
 ) -> int:
     """Spend `wait_s` (the rest of a control interval) taking notices in: each batch for this
     fleet goes to `notice` (`AwsBackend.notice`: tag, leave out) and then `on_notice`
-    (`Controller.on_notice`: replace now). Without a queue, only waits. Returns the instances
-    noticed."""
+    (`Controller.on_notice`: replace now), through `take_notices`, as the simulator's notices
+    do. Without a queue, only waits. Returns the instances noticed."""
     deadline = time.monotonic() + max(0.0, wait_s)
     n = 0
     while (left := deadline - time.monotonic()) > 0:
         if queue is None or left < 1.0:  # SQS waits whole seconds
             time.sleep(left)
             break
-        ours = notice(queue.poll(left))
+        ours, acts = take_notices(queue.poll(left), notice, on_notice)
         if ours:
             n += len(ours)
-            acts = on_notice()
             launched = [a.pool for a in acts if a.kind == "launch"]
             log(f"spot notice for {', '.join(ours)}: draining; replacements {launched}")
     return n
