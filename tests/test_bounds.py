@@ -7,28 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from hybridserve.backends import SimulatedBackend
 from hybridserve.config import lambda_usd_per_request, load_scenario
-from simulations import dataplane
 from simulations.bounds import cost_floor, cost_lower_bound, fleet_levels, piece_seconds
+from tests.schedules import schedule_cost
 
 ONE_POOL = load_scenario(None, instance_types=["c5.large"])
-
-
-def _schedule_cost(counts: np.ndarray, sc, targets: tuple[int, ...]) -> tuple[float, float]:
-    """Bill and attainment of one fleet schedule (a target per control step), as the simulator
-    replays it: the simulated backend's launches and retirements, the fast data plane, the bills."""
-    dt = sc.control_interval_s
-    backend = SimulatedBackend(sc.pools, warm_start=True)
-    key = sc.pools[0].key
-    for k, n in enumerate(targets):
-        backend.advance(k * dt)
-        backend.converge({key: n} if n else {})
-    pools = {p.key: p for p in sc.pools}
-    tot = dataplane.replay(counts, backend.instances, pools, sc, spill=True)
-    ec2, _ = dataplane.ec2_bill(backend.instances, pools, float(len(counts)))
-    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc)
-    return sum(ec2.values()) + l_req + l_cmp, tot.met / tot.requests
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -41,7 +24,7 @@ def test_floor_is_below_every_schedule_found_by_brute_force(seed):
     counts[rng.integers(0, len(counts), 5)] += rng.integers(50, 400, 5)  # bursts inside steps
     best = np.inf
     for targets in itertools.product(range(4), repeat=steps):
-        cost, attained = _schedule_cost(counts, sc, targets)
+        cost, attained = schedule_cost(counts, sc, targets)
         if attained >= sc.slo.target:
             best = min(best, cost)
     floor = cost_lower_bound(counts, sc)
