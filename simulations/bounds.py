@@ -70,23 +70,30 @@ class Levels:
 def fleet_levels(pools: Sequence[Pool], k_sat: float, max_levels: int = MAX_LEVELS) -> Levels:
     """Pareto frontier of integer fleets with capacity below `k_sat`, the capacity past which a
     piece gains nothing (it serves every request), plus one level standing for every fleet at or
-    above it: capacity `k_sat` at the cheapest price per capacity, c k_sat, which is no dearer.
+    above it: cost F*, the cheapest such fleet's, and capacity F* / c (c the cheapest price per
+    capacity). For any fleet X at or above k_sat, F_X - mu K_X >= F_X (1 - mu / c) >= F* (1 -
+    mu / c) when mu <= c, which is that level's value: it is no dearer than any of them.
 
     When the frontier is larger than `max_levels`, neighbouring levels are merged into one with
     the larger capacity and the smaller cost: cheaper than any of them, so the floor stays valid."""
     c = min(p.price_usd_s / p.capacity_rps for p in pools)
+    # the cheapest fleet at or above k_sat drops below it without any one instance
+    limit = k_sat + max(p.capacity_rps for p in pools)
     cost = np.zeros(1)
     cap = np.zeros(1)
     for p in sorted(pools, key=lambda p: p.price_usd_s / p.capacity_rps):
-        k = np.arange(int(k_sat // p.capacity_rps) + 1)
+        k = np.arange(int(limit // p.capacity_rps) + 1)
         c2 = (cost[:, None] + k[None, :] * p.price_usd_s).ravel()
         k2 = (cap[:, None] + k[None, :] * p.capacity_rps).ravel()
-        keep = (k2 < k_sat) | (k2 == 0)
+        keep = k2 < limit
         cost, cap = _pareto(c2[keep], k2[keep])
         if len(cap) > max_levels:
             cost, cap = _bucket(cost, cap, max_levels)
-    if k_sat > 0:
-        cost, cap = _pareto(np.append(cost, c * k_sat), np.append(cap, k_sat))
+    if k_sat <= 0:
+        return Levels(np.zeros(1), np.zeros(1))
+    below = cap < k_sat
+    f_star = float(cost[~below].min())
+    cost, cap = _pareto(np.append(cost[below], f_star), np.append(cap[below], f_star / c))
     return Levels(cost, cap)
 
 

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from hybridserve.config import Scenario
 from hybridserve.policies import POLICIES
 from simulations.bounds import cost_lower_bound
+from simulations.optimum import optimum
 from simulations.replay import PolicyResult, run_policy
 from simulations.traces import Trace
+
+OPTIMUM = "optimum"
 
 
 @dataclass
@@ -23,9 +26,13 @@ class Comparison:
     trace: Trace
     scenario: Scenario
     results: list[PolicyResult]
+    # the exact offline optimum (simulations/optimum.py), beside the oracle; `optimum_exact`
+    # False where the model's assumptions do not hold and it is only a schedule (an upper bound)
+    optimum: PolicyResult | None = None
+    optimum_exact: bool = False
 
     def as_json(self) -> dict:
-        return {
+        out = {
             "trace": {
                 "name": self.trace.name,
                 "seconds": self.trace.seconds,
@@ -34,6 +41,9 @@ class Comparison:
             "slo": {"latency_ms": self.scenario.slo.latency_ms, "target": self.scenario.slo.target},
             "results": [r.as_json() for r in self.results],
         }
+        if self.optimum is not None:
+            out["optimum"] = self.optimum.as_json() | {"exact": self.optimum_exact}
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.as_json(), indent=2, allow_nan=False)
@@ -44,11 +54,14 @@ class Comparison:
 
 def _run_one(
     trace: Trace, sc: Scenario, name: str, seed: int, forecaster: str | None
-) -> PolicyResult:
+) -> tuple[PolicyResult, bool]:
+    if name == OPTIMUM:
+        r, _, exact = optimum(trace, sc)
+        return r, exact
     r = run_policy(trace, sc, name, seed=seed, forecaster=forecaster)
     if name == "oracle":
         r.cost_lower_bound_usd = cost_lower_bound(trace.counts, sc)
-    return r
+    return r, True
 
 
 def compare(
@@ -62,20 +75,21 @@ def compare(
     workers: int | None = None,
 ) -> Comparison:
     """Replay the trace under each policy (in parallel processes, one per core by default; each
-    replay is independent and deterministic); the oracle also gets the cost floor."""
+    replay is independent and deterministic); with the oracle come the cost floor and the exact
+    optimum, so the oracle's and every policy's distance from the best is measured."""
     names = list(policies)
-    n = min(len(names), workers or os.cpu_count() or 1)
+    jobs = names + ([OPTIMUM] if "oracle" in names else [])
+    n = min(len(jobs), workers or os.cpu_count() or 1)
     per_policy = 2 * trace.seconds
+    done: dict[str, tuple[PolicyResult, bool]] = {}
     if n <= 1:
-        results = []
-        for name in names:
-            results.append(_run_one(trace, sc, name, seed, forecaster))
-            if progress is not None:
+        for name in jobs:
+            done[name] = _run_one(trace, sc, name, seed, forecaster)
+            if progress is not None and name != OPTIMUM:
                 progress(per_policy)
-        return Comparison(trace, sc, results)
+        return _assemble(trace, sc, names, done)
     # slowest first, so the pool is not left waiting on one long replay at the end
-    order = sorted(names, key=lambda p: -_COST_RANK.get(p, 0))
-    done: dict[str, PolicyResult] = {}
+    order = sorted(jobs, key=lambda p: -_COST_RANK.get(p, 0))
     ctx = multiprocessing.get_context(
         "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     )
@@ -83,9 +97,22 @@ def compare(
         futs = {pool.submit(_run_one, trace, sc, p, seed, forecaster): p for p in order}
         for f in as_completed(futs):
             done[futs[f]] = f.result()
-            if progress is not None:
+            if progress is not None and futs[f] != OPTIMUM:
                 progress(per_policy)
-    return Comparison(trace, sc, [done[p] for p in names])
+    return _assemble(trace, sc, names, done)
+
+
+def _assemble(
+    trace: Trace, sc: Scenario, names: list[str], done: dict[str, tuple[PolicyResult, bool]]
+) -> Comparison:
+    opt = done.get(OPTIMUM)
+    return Comparison(
+        trace,
+        sc,
+        [done[p][0] for p in names],
+        optimum=None if opt is None else opt[0],
+        optimum_exact=bool(opt and opt[1]),
+    )
 
 
 _COST_RANK = {"hybrid": 5, "oracle": 4, "mark": 3}
@@ -152,13 +179,34 @@ def format_table(cmp: Comparison) -> str:
                 for i, (v, w) in enumerate(zip(row, widths, strict=True))
             )
         )
-    if oracle and oracle.cost_lower_bound_usd is not None:
-        out.append("")
-        out.append(
-            f"cost floor (LP relaxation of the oracle's plan): ${oracle.cost_lower_bound_usd:,.2f}"
-            " - no policy meeting the SLO can cost less"
-        )
+    out += _bounds_lines(cmp)
     return "\n".join(out)
+
+
+def _bounds_lines(cmp: Comparison) -> list[str]:
+    """Floor, exact optimum, oracle and each policy against the optimum."""
+    oracle, opt = cmp.by_policy("oracle"), cmp.optimum
+    out = []
+    if oracle and oracle.cost_lower_bound_usd is not None:
+        out += [
+            "",
+            f"cost floor (Lagrangian bound, integer fleets): ${oracle.cost_lower_bound_usd:,.2f}"
+            " - no schedule meeting the SLO target costs less",
+        ]
+    if opt is not None and opt.cost_usd > 0:
+        kind = "exact offline optimum" if cmp.optimum_exact else "best single-pool schedule"
+        out.append(
+            f"{kind} (DP over the whole trace): ${opt.cost_usd:,.2f}, "
+            f"attainment {opt.slo_attainment:.4%}"
+        )
+        rel = ", ".join(
+            f"{r.policy} {r.cost_usd / opt.cost_usd:.3f}x"
+            for r in cmp.results
+            if r.slo_attainment >= cmp.scenario.slo.target
+        )
+        if rel:
+            out.append(f"against it (policies meeting the SLO): {rel}")
+    return out
 
 
 def write_timeline(cmp: Comparison, path: str) -> None:

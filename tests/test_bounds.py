@@ -67,12 +67,16 @@ def test_levels_are_the_pareto_frontier_of_integer_fleets():
     assert np.all(np.diff(lv.rps) > 0) and np.all(np.diff(lv.usd_s) > 0)
     c5 = next(p for p in sc.pools if p.key == "c5.large/on_demand")
     assert np.any(np.isclose(lv.rps, 3 * c5.capacity_rps))
-    # every fleet of 500 req/s or more is one level, at the cheapest price per capacity
-    assert lv.rps[-1] == 500.0 and lv.usd_s[-1] == pytest.approx(500.0 * c5.usd_per_request)
+    # every fleet of 500 req/s or more is one level, at the price of the cheapest of them
+    # (six c5.large) and the capacity that price buys at the cheapest price per capacity
+    assert lv.usd_s[-1] == pytest.approx(6 * c5.price_usd_s)
+    assert lv.rps[-1] == pytest.approx(6 * c5.price_usd_s / c5.usd_per_request)
     # bucketing merges into cheaper, larger levels: never above the exact frontier
     few = fleet_levels(sc.pools, 500.0, max_levels=3)
+    # (the last level of each stands for every fleet that serves all: it covers any capacity)
+    covers = np.append(few.rps[:-1], np.inf)
     for usd, rps in zip(lv.usd_s, lv.rps, strict=True):
-        assert np.min(few.usd_s[few.rps >= rps - 1e-9]) <= usd + 1e-15
+        assert np.min(few.usd_s[covers >= rps - 1e-9]) <= usd + 1e-15
 
 
 def test_pieces_follow_interval_and_launch_delay_and_shrink_with_spot():
