@@ -17,6 +17,8 @@ Model (what "exact" assumes):
 - per piece of g = gcd(interval, launch delay) seconds, the cost of n serving instances is the
   Lambda warm price of what the fluid data plane spills at a constant n (per-second spill from
   `dataplane.fleet_seconds`, the backlog carried along the trace at that n);
+- fleets small enough for the state space (MAX_STATES per instant): a larger one is scheduled in
+  blocks of instances, a feasible schedule reported as not exact;
 - the 60 s minimum bill never binds when the launch delay or the control interval is at least
   60 s (an instance then lives at least that long); it is left out otherwise.
 
@@ -52,10 +54,14 @@ class Schedule:
     launches: list[tuple[float, int]]  # (time s, instances)
     retires: list[tuple[float, int]]
     initial: int
+    block: int = 1  # instances per DP unit: 1 is exact; more, a coarser (dearer) schedule
 
 
-def spill_per_second(counts: np.ndarray, pool: Pool, sc: Scenario, n_max: int) -> np.ndarray:
-    """Requests the fluid data plane spills each second at a constant fleet of n, (n_max+1, T)."""
+def spill_per_second(
+    counts: np.ndarray, pool: Pool, sc: Scenario, n_max: int, block: int = 1
+) -> np.ndarray:
+    """Requests the fluid data plane spills each second at a constant fleet of n blocks of
+    `block` instances, (n_max+1, T)."""
     a = np.asarray(counts, dtype=float)
     out = np.empty((n_max + 1, len(a)))
     out[0] = a
@@ -66,9 +72,9 @@ def spill_per_second(counts: np.ndarray, pool: Pool, sc: Scenario, n_max: int) -
         for s in range(0, len(a), day):
             x = a[s : s + day]
             ones = np.ones(len(x))
-            mu = n * pool.capacity_rps * ones
+            mu = n * block * pool.capacity_rps * ones
             fs = dataplane.fleet_seconds(
-                x, mu, mu * pool.latency_s, n * ones, slo, True, b, hist=None
+                x, mu, mu * pool.latency_s, n * block * ones, slo, True, b, hist=None
             )
             out[n, s : s + day] = fs.spill
             b = float(fs.b_end[-1])
@@ -89,12 +95,15 @@ def solve_pool(counts: np.ndarray, pool: Pool, sc: Scenario) -> Schedule:
     d_p = delay // g  # pieces from launch to ready
     p_cohorts = max(0, -(-delay // dt) - 1)
     a = np.asarray(counts, dtype=float)
-    n_max = int(math.ceil(a.max(initial=0.0) / pool.capacity_rps)) + 1
-    while len(_states(n_max, p_cohorts)) > MAX_STATES and n_max > 1:
-        n_max -= 1  # very large fleets: the schedule is capped (reported, not exact)
+    need = int(math.ceil(a.max(initial=0.0) / pool.capacity_rps)) + 1
+    block = 1
+    while len(_states(-(-need // block), p_cohorts)) > MAX_STATES:
+        block += 1  # very large fleets: whole blocks of instances (a schedule, not the optimum)
+    n_max = -(-need // block)
+    price_s = pool.price_usd_s * block
     steps = -(-len(a) // dt)
     pad = steps * dt - len(a)
-    spill = spill_per_second(np.concatenate([a, np.zeros(pad)]), pool, sc, n_max)
+    spill = spill_per_second(np.concatenate([a, np.zeros(pad)]), pool, sc, n_max, block)
     c_l = lambda_usd_per_request(sc)
     s_cost = c_l * spill.reshape(n_max + 1, -1, g).sum(axis=2)  # (levels, pieces)
     live_s = np.minimum(np.maximum(len(a) - np.arange(steps * per) * g, 0), g)  # billed s/piece
@@ -139,7 +148,7 @@ def solve_pool(counts: np.ndarray, pool: Pool, sc: Scenario) -> Schedule:
     choice = np.zeros((steps, len(states)), dtype=np.int32)
     for k in range(steps - 1, -1, -1):
         sl = slice(k * per, (k + 1) * per)
-        ec2 = billed_a * pool.price_usd_s * float(live_s[sl].sum())
+        ec2 = billed_a * price_s * float(live_s[sl].sum())
         lam = s_cost[:, sl][serve_a, cols[None, :]].sum(axis=1)
         total = ec2 + lam + value[nxt_a]
         best = np.minimum.reduceat(total, bounds)
@@ -149,7 +158,7 @@ def solve_pool(counts: np.ndarray, pool: Pool, sc: Scenario) -> Schedule:
     # warm start: any fleet serving at once, nothing pending
     starts = [index[(n,) + (0,) * p_cohorts] for n in range(n_max + 1)]
     s0 = min(starts, key=lambda i: value[i])
-    return _walk(pool, states, s0, choice, act_a, nxt_a, dt, float(value[s0]))
+    return _walk(pool, states, s0, choice, act_a, nxt_a, dt, float(value[s0]), block)
 
 
 def _argmin_per_group(total: np.ndarray, group: np.ndarray, best: np.ndarray) -> np.ndarray:
@@ -162,18 +171,18 @@ def _argmin_per_group(total: np.ndarray, group: np.ndarray, best: np.ndarray) ->
     return first
 
 
-def _walk(pool, states, s0, choice, act, nxt, dt, objective) -> Schedule:
+def _walk(pool, states, s0, choice, act, nxt, dt, objective, block) -> Schedule:
     launches, retires = [], []
     s = s0
     for k in range(choice.shape[0]):
         pair = choice[k, s]
         change = int(act[pair])
         if change > 0:
-            launches.append((float(k * dt), change))
+            launches.append((float(k * dt), change * block))
         elif change < 0:
-            retires.append((float(k * dt), -change))
+            retires.append((float(k * dt), -change * block))
         s = int(nxt[pair])
-    return Schedule(pool, objective, launches, retires, states[s0][0])
+    return Schedule(pool, objective, launches, retires, states[s0][0] * block, block)
 
 
 def instances_of(schedule: Schedule) -> list[SimInstance]:
@@ -217,7 +226,7 @@ def optimum(trace: Trace, sc: Scenario) -> tuple[PolicyResult, Schedule, bool]:
     assert best is not None
     result = score(trace, sc, instances_of(best), "optimum", time.perf_counter() - t0)
     # spot interruptions are not in the model: a spot schedule is a bound, not the optimum
-    exact = len(pools) == 1 and pools[0].market == "on_demand"
+    exact = len(pools) == 1 and pools[0].market == "on_demand" and best.block == 1
     return result, best, exact
 
 

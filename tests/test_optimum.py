@@ -112,3 +112,19 @@ def test_an_empty_trace_needs_no_fleet():
     result, sched, _ = optimum(Trace("zeros", np.zeros(600, dtype=np.int64), "test"), sc)
     assert sched.initial == 0 and not sched.launches
     assert result.cost_usd == 0.0
+
+
+def test_a_fleet_too_large_for_the_state_space_is_scheduled_in_blocks(monkeypatch):
+    from simulations import optimum as opt_mod
+
+    sc = ONE_POOL
+    counts = _bursty(sc, 4, 6) * 3
+    trace = Trace("big", counts, "test")
+    exact_result, exact_sched, exact = optimum(trace, sc)
+    monkeypatch.setattr(opt_mod, "MAX_STATES", 10)
+    result, sched, flagged = optimum(trace, sc)
+    assert exact and not flagged and sched.block > 1
+    assert all(n % sched.block == 0 for _, n in sched.launches + sched.retires)
+    # a coarser schedule is feasible, and no cheaper than the exact one (its model's cost)
+    assert sched.objective_usd >= exact_sched.objective_usd * (1 - 1e-9)
+    assert result.slo_attainment >= sc.slo.target
