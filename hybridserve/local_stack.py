@@ -222,7 +222,7 @@ class LocalStack(RouterStack):
             take_counts = self.replicas.take_counts
         else:
             self.router = Router(rc, self.backend.endpoints, invoker, metadata=metadata,
-                                 fleet_usd_per_s=cost)  # fmt: skip
+                                 fleet_usd_per_s=cost, cost_meter=self._cost_meter(sc))  # fmt: skip
             take_counts = self.router.take_counts
         if cfg.deployment != "fixed":
             policy = cfg.deployment
@@ -242,6 +242,27 @@ class LocalStack(RouterStack):
             capacity_rps=round(pool.capacity_rps, 1),
             batch=pool.batch,
             lambda_url=self.emulator_url,
+        )
+
+    def _cost_meter(self, sc: Scenario) -> Any:
+        """Cost by cause for the router's metrics: instance lives from the backend's events
+        and the forecasts of the control loop's decisions, on the epoch clock."""
+        import time
+
+        from hybridserve.attribution import LiveCostMeter, lifetimes_from_events
+
+        backend = self.backend
+        offset = time.time() - backend.now()
+
+        def forecasts() -> list[tuple[float, float]]:
+            made = self.loop_.decisions[-4:] if self.loop_ is not None else []
+            return [(d.time_s + offset, float(d.inputs.forecast.mean[0])) for d in made]
+
+        return LiveCostMeter(
+            {p.key: (p.price_usd_s, p.capacity_rps) for p in sc.pools},
+            sc.control_interval_s,
+            lifetimes=lambda: lifetimes_from_events(backend.events(), offset),
+            forecasts=forecasts,
         )
 
     def _replica_set(self, rc: Any, metadata: dict[str, Any], cost: Any) -> Any:

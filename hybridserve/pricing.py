@@ -60,9 +60,10 @@ def lambda_init_usd(
     )
 
 
-def ec2_billed_s(seconds: float) -> float:
-    """Seconds billed for an instance that ran `seconds` (from launch): at least a minute."""
-    return max(float(seconds), EC2_MIN_BILL_S)
+def ec2_billed_s(seconds: float, minimum_s: float = EC2_MIN_BILL_S) -> float:
+    """Seconds billed for an instance that ran `seconds` (from launch): at least a minute
+    (`minimum_s`: another per-second service's minimum, e.g. SageMaker's, which has none)."""
+    return max(float(seconds), minimum_s)
 
 
 def ec2_usd(seconds: float, usd_per_s: float) -> float:

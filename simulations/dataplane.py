@@ -314,6 +314,9 @@ class DataPlaneTotals:
     interval_capacity: list[np.ndarray] = field(default_factory=list)
     interval_spill: list[np.ndarray] = field(default_factory=list)
     interval_met: list[np.ndarray] = field(default_factory=list)
+    # requests Lambda served and cold starts, per interval (what the bill charges, by interval)
+    interval_served: list[np.ndarray] = field(default_factory=list)
+    interval_cold: list[np.ndarray] = field(default_factory=list)
 
 
 def _per_interval(x: np.ndarray, interval: int) -> np.ndarray:
@@ -369,6 +372,8 @@ def replay(
         tot.interval_capacity.append(_per_interval(mu, interval) / interval)
         tot.interval_spill.append(_per_interval(fs.spill, interval))
         tot.interval_met.append(_per_interval(fs.met + met_l, interval))
+        tot.interval_served.append(_per_interval(ls.served, interval))
+        tot.interval_cold.append(_per_interval(ls.cold, interval))
         if progress is not None:
             progress(n)
     return tot

@@ -68,3 +68,84 @@ def plot_comparison(cmp: Comparison, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+CAUSE_COLORS = {
+    "base_fleet": "#2b6ca3",
+    "over_provisioning": "#8fb8de",
+    "launch_overhead": "#6a51a3",
+    "minimum_bill": "#bcbddc",
+    "spill_planned": "#e6550d",
+    "spill_forecast_miss": "#fd8d3c",
+    "spill_burst": "#fdae6b",
+    "spill_launch_lag": "#d62728",
+    "spill_spot_loss": "#8c564b",
+    "cold_starts": "#7f7f7f",
+}
+
+
+def cost_plot_path(path: str) -> str:
+    """Where `--plot out.png` puts the cost plot: out-cost.png."""
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}-cost.{ext}" if dot and "/" not in ext else f"{path}-cost.png"
+
+
+def plot_cost_causes(explanations: list, counterfactuals: list, hybrid, path: str) -> None:
+    """Where the money went. Top: the hybrid's (else the first policy's) cost per hour, stacked
+    by cause; bottom: every policy's bill split by cause, and the alternatives' totals."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError("--plot needs matplotlib: pip install 'hybridserve[plot]'") from e
+    from hybridserve.attribution import CAUSES, LABELS
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 9), gridspec_kw={"height_ratios": [3, 2]})
+    shown = next((e for e in explanations if e.policy == "hybrid"), explanations[0])
+    per_h = max(1, 3600 // shown.interval_s)
+    n = shown.intervals
+    hours = np.arange(-(-n // per_h)) * per_h * shown.interval_s / 3600.0
+    used = [c for c in CAUSES if shown.totals()[c] > 0]
+    stacks = []
+    for c in used:
+        x = shown.usd[c]
+        pad = (-len(x)) % per_h
+        stacks.append(np.concatenate([x, np.zeros(pad)]).reshape(-1, per_h).sum(axis=1))
+    if stacks:
+        ax1.stackplot(
+            hours,
+            stacks,
+            labels=[LABELS[c] for c in used],
+            colors=[CAUSE_COLORS[c] for c in used],
+            step="post",
+        )
+    ax1.set_xlabel("hours")
+    ax1.set_ylabel("USD per hour")
+    ax1.set_title(f"where the money went: {shown.policy}, ${shown.total_usd:,.2f} in all")
+    ax1.legend(loc="upper left", fontsize=8, ncol=2)
+    names = [e.policy for e in explanations] + [f"alt: {c.name}" for c in counterfactuals]
+    left = np.zeros(len(names))
+    for c in CAUSES:
+        vals = np.array([e.totals()[c] for e in explanations] + [0.0] * len(counterfactuals))
+        if vals.sum() <= 0:
+            continue
+        ax2.barh(names, vals, left=left, color=CAUSE_COLORS[c])
+        left += vals
+    k = len(explanations)
+    alt = np.array([0.0] * k + [c.cost_usd for c in counterfactuals])
+    if counterfactuals:
+        ax2.barh(names[k:], alt[k:], color="0.75", hatch="//", label="alternative (total)")
+    for i, total in enumerate(left + alt):
+        ax2.annotate(f" ${total:,.2f}", (total, i), va="center", fontsize=8)
+    if hybrid is not None:
+        ax2.axvline(hybrid.cost_usd, color="k", ls="--", lw=0.8, label="hybrid")
+    ax2.invert_yaxis()
+    ax2.set_xlim(0, max(float(np.max(left + alt)), 1e-9) * 1.15)
+    ax2.set_xlabel("cost (USD)")
+    ax2.set_title("each policy's bill by cause, and the alternatives on the same trace")
+    ax2.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

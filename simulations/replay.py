@@ -54,6 +54,9 @@ class PolicyResult:
     training_s: float = 0.0  # of sim_wall_s, what the forecaster spent training
     timeline: Timeline | None = field(default=None, repr=False)
     instances: list = field(default_factory=list, repr=False)
+    spill: bool = False  # may the router send requests to Lambda (the policy's)?
+    # per control interval, the forecast mean (req/s) the controller planned it with
+    forecast_rps: np.ndarray | None = field(default=None, repr=False)
 
     def as_json(self) -> dict:
         def num(x: float) -> float | None:
@@ -89,8 +92,12 @@ def control_pass(
     seed: int = 0,
     forecaster: str | None = None,
     progress=None,
+    forecasts: list[float] | None = None,
 ):
-    """Run the Controller over the trace; returns (backend with the instance timeline, spec, fleet sizes)."""
+    """Run the Controller over the trace; returns (backend with the instance timeline, spec, fleet sizes).
+
+    `forecasts`, when given, receives per interval the forecast mean the interval was planned
+    with (the decision before it: the warm start's for the first)."""
     counts = trace.counts
     dt = sc.control_interval_s
     pools = sc.pools
@@ -99,11 +106,13 @@ def control_pass(
     n_steps = -(-len(counts) // dt)
     sizes = np.zeros(n_steps, dtype=np.int32)
     # warm start: the first interval stands in for the history before the trace
-    ctl.step(_interval(counts, 0, dt))
+    d = ctl.step(_interval(counts, 0, dt))
     for k in range(n_steps):
+        if forecasts is not None:
+            forecasts.append(float(d.inputs.forecast.mean[0]))
         sizes[k] = sum(s.total for s in backend.observe().pools.values())
         backend.advance(min((k + 1) * dt, len(counts)), on_notice=ctl.on_notice)
-        ctl.step(_interval(counts, k, dt))
+        d = ctl.step(_interval(counts, k, dt))
         if progress is not None and (k + 1) % 1440 == 0:
             progress(1440 * dt)
     if progress is not None:
@@ -128,8 +137,9 @@ def run_policy(
 ) -> PolicyResult:
     """Replay `trace` under `policy`: cost, attainment, latency and Lambda figures."""
     t0 = time.perf_counter()
+    forecasts: list[float] = []
     backend, spec, sizes = control_pass(
-        trace, sc, policy, seed=seed, forecaster=forecaster, progress=progress
+        trace, sc, policy, seed=seed, forecaster=forecaster, progress=progress, forecasts=forecasts
     )
     pools = {p.key: p for p in sc.pools}
     tot = dataplane.replay(
@@ -175,4 +185,6 @@ def run_policy(
         training_s=spec.training_s,
         timeline=timeline,
         instances=backend.instances,
+        spill=spec.spill,
+        forecast_rps=np.asarray(forecasts),
     )

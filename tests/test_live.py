@@ -157,6 +157,10 @@ def test_router_metrics_and_health_through_the_stack(stack):
         "hybridserve_cost_usd_per_hour",
     ):
         assert m.value(name) >= 0, name
+    from hybridserve.attribution import CAUSES
+
+    for cause in CAUSES:  # the cost so far by cause (hybridserve.attribution.LiveCostMeter)
+        assert m.value("hybridserve_cost_usd_total", cause=cause) >= 0, cause
     assert m.type("hybridserve_router_latency_seconds") == "histogram"
     with urllib.request.urlopen(stack.url + "/v2/models/mlp", timeout=5) as r:
         assert json.loads(r.read())["name"] == "mlp"

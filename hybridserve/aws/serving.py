@@ -261,6 +261,7 @@ class AwsStack(RouterStack):
             invoker,
             metadata=metadata,
             fleet_usd_per_s=fleet_usd_per_s(self.backend.fleet_totals, sc),
+            cost_meter=self._cost_meter(sc),
         )
         cw = self.cloudwatch = service_client(c, "cloudwatch")
         from hybridserve.aws.lease import Lease, lease_ttl_s
@@ -320,6 +321,21 @@ class AwsStack(RouterStack):
                 stop=asyncio.Event(),  # runs until the serve task cancels it
                 on_report=lambda r: event(log, "lambda.keep_warm", **asdict(r)),
             )
+
+    def _cost_meter(self, sc: Any) -> Any:
+        """Cost by cause for the router's metrics. The fleet's instance lives are not known
+        here (EC2 reports launch times, not when a server became ready or was billed to), so
+        launch overhead and minimum bill stay 0, and spill is not told apart as launch lag."""
+        from hybridserve.attribution import LiveCostMeter
+
+        offset = time.time() - self.backend.now()
+
+        def forecasts() -> list[tuple[float, float]]:
+            made = self.loop_.decisions[-4:] if self.loop_ is not None else []
+            return [(d.time_s + offset, float(d.inputs.forecast.mean[0])) for d in made]
+
+        pools = {p.key: (p.price_usd_s, p.capacity_rps) for p in sc.pools}
+        return LiveCostMeter(pools, sc.control_interval_s, forecasts=forecasts)
 
     def _check_deployed(self, c: R.Clients, function: str) -> None:
         """A clear error, not a traceback mid-start, when `deploy` has not run (here)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -69,6 +70,19 @@ from hybridserve.policies import POLICIES
     type=click.Path(dir_okay=False),
     help="Write the per-interval timeline (CSV).",
 )
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Attribute each policy's cost per cause (base fleet, over-provisioning, launch overhead, "
+    "minimum bill, spill by cause, cold starts) and compare with the alternatives (EC2 target "
+    "tracking, Lambda only, SageMaker real-time and Serverless) on the same trace.",
+)
+@click.option(
+    "--explain-csv",
+    "explain_csv",
+    type=click.Path(dir_okay=False),
+    help="Write the cost per control interval and cause (CSV); implies --explain.",
+)
 def simulate(**kw: Any) -> None:
     """Replay a request trace through every policy and compare cost and SLO attainment."""
     with user_errors():
@@ -93,6 +107,8 @@ def _simulate(
     as_json: bool,
     plot_path: str | None,
     timeline_path: str | None,
+    explain: bool = False,
+    explain_csv: str | None = None,
 ) -> None:
     from simulations.report import compare, format_table, write_timeline
     from simulations.synthetic import synthetic_trace
@@ -132,18 +148,76 @@ def _simulate(
         cmp = compare(
             trace, sc, names, seed=seed, forecaster=forecaster, progress=tick, workers=workers
         )
+    explained = _explain(cmp, seed) if explain or explain_csv else None
     if as_json:
-        click.echo(cmp.to_json())
+        if explained is None:
+            click.echo(cmp.to_json())
+        else:
+            click.echo(json.dumps(_explained_json(cmp, *explained), indent=2, allow_nan=False))
     else:
         click.echo(format_table(cmp))
+        if explained is not None:
+            from simulations.counterfactuals import format_counterfactuals
+            from simulations.explain import format_explain
+
+            exps, cfs, hybrid = explained
+            click.echo("")
+            click.echo(format_explain(exps))
+            click.echo("")
+            click.echo(format_counterfactuals(cfs, hybrid, sc.slo.target))
     if plot_path:
         from simulations.plots import plot_comparison
 
         plot_comparison(cmp, plot_path)
         click.echo(f"plot written to {plot_path}", err=True)
+        if explained is not None:
+            from simulations.plots import cost_plot_path, plot_cost_causes
+
+            cost_path = cost_plot_path(plot_path)
+            plot_cost_causes(explained[0], explained[1], explained[2], cost_path)
+            click.echo(f"cost plot written to {cost_path}", err=True)
+    if explain_csv and explained is not None:
+        from simulations.explain import write_explain_csv
+
+        write_explain_csv(explained[0], explain_csv)
+        click.echo(f"cost by cause written to {explain_csv}", err=True)
     if timeline_path:
         write_timeline(cmp, timeline_path)
         click.echo(f"timeline written to {timeline_path}", err=True)
+
+
+def _explain(cmp: Any, seed: int) -> tuple[list, list, Any]:
+    """Each policy's cost by cause, and the alternatives on the same trace (reusing the
+    policies the comparison replayed; the hybrid is replayed if it was not)."""
+    from simulations.counterfactuals import counterfactuals
+    from simulations.explain import explain
+    from simulations.replay import run_policy
+
+    exps = [explain(cmp.trace.counts, cmp.scenario, r) for r in cmp.results]
+    results = {r.policy: r for r in cmp.results}
+    hybrid = results.get("hybrid") or run_policy(
+        cmp.trace, cmp.scenario, "hybrid", seed=seed, keep_timeline=False
+    )
+    return exps, counterfactuals(cmp.trace, cmp.scenario, results, seed=seed), hybrid
+
+
+def _explained_json(cmp: Any, exps: list, cfs: list, hybrid: Any) -> dict[str, Any]:
+    doc = cmp.as_json()
+    for res, e in zip(doc["results"], exps, strict=True):
+        res["explain"] = e.as_json()
+    doc["counterfactuals"] = {
+        "hybrid_cost_usd": round(hybrid.cost_usd, 4),
+        "prices": _price_provenance(),
+        "alternatives": [c.as_json(hybrid.cost_usd) for c in cfs],
+    }
+    return doc
+
+
+def _price_provenance() -> dict[str, str]:
+    from simulations.counterfactuals import DATA_FILE, load_alternatives
+
+    alt = load_alternatives()
+    return {"file": DATA_FILE, "region": alt.region, "date": alt.date, "source": alt.source}
 
 
 @contextmanager

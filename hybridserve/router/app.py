@@ -27,7 +27,7 @@ from prometheus_client.metrics_core import Metric
 
 from hybridserve.fleet import Endpoint
 from hybridserve.logs import event
-from hybridserve.pricing import lambda_gb_s
+from hybridserve.pricing import lambda_gb_s, lambda_init_usd
 from hybridserve.router.asgi import (
     HL,
     BadRequest,
@@ -64,12 +64,16 @@ class Router:
         metadata: dict | None = None,
         fleet_usd_per_s: Callable[[], float] | None = None,
         refresh_s: float = 0.1,
+        cost_meter: Any | None = None,
     ) -> None:
         self.cfg = cfg
         self.endpoints_fn = endpoints
         self.invoker = invoker if cfg.spill else None
         self.metadata = metadata
         self.fleet_usd_per_s = fleet_usd_per_s
+        # a hybridserve.attribution.LiveCostMeter: cost by cause, fed each closed second
+        self.cost_meter = cost_meter
+        self._retries_seen = 0
         self.refresh_s = refresh_s
         self.metrics = RouterMetrics()
         self._exposition = Exposition(self._metric_families)
@@ -165,11 +169,19 @@ class Router:
         a second does anything, so the spill rate is updated once per second."""
         if second <= self._second:
             return
+        spilled = self.metrics.take_second_spills()
+        meter = self.cost_meter
         while self._second < second:
             self.counts.append((self._second, self._second_count))
+            if meter is not None:  # the spills since the last tick count in its last second
+                last = self._second == second - 1
+                retried = self.metrics.retries - self._retries_seen if last else 0
+                self._retries_seen += retried
+                pools = [u.endpoint.pool for u in self.ups]
+                n = spilled if last else 0
+                meter.second(self._second, pools, self._second_count, n, retried)
             self._second += 1
             self._second_count = 0
-        spilled = self.metrics.take_second_spills()
         self._spill_rate += 0.3 * (spilled - self._spill_rate)
         if self.buffer is not None:
             self.buffer.params = self._batch_params(self._spill_rate)
@@ -197,7 +209,14 @@ class Router:
             c = self.cfg
             # billed comes from Lambda and includes the init (AWS since 2025)
             gb_s = lambda_gb_s(c.lambda_memory_gb * 1024.0, billed)
-            self._lambda_usd += gb_s * c.lambda_usd_per_gb_s + c.lambda_usd_per_request
+            usd = gb_s * c.lambda_usd_per_gb_s + c.lambda_usd_per_request
+            self._lambda_usd += usd
+            if self.cost_meter is not None:
+                cold = 0.0
+                if init is not None and dur is not None:
+                    mb = c.lambda_memory_gb * 1024.0
+                    cold = lambda_init_usd(dur, init, mb, c.lambda_usd_per_gb_s)
+                self.cost_meter.lambda_invoke(usd, cold)
         if dur is not None and init is None and 0 < n < len(self.cfg.lambda_ms):
             r = dur / max(self.cfg.lambda_ms[n], 1e-3)
             self._lambda_ratio = min(
@@ -374,4 +393,5 @@ class Router:
             lambda_in_flight=self.buffer.in_flight if self.buffer is not None else 0,
             usd_per_hour=(fleet_usd_s + lambda_usd_s) * 3600.0,
             batch=params,
+            cost_by_cause=None if self.cost_meter is None else self.cost_meter.totals(),
         )

@@ -72,6 +72,7 @@ class RouterMetrics:
         lambda_in_flight: int,
         usd_per_hour: float,
         batch: Any | None,
+        cost_by_cause: dict[str, float] | None = None,
     ) -> Iterator[Metric]:
         """The metric families at scrape time (the router's collector calls this)."""
         yield counter(
@@ -182,3 +183,12 @@ class RouterMetrics:
             "Estimated cost rate: fleet now plus Lambda's mean.",
             [((), usd_per_hour)],
         )
+        if cost_by_cause is not None:
+            yield counter(
+                "hybridserve_cost_usd",
+                "Cost so far by cause, at the scenario's prices (hybridserve.attribution): "
+                "base_fleet, over_provisioning, launch_overhead, minimum_bill, spill_planned, "
+                "spill_forecast_miss, spill_burst, spill_launch_lag, spill_spot_loss, cold_starts.",
+                [((c,), v) for c, v in cost_by_cause.items()],
+                labels=("cause",),
+            )
