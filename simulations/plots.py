@@ -114,6 +114,10 @@ def plot_cost_causes(explanations: list, counterfactuals: list, hybrid, path: st
         pad = (-len(x)) % per_h
         stacks.append(np.concatenate([x, np.zeros(pad)]).reshape(-1, per_h).sum(axis=1))
     if stacks:
+        # step="post" draws each hour up to the next edge: repeat the last hour at the end
+        hours = np.append(hours, hours[-1] + per_h * shown.interval_s / 3600.0)
+        stacks = [np.append(x, x[-1]) for x in stacks]
+        ax1.set_ylim(0, float(np.max(np.sum(stacks, axis=0))) * 1.4 or 1.0)
         ax1.stackplot(
             hours,
             stacks,
@@ -124,7 +128,7 @@ def plot_cost_causes(explanations: list, counterfactuals: list, hybrid, path: st
     ax1.set_xlabel("hours")
     ax1.set_ylabel("USD per hour")
     ax1.set_title(f"where the money went: {shown.policy}, ${shown.total_usd:,.2f} in all")
-    ax1.legend(loc="upper left", fontsize=8, ncol=2)
+    ax1.legend(loc="upper left", fontsize=8, ncol=3)
     names = [e.policy for e in explanations] + [f"alt: {c.name}" for c in counterfactuals]
     left = np.zeros(len(names))
     for c in CAUSES:
@@ -145,7 +149,7 @@ def plot_cost_causes(explanations: list, counterfactuals: list, hybrid, path: st
     ax2.set_xlim(0, max(float(np.max(left + alt)), 1e-9) * 1.15)
     ax2.set_xlabel("cost (USD)")
     ax2.set_title("each policy's bill by cause, and the alternatives on the same trace")
-    ax2.legend(fontsize=8, loc="lower right")
+    ax2.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
