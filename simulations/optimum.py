@@ -41,7 +41,7 @@ from hybridserve.backends.simulated import SimInstance
 from hybridserve.config import Pool, Scenario, lambda_usd_per_request
 from hybridserve.planner.base import prune_dominated, prune_multiples
 from simulations import dataplane
-from simulations.replay import PolicyResult
+from simulations.replay import PolicyResult, replay_timeline
 from simulations.traces import Trace
 
 MAX_STATES = 4096  # per instant; beyond, the DP would be slower than it is worth
@@ -224,38 +224,8 @@ def optimum(trace: Trace, sc: Scenario) -> tuple[PolicyResult, Schedule, bool]:
         if best is None or sched.objective_usd < best.objective_usd:
             best = sched
     assert best is not None
-    result = score(trace, sc, instances_of(best), "optimum", time.perf_counter() - t0)
+    result = replay_timeline(trace, sc, "optimum", instances_of(best), spill=True)
+    result.sim_wall_s = time.perf_counter() - t0
     # spot interruptions are not in the model: a spot schedule is a bound, not the optimum
     exact = len(pools) == 1 and pools[0].market == "on_demand" and best.block == 1
     return result, best, exact
-
-
-def score(trace: Trace, sc: Scenario, instances: list, name: str, started_s: float) -> PolicyResult:
-    """Replay a fixed instance timeline (spill to Lambda on) and bill it as `run_policy` does."""
-    pools = {p.key: p for p in sc.pools}
-    t0 = time.perf_counter()
-    tot = dataplane.replay(trace.counts, instances, pools, sc, spill=True)
-    ec2, hours = dataplane.ec2_bill(instances, pools, float(len(trace.counts)))
-    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc)
-    breakdown = {
-        "ec2_on_demand": ec2["on_demand"],
-        "ec2_spot": ec2["spot"],
-        "lambda_requests": l_req,
-        "lambda_compute": l_cmp,
-    }
-    return PolicyResult(
-        policy=name,
-        cost_usd=sum(breakdown.values()),
-        cost_breakdown=breakdown,
-        requests=int(trace.requests),
-        slo_attainment=tot.met / tot.requests if tot.requests else 1.0,
-        latency_p50_ms=tot.hist.percentile(50) * 1000,
-        latency_p95_ms=tot.hist.percentile(95) * 1000,
-        latency_p99_ms=tot.hist.percentile(99) * 1000,
-        lambda_fraction=tot.spilled / tot.requests if tot.requests else 0.0,
-        instance_hours=hours,
-        cold_starts=int(round(tot.cold_starts)),
-        throttled=int(round(tot.throttled)),
-        sim_wall_s=started_s + time.perf_counter() - t0,
-        instances=instances,
-    )

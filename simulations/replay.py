@@ -141,11 +141,41 @@ def run_policy(
     backend, spec, sizes = control_pass(
         trace, sc, policy, seed=seed, forecaster=forecaster, progress=progress, forecasts=forecasts
     )
-    pools = {p.key: p for p in sc.pools}
-    tot = dataplane.replay(
-        trace.counts, backend.instances, pools, sc, spill=spec.spill, progress=progress
+    planner = spec.planner
+    r = replay_timeline(
+        trace,
+        sc,
+        policy,
+        backend.instances,
+        spill=spec.spill,
+        progress=progress,
+        sizes=sizes if keep_timeline else None,
     )
-    ec2, hours = dataplane.ec2_bill(backend.instances, pools, float(len(trace.counts)))
+    r.sim_wall_s = time.perf_counter() - t0
+    r.plans_solved = getattr(planner, "solves", None)
+    r.forecaster_fallbacks = spec.forecaster_fallbacks
+    r.planner_fallbacks = spec.planner_fallbacks
+    r.training_s = spec.training_s
+    r.forecast_rps = np.asarray(forecasts)
+    return r
+
+
+def replay_timeline(
+    trace: Trace,
+    sc: Scenario,
+    name: str,
+    instances: list,
+    *,
+    spill: bool,
+    progress=None,
+    sizes: np.ndarray | None = None,
+) -> PolicyResult:
+    """Replay the arrivals through a fixed instance timeline and bill it: what every policy and
+    the exact optimum are measured by. `sizes` (fleet size per interval) keeps the timeline."""
+    t0 = time.perf_counter()
+    pools = {p.key: p for p in sc.pools}
+    tot = dataplane.replay(trace.counts, instances, pools, sc, spill=spill, progress=progress)
+    ec2, hours = dataplane.ec2_bill(instances, pools, float(len(trace.counts)))
     l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc)
     breakdown = {
         "ec2_on_demand": ec2["on_demand"],
@@ -153,9 +183,8 @@ def run_policy(
         "lambda_requests": l_req,
         "lambda_compute": l_cmp,
     }
-    requests = int(trace.requests)
     timeline = None
-    if keep_timeline:
+    if sizes is not None:
         timeline = Timeline(
             interval_s=sc.control_interval_s,
             arrivals=np.concatenate(tot.interval_arrivals),
@@ -164,12 +193,11 @@ def run_policy(
             met=np.concatenate(tot.interval_met),
             fleet_size=sizes,
         )
-    planner = spec.planner
     return PolicyResult(
-        policy=policy,
+        policy=name,
         cost_usd=sum(breakdown.values()),
         cost_breakdown=breakdown,
-        requests=requests,
+        requests=int(trace.requests),
         slo_attainment=tot.met / tot.requests if tot.requests else 1.0,
         latency_p50_ms=tot.hist.percentile(50) * 1000,
         latency_p95_ms=tot.hist.percentile(95) * 1000,
@@ -179,12 +207,7 @@ def run_policy(
         cold_starts=int(round(tot.cold_starts)),
         throttled=int(round(tot.throttled)),
         sim_wall_s=time.perf_counter() - t0,
-        plans_solved=getattr(planner, "solves", None),
-        forecaster_fallbacks=spec.forecaster_fallbacks,
-        planner_fallbacks=spec.planner_fallbacks,
-        training_s=spec.training_s,
         timeline=timeline,
-        instances=backend.instances,
-        spill=spec.spill,
-        forecast_rps=np.asarray(forecasts),
+        instances=instances,
+        spill=spill,
     )
