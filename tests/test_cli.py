@@ -49,7 +49,11 @@ def default_json():
 
 def test_json_schema(default_json):
     out = default_json
-    assert set(out) == {"trace", "slo", "results"}
+    assert set(out) == {"trace", "slo", "results", "optimum"}
+    opt = out["optimum"]
+    assert set(opt) == RESULT_KEYS | {"exact"} and opt["policy"] == "optimum"
+    oracle = next(r for r in out["results"] if r["policy"] == "oracle")
+    assert oracle["cost_lower_bound_usd"] <= opt["cost_usd"] <= oracle["cost_usd"] * 1.005
     assert set(out["trace"]) == {"name", "seconds", "requests"}
     assert set(out["slo"]) == {"latency_ms", "target"}
     assert [r["policy"] for r in out["results"]] == list(POLICIES)
