@@ -421,3 +421,36 @@ def test_the_simulator_and_the_aws_path_take_the_same_notices_to_the_same_replac
         assert len(noticed) == len(cloud.noticed) == 4
     finally:
         cloud.close()
+
+
+# --- the benchmark -------------------------------------------------------------------------
+
+
+def test_the_savings_benchmark_prices_spot_only_at_the_same_attainment(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "spot_savings.py")]
+        + ["--trace", str(tmp_path / "absent.txt.gz"), "--days", "0.05", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert "synthetic" in out.stderr  # no trace: the embedded one, said so
+    got = json.loads(out.stdout)
+    runs = got["runs"]
+    base = runs["on-demand"]
+    assert base["savings_vs_on_demand"] == 0.0 and base["spot_interruptions"] == 0
+    for r in runs.values():
+        if r["target_met"] and base["target_met"]:
+            assert r["savings_vs_on_demand"] == pytest.approx(
+                1 - r["cost_usd"] / base["cost_usd"], abs=1e-4
+            )
+        else:
+            assert r["savings_vs_on_demand"] is None
+    assert runs["spot only (advisor, mid band)"]["interruptions"] == "advisor"
+    assert runs["spot only (advisor, mid band)"]["cost_breakdown"]["ec2_on_demand"] == 0
