@@ -26,11 +26,12 @@ def _register() -> None:
     from hybridserve.cli.serve import serve
     from hybridserve.cli.simulate import simulate
     from hybridserve.cli.status import status
+    from hybridserve.cli.sweep import sweep
     from hybridserve.cli.teardown import teardown
 
     for command in (
         simulate, forecast, package, profile, model_server, serve, bench,
-        deploy, status, scale, plan, controller, iam_policy, teardown,
+        deploy, status, scale, plan, controller, iam_policy, teardown, sweep,
     ):  # fmt: skip
         main.add_command(command)
 
