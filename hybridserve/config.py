@@ -203,10 +203,13 @@ class SpotOptions(Strict):
             "trace_pick": ("trace",),
             "correlation": ("advisor", "rate"),
         }
+        fields = type(self).model_fields
+        # a field at its default is not "given": a full dump of the options validates again
         wrong = [
             f
             for f, models in owner.items()
-            if f in self.model_fields_set and getattr(self, f) is not None and model not in models
+            if model not in models
+            and getattr(self, f) != fields[f].get_default(call_default_factory=True)
         ]
         if wrong:
             why = "; ".join(f"{f} is for {' or '.join(owner[f])}" for f in wrong)

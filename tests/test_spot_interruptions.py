@@ -454,3 +454,15 @@ def test_the_savings_benchmark_prices_spot_only_at_the_same_attainment(tmp_path)
             assert r["savings_vs_on_demand"] is None
     assert runs["spot only (advisor, mid band)"]["interruptions"] == "advisor"
     assert runs["spot only (advisor, mid band)"]["cost_breakdown"]["ec2_on_demand"] == 0
+
+
+def test_spot_options_validate_again_from_a_full_dump(tmp_path):
+    path = trace_file(tmp_path, "1,c5.large\n")
+    for spot in (
+        SpotOptions(),
+        SpotOptions(interruptions_per_hour=0.3, correlation=0.2),
+        SpotOptions(bands={"c5.large": "<5%"}, band_position=0.8),
+        SpotOptions(interruption_trace=str(path), trace_pick="random"),
+    ):
+        assert SpotOptions.model_validate(spot.model_dump()) == spot
+        assert SpotOptions.model_validate(spot.model_dump(exclude_unset=True)) == spot
