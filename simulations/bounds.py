@@ -5,7 +5,7 @@ delays) seconds (the controller acts once per interval and instances become read
 later); per piece j it holds an integer fleet, level l, costing F_l $/s with capacity K_l req/s.
 A request the fleet serves within the SLO waits at most q = SLO - s_min (s_min: the fastest
 pool's service time) before its service starts; any other request goes to Lambda at c_L at
-least (its warm price), or misses the SLO, which at most M = (1 - target) N requests may.
+least, or misses the SLO, which at most M = (1 - target) N requests may.
 
 Constraints kept, each true of every schedule the data plane can replay:
 1. per second t of a piece, the fleet serves at most a_t, and at most K (capacity over the
@@ -17,7 +17,8 @@ Constraints kept, each true of every schedule the data plane can replay:
    below the one-line bound "every request costs the cheapest price per request";
 3. at most M requests miss the SLO.
 
-Relaxed: Lambda at its warm price (no cold starts), no launch overhead or 60 s minimum, every
+Relaxed: Lambda at its cheapest price per request (a warm invoke of the largest batch that fits
+the SLO, billed for the handler alone; no cold starts), no launch overhead or 60 s minimum, every
 pool's slack as large as the fastest pool's, spot at its price without AWS's refund of an
 interrupted first hour. Integer fleets are kept per piece.
 
@@ -41,10 +42,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridserve.config import Pool, Scenario, lambda_usd_per_request
+from hybridserve.config import Pool, Scenario, lambda_service_s
+from hybridserve.pricing import lambda_invoke_usd
 
 MAX_LEVELS = 400  # fleet levels kept exactly; beyond, capacities are bucketed (still a relaxation)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def lambda_floor_usd(sc: Scenario, max_batch: int = 1024) -> float:
+    """The least a request can cost on Lambda: the cheapest share of one invoke over the batch
+    sizes whose service fits the SLO (the router's buffer batches spill), each billed for the
+    handler's time alone (the invocation overhead is not billed)."""
+    p = sc.lambda_pricing
+    best = math.inf
+    for b in range(1, max_batch + 1):
+        s = lambda_service_s(sc, b)
+        if s > sc.slo.latency_s and b > 1:
+            break
+        handler_ms = max(s * 1000.0 - sc.model.lambda_.invoke_overhead_ms, 0.0)
+        usd = lambda_invoke_usd(handler_ms, sc.lambda_.memory_mb, p.usd_per_gb_s, p.usd_per_request)
+        best = min(best, usd / b)
+    return best
 
 
 def piece_seconds(sc: Scenario) -> int:
@@ -153,7 +171,7 @@ class _Dual:
         a = np.asarray(counts, dtype=float)
         self.n = float(a.sum())
         self.m = (1.0 - sc.slo.target) * self.n
-        self.c_l = lambda_usd_per_request(sc)
+        self.c_l = lambda_floor_usd(sc)
         self.c = min(p.price_usd_s / p.capacity_rps for p in pools)
         self.levels = fleet_levels(pools, float(a.max(initial=0.0)))  # K >= max a serves all
         self.h = served_bounds(a, g, q, self.levels)

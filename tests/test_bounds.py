@@ -7,8 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from hybridserve.config import lambda_usd_per_request, load_scenario
-from simulations.bounds import cost_floor, cost_lower_bound, fleet_levels, piece_seconds
+from hybridserve.config import load_scenario
+from simulations.bounds import (
+    cost_floor,
+    cost_lower_bound,
+    fleet_levels,
+    lambda_floor_usd,
+    piece_seconds,
+)
 from tests.schedules import schedule_cost
 
 ONE_POOL = load_scenario(None, instance_types=["c5.large"])
@@ -39,7 +45,7 @@ def test_floor_is_at_least_the_one_line_bound(mean):
     rng = np.random.default_rng(int(mean))
     counts = rng.poisson(mean * (1.0 + 0.8 * np.sin(np.arange(4 * 3600) / 900.0)).clip(0))
     f = cost_floor(counts, sc)
-    c = min(min(p.price_usd_s / p.capacity_rps for p in sc.pools), lambda_usd_per_request(sc))
+    c = min(min(p.price_usd_s / p.capacity_rps for p in sc.pools), lambda_floor_usd(sc))
     one_line = sc.slo.target * counts.sum() * c
     assert f.one_line_usd == pytest.approx(one_line)
     # less at most the one backlog a fleet may hold at the trace's end
@@ -56,7 +62,7 @@ def test_the_queue_is_credited_once_not_every_second():
     f = cost_lower_bound(counts, sc)
     one_instance = pool.price_usd_s * 3600
     excess = counts.sum() - pool.capacity_rps * 3600
-    cheapest_excess = excess * min(lambda_usd_per_request(sc), pool.usd_per_request)
+    cheapest_excess = excess * min(lambda_floor_usd(sc), pool.usd_per_request)
     assert f >= one_instance + 0.9 * cheapest_excess
 
 
