@@ -79,6 +79,9 @@ class GpuProfile(Strict):
 class LambdaModelProfile(Strict):
     cold_start_s: float = Field(gt=0)
     invoke_overhead_ms: float = Field(ge=0)
+    # the function's time for a batch over the profile's (1: as profiled); e.g. the emulator's
+    # measured billed durations over what the profile predicts for the same invokes
+    time_scale: float = Field(1.0, gt=0)
 
 
 class ModelProfile(Strict):

@@ -405,7 +405,8 @@ def lambda_service_s(sc: Scenario, batch: int = 1) -> float:
     b = min((k for k in times if k >= batch), default=max(times))
     ms = times[b] * (batch / b if batch > b else 1.0)
     scale = max(1.0, ref.threads / max(sc.lambda_.vcpus, 1e-9))
-    return (ms * scale + sc.model.lambda_.invoke_overhead_ms) / 1000.0
+    lam = sc.model.lambda_
+    return (ms * scale * lam.time_scale + lam.invoke_overhead_ms) / 1000.0
 
 
 def lambda_cold_start_s(sc: Scenario) -> float:

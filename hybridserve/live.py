@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -18,6 +20,18 @@ from hybridserve.fleet import Action, Decision, FleetView
 from hybridserve.logs import event
 
 log = logging.getLogger("hybridserve.live")
+
+#: A step runs this long after the epoch second that ends its interval: the router's ticker
+#: closes that second at the boundary itself, so the step finds it closed.
+STEP_AFTER_S = 0.25
+
+
+def next_step_at(now: float, interval_s: int, after_s: float = STEP_AFTER_S) -> float:
+    """When the step after `now` (epoch s) runs: just after the next epoch second that is a
+    multiple of `interval_s`. Every interval is then `interval_s` whole seconds of the
+    router's counts, on the same boundaries whenever the loop started and however long each
+    step took (the simulator's intervals are [k dt, (k+1) dt) of its trace)."""
+    return (math.floor((now - after_s) / interval_s) + 1) * interval_s + after_s
 
 
 def interval_counts(closed: list[tuple[int, int]], interval_s: int) -> np.ndarray:
@@ -87,6 +101,7 @@ class LiveLoop:
             log,
             "controller.step",
             arrivals_rps=round(float(counts.mean()), 3),
+            counts=[int(x) for x in counts],  # what it decided on, second by second
             fleet=d.fleet.totals(),
             target=dict(d.plan.target),
             actions=[f"{a.kind} {a.pool} {a.instance_id}" for a in d.actions],
@@ -107,6 +122,10 @@ class LiveLoop:
             return None
 
     async def run(self) -> None:
+        """Steps at `next_step_at`: on the epoch seconds that are multiples of the interval,
+        never drifting by the steps' own duration (sleeping one interval after each step did:
+        5 ms a step, a second every 15 minutes at 5 s, and the interval's boundaries with it)."""
         while True:
-            await asyncio.sleep(self.controller.interval_s)
+            now = time.time()
+            await asyncio.sleep(next_step_at(now, self.controller.interval_s) - now)
             await asyncio.to_thread(self.safe_step)

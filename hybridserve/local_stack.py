@@ -103,6 +103,10 @@ def local_scenario(cfg: ServeConfig, profile: dict[str, Any]) -> Scenario:
                 "name": profile["name"],
                 "provenance": profile["provenance"],
                 "reference": ref,
+                # a profile's measured Lambda section (invocation overhead, cold start), if any
+                **(
+                    {"lambda": profile["lambda"]} if isinstance(profile.get("lambda"), dict) else {}
+                ),
             },
             "lambda": {
                 "memory_mb": cfg.lambda_.memory_mb,

@@ -6,9 +6,14 @@ Same fleet timeline and the same serving model as `dataplane.py`, but nothing po
   finishes s_i after its service starts (the instance at its operating batch size);
 - the router computes each ready instance's predicted latency (its queue's wait + s_i), takes the
   smallest, and spills to Lambda when that exceeds the SLO (VM-only policies never spill);
-- Lambda keeps real containers: a warm idle one (most recently used first) serves in s_L; none
-  idle means a cold start (cold + s_L); containers expire keep-alive after their last use; with
-  the concurrency limit busy, the request is throttled (a failure).
+- Lambda as the router drives it: spilled requests wait in its BATCH buffer, a batch closing at
+  the size or the timeout that `batch_params` picks from the router's spill-rate estimate (its
+  per-second update, `dataplane.SPILL_RATE_GAIN`); each batch is one invoke. Lambda keeps real
+  containers: a warm idle one (most recently used first) serves a batch of b in s_L(b); none
+  idle means a cold start (cold + s_L(b)); containers expire keep-alive after their last use;
+  with every concurrency slot busy the batch waits for the first to free (the router holds at
+  most the limit in flight), and a request finding the buffer's limit of pending requests
+  already reached is refused (a failure).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridserve.config import Pool, Scenario, lambda_cold_start_s, lambda_service_s
-from simulations.dataplane import LatencyHistogram, histogram_edges, serving_span
+from simulations.dataplane import (
+    _ROUTER_MAX_PENDING,
+    SPILL_RATE_GAIN,
+    LatencyHistogram,
+    histogram_edges,
+    serving_span,
+    spill_batching,
+)
 
 
 @dataclass
@@ -28,9 +40,10 @@ class DESResult:
     met: int
     spilled: int
     cold_starts: int
-    throttled: int
+    throttled: int  # refused: the buffer's pending limit reached
     latencies_s: np.ndarray
     slo_s: float
+    invokes: int = 0
 
     @property
     def slo_attainment(self) -> float:
@@ -60,10 +73,11 @@ def simulate_requests(
     times = secs + rng.random(n)
     times.sort(kind="stable")
     slo = sc.slo.latency_s
-    s_l = lambda_service_s(sc)
     cold_s = lambda_cold_start_s(sc)
     keep = sc.lambda_.keep_alive_s
     limit = sc.lambda_.concurrency_limit
+    batching = spill_batching(sc)
+    svc_l = [0.0] + [lambda_service_s(sc, b) for b in range(1, int(batching.size.max()) + 1)]
 
     # instance start/stop events in time order
     events: list[tuple[float, int, int]] = []
@@ -81,8 +95,39 @@ def simulate_requests(
 
     busy: list[float] = []  # heap of busy containers' finish times
     idle: list[float] = []  # stack of idle containers' last-use times (most recent on top)
-    lat = np.empty(n)
-    met = spilled = cold = throttled = 0
+    flight: list[tuple[float, int]] = []  # heap of dispatched batches: (finish, requests)
+    in_flight = 0
+    batch: list[int] = []  # the open batch's requests
+    deadline = size = 0.0
+    est, second, second_spills = 0.0, 0, 0  # the router's spill-rate estimate
+    lat = np.full(n, np.nan)
+    spilled = cold = throttled = invokes = 0
+
+    def dispatch(t_close: float) -> None:
+        """The open batch leaves at `t_close`: a warm container, a cold one, or the first slot
+        to free."""
+        nonlocal cold, invokes, in_flight, batch
+        while busy and busy[0] <= t_close:
+            idle.append(heapq.heappop(busy))
+        while idle and t_close - idle[0] > keep:  # oldest idle containers expire first
+            idle.pop(0)
+        if idle:
+            idle.pop()
+            start, extra = t_close, 0.0
+        elif len(busy) < limit:
+            start, extra = t_close, cold_s
+            cold += 1
+        else:
+            start, extra = heapq.heappop(busy), 0.0  # the first container to free takes it
+        finish = start + extra + svc_l[len(batch)]
+        heapq.heappush(busy, finish)
+        heapq.heappush(flight, (finish, len(batch)))
+        in_flight += len(batch)
+        invokes += 1
+        for j in batch:
+            lat[j] = finish - times[j]
+        batch = []
+
     for r in range(n):
         t = times[r]
         while ev < len(events) and events[ev][0] <= t:
@@ -104,25 +149,32 @@ def simulate_requests(
             start = max(free_at[best], t)
             free_at[best] = start + 1.0 / rate[best]
             lat[r] = best_pred
-        elif not spill:
+            continue
+        if not spill:
             lat[r] = np.inf  # no instance at all: the request waits without bound
-        else:
-            spilled += 1
-            while busy and busy[0] <= t:
-                idle.append(heapq.heappop(busy))
-            while idle and t - idle[0] > keep:  # oldest idle containers expire first
-                idle.pop(0)
-            if idle:
-                idle.pop()
-                heapq.heappush(busy, t + s_l)
-                lat[r] = s_l
-            elif len(busy) < limit:
-                cold += 1
-                heapq.heappush(busy, t + cold_s + s_l)
-                lat[r] = cold_s + s_l
-            else:
-                throttled += 1
-                lat[r] = np.inf
-        if lat[r] <= slo + 1e-12:
-            met += 1
-    return DESResult(n, met, spilled, cold, throttled, lat, slo)
+            continue
+        spilled += 1
+        sec = int(t)
+        if sec > second:  # the router's tick, once a second
+            est += SPILL_RATE_GAIN * (second_spills - est)
+            est *= (1.0 - SPILL_RATE_GAIN) ** (sec - second - 1)
+            second, second_spills = sec, 0
+        second_spills += 1
+        if batch and t >= deadline:
+            dispatch(deadline)
+        while flight and flight[0][0] <= t:
+            in_flight -= heapq.heappop(flight)[1]
+        if in_flight + len(batch) >= _ROUTER_MAX_PENDING:
+            throttled += 1
+            lat[r] = np.inf
+            continue
+        if not batch:
+            b = batching.at(np.array([est]))
+            size, deadline = float(b["size"][0]), t + float(b["timeout_s"][0])
+        batch.append(r)
+        if len(batch) >= size:
+            dispatch(t)
+    if batch:
+        dispatch(deadline)
+    met = int((lat <= slo + 1e-12).sum())
+    return DESResult(n, met, spilled, cold, throttled, lat, slo, invokes)

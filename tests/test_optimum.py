@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hybridserve.config import load_scenario
+from simulations import dataplane
 from simulations.bounds import cost_lower_bound
 from simulations.optimum import candidate_pools, instances_of, optimum, solve_pool
 from simulations.replay import run_policy
@@ -71,8 +72,11 @@ def test_the_replay_bills_the_schedule_the_dp_chose():
     result, _, _ = optimum(trace, sc)
     ec2 = result.cost_breakdown["ec2_on_demand"]
     lam = result.cost_breakdown["lambda_requests"] + result.cost_breakdown["lambda_compute"]
-    # the DP's objective is the same bill up to cold starts and carried backlog
-    assert ec2 + lam == pytest.approx(sched.objective_usd, rel=0.01)
+    # the DP's objective is the same bill up to cold starts (their init, taken out here: the
+    # data plane counts a cold container busy through its start, 68 here against the DES's
+    # 209) and carried backlog
+    init = dataplane.lambda_bill(0.0, result.cold_starts, sc)[1]
+    assert ec2 + lam - init == pytest.approx(sched.objective_usd, rel=0.01)
 
 
 def test_optimum_is_between_the_floor_and_the_oracle():

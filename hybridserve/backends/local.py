@@ -158,7 +158,7 @@ class LocalBackend(LocalProcesses):
                     drain = self.drain_s if inst.state == "ready" else 0.0
                     self._end_locked(inst, "retired", now + drain)
                     self._live[a.pool].remove(inst)
-                self._events.append((now, a.kind, a.pool, a.instance_id))
+                self._record_locked(now, a.kind, inst)
                 actions.append(a)
             if actions:
                 self._refresh_endpoints_locked()
@@ -201,7 +201,7 @@ class LocalBackend(LocalProcesses):
                     continue
                 self._live[inst.pool].remove(inst)
                 self._end_locked(inst, "retired", now + (notice_s if _serving(inst) else 0.0))
-                self._events.append((now, "notice", inst.pool, inst.id))
+                self._record_locked(now, "notice", inst)
                 took.append(iid)
             if took:
                 self._refresh_endpoints_locked()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from hybridserve.fleet import Endpoint
+from hybridserve.logs import event
 
 log = logging.getLogger("hybridserve.backends.local")  # LocalBackend's records keep one logger
 
@@ -219,7 +220,7 @@ class LocalProcesses:
                 now = self.now()
                 inst.state, inst.ready_at = "ready", now
                 self._start_times.append(now - inst.spawned_at)
-                self._events.append((now, "ready", inst.pool, inst.id))
+                self._record_locked(now, "ready", inst)
                 self._refresh_endpoints_locked()
         elif self.now() - inst.spawned_at > self.start_timeout_s:
             log.warning(
@@ -247,6 +248,19 @@ class LocalProcesses:
 
     # --- state changes (lock held) --------------------------------------------------------
 
+    def _record_locked(self, now: float, kind: str, inst: LocalInstance) -> None:
+        """One life event of an instance (launch, ready, retire, notice, lost): kept for
+        `events()` and logged, so that a `serve` process's log tells when each instance was
+        launched, served and (`ends_s`: when its process is told to stop, after any drain)
+        ended, on the wall clock, which is what an instance is billed for."""
+        self._events.append((now, kind, inst.pool, inst.id))
+        fields: dict[str, object] = {"kind": kind, "instance": inst.id, "pool": inst.pool}
+        if kind == "ready" and inst.spawned_at is not None:
+            fields["start_s"] = round(now - inst.spawned_at, 3)
+        if kind in ("retire", "notice", "lost") and inst.term_at is not None:
+            fields["ends_s"] = round(max(inst.term_at - now, 0.0), 3)
+        event(log, "backend.instance", **fields)
+
     def _end_locked(self, inst: LocalInstance, state: State, term_at: float) -> None:
         inst.state = state
         inst.term_at = term_at
@@ -259,7 +273,7 @@ class LocalProcesses:
         if inst in live:
             live.remove(inst)
         self._end_locked(inst, "lost", now)
-        self._events.append((now, "lost", inst.pool, inst.id))
+        self._record_locked(now, "lost", inst)
         self._refresh_endpoints_locked()
         log.warning(
             "instance %s (%s) lost: %s (log: %s)",
