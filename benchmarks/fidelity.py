@@ -573,6 +573,7 @@ def run_sim(
     des: bool = True,
     fleet_slowdown: float = 1.0,
     launch_delay_s: float | None = None,
+    plan_sc=None,
 ) -> dict:
     """The Controller on a simulated clock, from an empty fleet as the live run starts, with
     `steps_before` empty intervals ahead of the trace (the live loop's steps before the load);
@@ -599,7 +600,9 @@ def run_sim(
         for p in sc.pools
     ]
     backend = SimulatedBackend(real, spot=sc.spot, warm_start=False)
-    ctl, spec = build_controller(policy, sc, backend)
+    # the controller plans with what the live one knew (`plan_sc`: the profile as calibrated);
+    # what the run measured (Lambda's speed) only moves the data plane
+    ctl, spec = build_controller(policy, plan_sc if plan_sc is not None else sc, backend)
     n_steps = -(-len(padded) // dt)
     step_counts = step_counts or {}
     differ = 0
@@ -802,6 +805,7 @@ def run_window(w: Window, args, cal: dict, work: Path) -> dict:
     sim = run_sim(
         win, sc, "hybrid", live["steps_before"], seed=args.seed,
         step_counts=live.get("step_counts"), fleet_slowdown=slow, launch_delay_s=delay,
+        plan_sc=calibrated,
     )  # fmt: skip
     # the same without the run's measured Lambda speed: the profile as calibrated at start
     pure = run_sim(
@@ -893,7 +897,7 @@ def main() -> None:
     ap.add_argument(
         "--fraction",
         type=float,
-        default=0.5,
+        default=0.35,
         help="each window's busiest 10 s as a fraction of the deployment's nominal capacity",
     )
     ap.add_argument("--slo-ms", type=float, default=300.0)

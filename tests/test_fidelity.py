@@ -252,6 +252,17 @@ def test_run_sim_bills_batches_and_runs_the_per_request_mode():
     assert abs(r["des"]["spill"] - r["spill"]) < 0.05
 
 
+def test_what_the_run_measured_moves_the_data_plane_not_the_plan():
+    cfg, profile = _scenario()
+    plan = F.sim_scenario(cfg, profile, cold_start_s=0.5)
+    slow = F.sim_scenario(cfg, profile, cold_start_s=0.5, lambda_time_scale=1.6)
+    counts = np.concatenate([np.full(60, 4), np.full(120, 16), np.full(60, 4)])
+    a = F.run_sim(counts, plan, "hybrid", 1, launch_delay_s=6.0, des=False)
+    b = F.run_sim(counts, slow, "hybrid", 1, launch_delay_s=6.0, des=False, plan_sc=plan)
+    assert a["instances"] == b["instances"]  # the same decisions
+    assert b["cost"]["lambda_compute"] > a["cost"]["lambda_compute"]  # a slower function
+
+
 # ------------------------------------------------------------------------------ live side
 
 
