@@ -473,7 +473,7 @@ def spill_batching(sc: Scenario, max_batch: int = 8) -> SpillBatching:
         # the batch closes at the (b-1)-th arrival after its first, or at the timeout
         t_out = bp.timeout_ms / 1000.0
         if b > 1 and t_out > 0:
-            p_open = np.array([poisson_pmf(b - 1, rate * t_out * u).sum() for u in x])
+            p_open = poisson_pmf(b - 1, rate * t_out * x).sum(axis=1)
             p_to = float(poisson_pmf(b - 1, rate * t_out).sum())
             close = float(p_open.mean() * t_out)
         else:
@@ -690,8 +690,11 @@ def replay(
     spill: bool,
     chunk_s: int = 86_400,
     progress=None,
+    batching: SpillBatching | None = None,
 ) -> DataPlaneTotals:
-    """Run the fleet and Lambda data plane over the whole trace in day-sized chunks."""
+    """Run the fleet and Lambda data plane over the whole trace in day-sized chunks.
+    `batching` is `spill_batching(sc)`, computed here unless a caller replaying many fleets
+    of one scenario passes it in."""
     slo = sc.slo.latency_s
     s_l = lambda_service_s(sc)
     cold_s = lambda_cold_start_s(sc)
@@ -700,7 +703,7 @@ def replay(
     tot = DataPlaneTotals(hist=LatencyHistogram(histogram_edges(slo)))
     b = 0.0
     lam = LambdaState()
-    batching = spill_batching(sc)
+    batching = batching or spill_batching(sc)
     by_start = sorted(instances, key=lambda i: i.ready_at)
     ramp = (np.arange(4) + 0.5) / 4
     for start in range(0, len(counts), chunk_s):

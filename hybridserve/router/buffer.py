@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -76,14 +75,17 @@ def batch_params(
     return best
 
 
-def poisson_pmf(n: int, mu: float) -> np.ndarray:
-    """P(N = k) for k = 0..n-1, N ~ Poisson(mu), in log space (no underflow before the tail).
-    Written out so that the router does not import scipy.stats (0.4 s and 30 MB) for one pmf."""
+def poisson_pmf(n: int, mu: float | np.ndarray) -> np.ndarray:
+    """P(N = k) for k = 0..n-1, N ~ Poisson(mu), in log space (no underflow before the tail);
+    an array of means gives one row per mean. Written out so that the router does not import
+    scipy.stats (0.4 s and 30 MB) for one pmf."""
     k = np.arange(n)
-    if mu <= 0:
-        return (k == 0).astype(float)
-    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n)))))
-    return np.exp(k * math.log(mu) - mu - log_fact)
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n)))))[:n]
+    m = np.asarray(mu, dtype=float)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.exp(k * np.log(np.maximum(m, 0.0)) - np.maximum(m, 0.0) - log_fact)
+    # 0 * log(0) is nan: a mean of zero puts all its mass on k = 0
+    return np.where(m > 0, out, (k == 0).astype(float))
 
 
 class Invoker(Protocol):
