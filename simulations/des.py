@@ -8,7 +8,7 @@ Same fleet timeline and the same serving model as `dataplane.py`, but nothing po
   smallest, and spills to Lambda when that exceeds the SLO (VM-only policies never spill);
 - Lambda as the router drives it: spilled requests wait in its BATCH buffer, a batch closing at
   the size or the timeout that `batch_params` picks from the router's spill-rate estimate (its
-  per-second update, `dataplane.SPILL_RATE_GAIN`); each batch is one invoke. Lambda keeps real
+  per-second update, `lambda_plane.SPILL_RATE_GAIN`); each batch is one invoke. Lambda keeps real
   containers: a warm idle one (most recently used first) serves a batch of b in s_L(b); none
   idle means a cold start (cold + s_L(b)); containers expire keep-alive after their last use;
   with every concurrency slot busy the batch waits for the first to free (the router holds at
@@ -24,14 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridserve.config import Pool, Scenario, lambda_cold_start_s, lambda_service_s
-from simulations.dataplane import (
-    _ROUTER_MAX_PENDING,
-    SPILL_RATE_GAIN,
-    LatencyHistogram,
-    histogram_edges,
-    serving_span,
-    spill_batching,
-)
+from simulations.dataplane import LatencyHistogram, histogram_edges, serving_span
+from simulations.lambda_plane import _ROUTER_MAX_PENDING, SPILL_RATE_GAIN, spill_batching
 
 
 @dataclass

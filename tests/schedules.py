@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 
 from hybridserve.backends import SimulatedBackend
-from simulations import dataplane
+from simulations import dataplane, lambda_plane
 
 
 def schedule_cost(
@@ -16,7 +16,7 @@ def schedule_cost(
 ) -> tuple[float, float]:
     """(bill, attainment) of one fleet schedule of the scenario's first pool, a target per
     control step: the simulated backend's launches and retirements, the fast data plane and
-    the bills, with spill to Lambda. `batching` (`dataplane.spill_batching(sc)`) is shared by
+    the bills, with spill to Lambda. `batching` (`lambda_plane.spill_batching(sc)`) is shared by
     the schedules of one brute force."""
     dt = sc.control_interval_s
     backend = SimulatedBackend(sc.pools, warm_start=True)
@@ -34,7 +34,7 @@ def schedule_cost(
 def best_schedule_cost(counts: np.ndarray, sc, steps: int, levels: int = 4) -> float:
     """The cheapest bill over every schedule of 0..levels-1 instances per step that meets the
     SLO target (inf when none does)."""
-    batching = dataplane.spill_batching(sc)
+    batching = lambda_plane.spill_batching(sc)
     best = np.inf
     for targets in itertools.product(range(levels), repeat=steps):
         cost, attained = schedule_cost(counts, sc, targets, batching)

@@ -10,7 +10,8 @@ import pytest
 from hybridserve.backends.simulated import SimInstance
 from hybridserve.config import Pool, lambda_service_s, lambda_usd_per_request, load_scenario
 from simulations import dataplane
-from simulations.dataplane import clamp_scan, ec2_bill, lambda_bill
+from simulations.dataplane import ec2_bill, lambda_bill
+from simulations.queueing import clamp_scan
 
 SMALL_OD = Pool(
     instance_type="c5.large",

@@ -11,7 +11,7 @@ import pytest
 from hybridserve.config import lambda_service_s, load_scenario
 from hybridserve.pricing import lambda_billed_ms, lambda_gb_s
 from hybridserve.router.buffer import batch_params
-from simulations import dataplane
+from simulations import dataplane, lambda_plane
 from simulations.des import simulate_requests
 
 SC = load_scenario()
@@ -28,7 +28,7 @@ def _small(limit: int = 1, keep: float = 60.0, cold: float = 0.5):
 
 def test_batching_table_is_the_routers_choice():
     sc = SC
-    t = dataplane.spill_batching(sc)
+    t = lambda_plane.spill_batching(sc)
     ms = [0.0] + [lambda_service_s(sc, b) * 1000.0 for b in range(1, 9)]
     slack = (sc.slo.latency_ms - 10.0) * sc.batch_latency_fraction
     p = sc.lambda_pricing
@@ -60,7 +60,7 @@ def test_lambda_bill_per_invoke():
 def test_a_steady_spill_is_batched_served_and_met():
     sc = SC
     spill = np.full(600, 200.0)
-    ls = dataplane.lambda_seconds(spill, sc)
+    ls = lambda_plane.lambda_seconds(spill, sc)
     assert ls.served.sum() == spill.sum() and ls.throttled.sum() == 0
     assert ls.invokes.sum() < 0.5 * spill.sum()  # batches of several
     assert ls.met.sum() == pytest.approx(spill.sum(), rel=1e-3)  # cold starts aside
@@ -69,18 +69,18 @@ def test_a_steady_spill_is_batched_served_and_met():
 
 def test_past_the_concurrency_the_router_queues_and_then_refuses():
     sc = _small(limit=1)
-    b = dataplane.spill_batching(sc)
+    b = lambda_plane.spill_batching(sc)
     cap = b.at(np.array([150.0]))
     # one slot: about size / service per second (some 50/s here); 150/s is well past it
     spill = np.concatenate([np.full(20, 150.0), np.zeros(40)])
-    ls = dataplane.lambda_seconds(spill, sc)
+    ls = lambda_plane.lambda_seconds(spill, sc)
     assert ls.wait_hi.max() > 1.0  # a backlog builds and drains
     assert ls.met.sum() < 0.7 * spill.sum()
     assert ls.served.sum() + ls.throttled.sum() == pytest.approx(spill.sum())
     assert ls.throttled.sum() > 0  # past the buffer's 256 pending requests
     assert cap["size"][0] >= 1
     # a short burst queues, nothing is refused
-    short = dataplane.lambda_seconds(np.array([150.0, 0.0, 0.0, 0.0, 0.0]), sc)
+    short = lambda_plane.lambda_seconds(np.array([150.0, 0.0, 0.0, 0.0, 0.0]), sc)
     assert short.throttled.sum() == 0 and short.served.sum() == 150.0
     assert 0 < short.met.sum() < 150.0
 
@@ -88,8 +88,8 @@ def test_past_the_concurrency_the_router_queues_and_then_refuses():
 def test_a_cold_container_is_busy_through_its_start():
     sc = load_scenario(None, **{"lambda": {"cold_start_s": 2.0}})
     spill = np.full(30, 100.0)
-    ls = dataplane.lambda_seconds(spill, sc)
-    busy_only = dataplane.lambda_seconds(
+    ls = lambda_plane.lambda_seconds(spill, sc)
+    busy_only = lambda_plane.lambda_seconds(
         spill, load_scenario(None, **{"lambda": {"cold_start_s": 0.01}})
     )
     assert ls.cold.sum() > 2 * busy_only.cold.sum()  # arrivals during the starts need others
@@ -100,9 +100,9 @@ def test_state_carries_across_chunks():
     rng = np.random.default_rng(0)
     spill = rng.poisson(8, 400).astype(float)
     spill[100:110] = 80
-    whole = dataplane.lambda_seconds(spill, sc)
-    a = dataplane.lambda_seconds(spill[:105], sc)
-    b = dataplane.lambda_seconds(spill[105:], sc, a.state)
+    whole = lambda_plane.lambda_seconds(spill, sc)
+    a = lambda_plane.lambda_seconds(spill[:105], sc)
+    b = lambda_plane.lambda_seconds(spill[105:], sc, a.state)
     for k in ("served", "cold", "met", "invokes"):
         got = np.concatenate([getattr(a, k), getattr(b, k)])
         assert np.allclose(got, getattr(whole, k)), k
