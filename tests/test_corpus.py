@@ -13,6 +13,7 @@ import pytest
 
 from hybridserve.config import load_scenario
 from simulations import corpus
+from simulations.bounds import cost_lower_bound
 from simulations.replay import run_policy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,15 +72,17 @@ SLO_MISSES = {"heavy_tailed": COLD_BURSTS}
 
 @pytest.fixture(scope="module", params=corpus.FAMILIES, ids=lambda f: f.__name__)
 def replayed(request):
-    """hybrid, lambda-only and static-peak on the family's first hours, replayed once."""
+    """hybrid, lambda-only, static-peak and the oracle on the family's first hours, replayed
+    once, with the cost floor of the same hours."""
     sc = load_scenario()
     trace = request.param()
     if trace.seconds > HOURS:
         trace = trace.slice(0, HOURS)
     runs = {
         p: run_policy(trace, sc, p, keep_timeline=False)
-        for p in ("hybrid", "lambda-only", "static-peak")
+        for p in ("hybrid", "lambda-only", "static-peak", "oracle")
     }
+    runs["floor"] = cost_lower_bound(trace.counts, sc)
     return request.param.__name__, sc, runs
 
 
@@ -91,6 +94,17 @@ def test_hybrid_is_never_dearer_than_lambda_only_or_static_peak(replayed):
     for other in ("lambda-only", "static-peak"):
         assert h <= cost[other].cost_usd * (1 + rel) + absolute, (other, h, cost[other].cost_usd)
     assert cost["hybrid"].forecaster_fallbacks == 0 and cost["hybrid"].planner_fallbacks == 0
+
+
+@pytest.mark.slow
+def test_the_floor_is_under_every_policy_that_meets_the_slo(replayed):
+    _, sc, runs = replayed
+    floor = runs["floor"]
+    assert floor > 0
+    met = [p for p in ("hybrid", "lambda-only", "static-peak", "oracle")
+           if runs[p].slo_attainment >= sc.slo.target]  # fmt: skip
+    for p in met:
+        assert floor <= runs[p].cost_usd, (p, floor, runs[p].cost_usd)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ data plane (router, backends, fleet types) that loads neither the planner nor sc
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,37 @@ def test_router_poisson_pmf_matches_scipy() -> None:
         for n in (1, 2, 8, 64):
             want = poisson.pmf(np.arange(n), mu)
             np.testing.assert_allclose(poisson_pmf(n, mu), want, rtol=1e-9, atol=1e-300)
+
+
+# every optional extra of pyproject.toml: the README's first command installs only `plot`
+EXTRAS = (
+    "torch", "onnxruntime", "onnx", "zstandard", "starlette", "uvicorn", "httptools", "uvloop",
+    "aiohttp", "prometheus_client", "aiobotocore", "botocore", "boto3", "pandas", "pyarrow", "ray",
+)  # fmt: skip
+
+
+def test_simulate_runs_on_the_base_dependencies(tmp_path) -> None:
+    """`hybridserve simulate` (every policy, in worker processes) with each optional extra made
+    unimportable: the router's pure buffer once pulled in prometheus_client through
+    `hybridserve.router`'s package imports, and a fresh install's first command failed."""
+    code = (
+        "import sys, importlib.abc, importlib.util\n"
+        f"EXTRAS = {EXTRAS!r}\n"
+        "def absent(name):\n"
+        "    return name.split('.')[0] in EXTRAS\n"
+        "class Absent(importlib.abc.MetaPathFinder):\n"  # import raises, as when not installed
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if absent(name):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "find_spec = importlib.util.find_spec\n"  # and a probe answers None, as then
+        "importlib.util.find_spec = lambda n, p=None: None if absent(n) else find_spec(n, p)\n"
+        "from hybridserve.cli import main\n"
+        "main(['simulate', '--days', '0.05', '--json'])\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert {r["policy"] for r in out["results"]} >= {"hybrid", "mark", "oracle", "lambda-only"}
