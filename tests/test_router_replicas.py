@@ -93,7 +93,10 @@ def stack(tmp_path_factory):
     s = LocalStack(cfg)
     s.prepare()
     s.start_background()
-    wait_until(lambda: len(s.backend.endpoints()) == 1, 60, "the instance ready")
+    # the routers say they are ready (health checks are not arrivals, so no count moves); not
+    # "the initial instance is ready", which raced the controller: at zero load its first step,
+    # 2 s in, retires an instance that a loaded machine has not finished starting
+    wait_until(lambda: all(ready(s.url) for _ in range(8)), 60, "the routers ready")
     yield s
     s.stop_background()
 
@@ -112,6 +115,21 @@ def post(url: str, body: bytes, timeout_s: float = 10.0) -> int | str:
         return "timeout"
     except (ConnectionError, http.client.HTTPException, OSError) as e:
         return type(e).__name__
+    finally:
+        conn.close()
+
+
+def ready(url: str) -> bool:
+    """GET /v2/health/ready on a connection of its own (a replica the kernel picks): 200?"""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10.0)
+    try:
+        conn.request("GET", "/v2/health/ready")
+        r = conn.getresponse()
+        r.read()
+        return r.status == 200
+    except (TimeoutError, ConnectionError, http.client.HTTPException, OSError):
+        return False
     finally:
         conn.close()
 
