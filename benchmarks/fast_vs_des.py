@@ -28,7 +28,6 @@ from simulations.synthetic import synthetic_trace  # noqa: E402
 from simulations.traces import Trace, load_trace  # noqa: E402
 
 TWITTER = ROOT.parent / "shared" / "traces" / "twitter-2021-08.per-second.txt.gz"
-VM_ONLY = ("reactive", "static-peak")
 
 # (label, how to load the window, policies)
 WINDOWS = [
@@ -51,7 +50,7 @@ def row(label: str, trace: Trace, policy: str) -> dict:
     sc = load_scenario()
     pools = {p.key: p for p in sc.pools}
     r = run_policy(trace, sc, policy)
-    d = simulate_requests(trace.counts, r.instances, pools, sc, spill=policy not in VM_ONLY, seed=1)
+    d = simulate_requests(trace.counts, r.instances, pools, sc, spill=r.spill, seed=1)
     return {
         "window": label,
         "policy": policy,

@@ -101,13 +101,13 @@ def stack(tmp_path_factory):
     s.stop_background()
 
 
-def post(url: str, body: bytes, timeout_s: float = 10.0) -> int | str:
+def call(url: str, method: str, path: str, body: bytes | None = None) -> int | str:
     """One request on a connection of its own (so the kernel picks a replica for each):
     its HTTP status, or the kind of error it got. A timeout would be a request lost."""
     u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout_s)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10.0)
     try:
-        conn.request("POST", "/v2/models/mlp/infer", body, {"content-type": "application/json"})
+        conn.request(method, path, body, {"content-type": "application/json"} if body else {})
         r = conn.getresponse()
         r.read()
         return r.status
@@ -119,19 +119,13 @@ def post(url: str, body: bytes, timeout_s: float = 10.0) -> int | str:
         conn.close()
 
 
+def post(url: str, body: bytes) -> int | str:
+    return call(url, "POST", "/v2/models/mlp/infer", body)
+
+
 def ready(url: str) -> bool:
-    """GET /v2/health/ready on a connection of its own (a replica the kernel picks): 200?"""
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10.0)
-    try:
-        conn.request("GET", "/v2/health/ready")
-        r = conn.getresponse()
-        r.read()
-        return r.status == 200
-    except (TimeoutError, ConnectionError, http.client.HTTPException, OSError):
-        return False
-    finally:
-        conn.close()
+    """The replica the kernel picks answers 200 on /v2/health/ready."""
+    return call(url, "GET", "/v2/health/ready") == 200
 
 
 def payload(stack) -> bytes:

@@ -27,7 +27,7 @@ def _agree(trace: Trace, policy: str) -> tuple[float, float, float, float]:
         r.instances,
         POOLS,
         SC,
-        spill=policy not in ("reactive", "static-peak"),
+        spill=r.spill,
         seed=1,
     )
     return r.slo_attainment, d.slo_attainment, r.latency_p99_ms, d.percentile_ms(99)
