@@ -105,7 +105,7 @@ def spill_batching(sc: Scenario, max_batch: int = 8) -> SpillBatching:
     batch's service time without the invocation overhead (the service's per-call latency, which
     Lambda does not bill: the REPORT line's Duration is the handler's)."""
     from hybridserve.pricing import lambda_billed_ms_array
-    from hybridserve.router.buffer import batch_params, poisson_pmf
+    from hybridserve.router.buffer import batch_params, batch_size_pmf, poisson_pmf
 
     ms = np.array([0.0] + [lambda_service_s(sc, b) * 1000.0 for b in range(1, max_batch + 1)])
     handler_ms = np.maximum(ms[1:] - sc.model.lambda_.invoke_overhead_ms, 0.0)
@@ -120,12 +120,7 @@ def spill_batching(sc: Scenario, max_batch: int = 8) -> SpillBatching:
         bp = batch_params(rate, slack, ms, memory_gb=mem_gb, usd_per_gb_s=p.usd_per_gb_s,
                           usd_per_request=p.usd_per_request)  # fmt: skip
         b = bp.size
-        prob = poisson_pmf(b, rate / 1000.0 * bp.timeout_ms)  # P(S = k + 1), as batch_params
-        if b > 1:
-            prob[-1] = 1.0 - prob[:-1].sum()
-        else:
-            prob = np.ones(1)
-        prob = np.clip(prob, 0.0, 1.0)
+        prob = batch_size_pmf(b, rate / 1000.0 * bp.timeout_ms)  # as batch_params weighs them
         cols["size"].append(b)
         cols["timeout"].append(bp.timeout_ms / 1000.0)
         cols["e_size"].append(bp.expected_size)

@@ -61,11 +61,8 @@ def batch_params(
     for j in np.flatnonzero(feasible):
         b = int(sizes[j])
         mu = lam * timeouts[j]
-        # size S = min(b, 1 + N), N ~ Poisson(mu): P(S = k) for k = 1..b
         k = np.arange(b)
-        p = poisson_pmf(b, mu)
-        p[-1] = 1.0 - p[:-1].sum() if b > 1 else 1.0
-        p = np.clip(p, 0.0, 1.0)
+        p = batch_size_pmf(b, mu)
         e_size = float(np.dot(p, k + 1))
         e_cost = float(np.dot(p, billed[:b])) + usd_per_request
         per_req = e_cost / e_size
@@ -73,6 +70,14 @@ def batch_params(
             best = BatchParams(b, float(timeouts[j]), e_size, per_req)
     assert best is not None
     return best
+
+
+def batch_size_pmf(b: int, mu: float) -> np.ndarray:
+    """P(S = k) for k = 1..b of a batch opened by one request and closed at `b` requests or at
+    its timeout, with Poisson(`mu`) further arrivals before the timeout: S = min(b, 1 + N)."""
+    p = poisson_pmf(b, mu)
+    p[-1] = 1.0 - p[:-1].sum() if b > 1 else 1.0
+    return np.clip(p, 0.0, 1.0)
 
 
 def poisson_pmf(n: int, mu: float | np.ndarray) -> np.ndarray:
