@@ -50,7 +50,8 @@ def row(label: str, trace: Trace, policy: str) -> dict:
     sc = load_scenario()
     pools = {p.key: p for p in sc.pools}
     r = run_policy(trace, sc, policy)
-    d = simulate_requests(trace.counts, r.instances, pools, sc, spill=r.spill, seed=1)
+    d = simulate_requests(trace.counts, r.instances, pools, sc, spill=r.spill, seed=1,
+                          warm_rounds=r.warm_rounds)  # fmt: skip
     return {
         "window": label,
         "policy": policy,

@@ -464,6 +464,11 @@ def run_live(name: str, trace_file: Path, cfg: dict, args, work: Path) -> dict:
         for e in step_events
         if "counts" in e
     }
+    # the controller's keep-warm rounds: their invokes and cold starts are the emulator's too
+    from hybridserve.keep_warm import KeepWarmOptions, ping_hold_ms
+
+    rounds = [e for e in log if e.get("event") == "lambda.keep_warm"]
+    hold_ms = KeepWarmOptions().hold_ms  # local serve plans with the defaults
     init_n = metric_total(emu_metrics, "hybridserve_emulator_init_duration_seconds_count")
     init_sum = metric_total(emu_metrics, "hybridserve_emulator_init_duration_seconds_sum")
     starts = [x["start_s"] for x in lives if x["start_s"] is not None]
@@ -478,8 +483,15 @@ def run_live(name: str, trace_file: Path, cfg: dict, args, work: Path) -> dict:
         "router_arrivals": int(arrivals),
         "router_spills": int(spills),
         "router_attainment": metric_total(router, "hybridserve_router_slo_attainment"),
-        "cold_starts": int(stats["cold_starts"]),
-        "invocations": int(stats["invocations"]),
+        # requests' cold starts and invokes: the keep-warm rounds' taken out
+        "cold_starts": int(stats["cold_starts"]) - sum(int(e["cold_starts"]) for e in rounds),
+        "invocations": int(stats["invocations"]) - sum(int(e["sent"]) for e in rounds),
+        "warm_pings": sum(int(e["sent"]) for e in rounds),
+        "ping_cold_starts": sum(int(e["cold_starts"]) for e in rounds),
+        # billed: each ping its hold (`keep_warm.ping_hold_ms`), at least a millisecond
+        "warm_ping_ms": sum(
+            int(e["sent"]) * max(1.0, ping_hold_ms(int(e["sent"]), hold_ms)) for e in rounds
+        ),
         "throttles": int(stats["throttles"]),
         "billed_ms": float(stats["billed_ms_total"]),
         "lambda_rows": int(metric_total(router, "hybridserve_lambda_rows_total")),
@@ -509,9 +521,8 @@ def live_cost(live: dict, sc, memory_mb: int) -> dict:
     prices = {p.key: p.price_usd_s for p in sc.pools}
     ec2, inst_s = ec2_usd(live["lives"], prices)
     p = sc.lambda_pricing
-    req, cmp_ = lambda_usd(
-        live["invocations"], live["billed_ms"], memory_mb, p.usd_per_gb_s, p.usd_per_request
-    )
+    invokes = live["invocations"] + live.get("warm_pings", 0)  # the keep-warm pings too
+    req, cmp_ = lambda_usd(invokes, live["billed_ms"], memory_mb, p.usd_per_gb_s, p.usd_per_request)
     return {"ec2": ec2, "instance_s": inst_s, "lambda_requests": req, "lambda_compute": cmp_}
 
 
@@ -554,7 +565,9 @@ def lambda_time_scale(live: dict, sc) -> float | None:
         f = [lambda_billed_ms(lambda_service_s(sc, k) * 1000.0 - over) for k in (lo, hi)]
         return f[0] + (f[1] - f[0]) * (b - lo)
 
-    warm = live["billed_ms"] - live["cold_starts"] * 1000.0 * (live.get("init_s_mean") or 0.0)
+    init_ms = 1000.0 * (live.get("init_s_mean") or 0.0)
+    colds = live["cold_starts"] + live.get("ping_cold_starts", 0)
+    warm = live["billed_ms"] - colds * init_ms - live.get("warm_ping_ms", 0.0)
     if rows <= 2 * inv:
         n2 = rows - inv
         expected = (inv - n2) * billed(1) + n2 * billed(2)
@@ -606,6 +619,7 @@ def run_sim(
     n_steps = -(-len(padded) // dt)
     step_counts = step_counts or {}
     differ = 0
+    rounds: list[tuple[float, int]] = []  # the keep-warm rounds, as the live loop sent them
     for k in range(n_steps):
         backend.advance(min((k + 1) * dt, len(padded)))
         seg = padded[k * dt : (k + 1) * dt]
@@ -614,7 +628,9 @@ def run_sim(
         if seen is not None and len(seen) == dt:
             differ += int(not np.array_equal(seen, seg))
             seg = np.asarray(seen, dtype=float)
-        ctl.step(seg)
+        d = ctl.step(seg)
+        if d.warm_pings:
+            rounds.append((d.time_s, d.warm_pings))
     # the data plane serves at the speed the router measured (the planner planned with the
     # profile, as the live one did)
     f = float(fleet_slowdown)
@@ -624,7 +640,9 @@ def run_sim(
         )
         for p in sc.pools
     }
-    tot = dataplane.replay(padded, backend.instances, pools, sc, spill=spec.spill)
+    tot = dataplane.replay(
+        padded, backend.instances, pools, sc, spill=spec.spill, warm_rounds=rounds
+    )
     ec2, _ = dataplane.ec2_bill(backend.instances, pools, float(len(padded)))
     l_req, l_cmp = dataplane.lambda_bill(
         tot.lambda_served,
@@ -632,6 +650,9 @@ def run_sim(
         sc,
         invokes=tot.lambda_invokes,
         billed_ms=tot.lambda_billed_ms,
+        pings=tot.warm_pings,
+        ping_ms=tot.warm_ping_ms,
+        ping_cold=tot.ping_cold_starts,
     )
     inst_s = sum(
         ec2_billed_s(min(i.ended_at if i.ended_at is not None else len(padded), len(padded))
@@ -642,7 +663,8 @@ def run_sim(
             "lambda_requests": l_req, "lambda_compute": l_cmp}  # fmt: skip
     per_request = None
     if des:
-        d = simulate_requests(padded, backend.instances, pools, sc, spill=spec.spill, seed=seed)
+        d = simulate_requests(padded, backend.instances, pools, sc, spill=spec.spill, seed=seed,
+                              warm_rounds=rounds)  # fmt: skip
         per_request = {
             "attainment": round(d.slo_attainment, 5),
             "spill": round(d.spilled / max(d.requests, 1), 5),

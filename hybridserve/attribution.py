@@ -45,7 +45,7 @@ SPILL_CAUSES = (
     "spill_launch_lag",
     "spill_spot_loss",
 )
-CAUSES = (*EC2_CAUSES, *SPILL_CAUSES, "cold_starts")
+CAUSES = (*EC2_CAUSES, *SPILL_CAUSES, "cold_starts", "keep_warm")
 LABELS = {
     "base_fleet": "base fleet",
     "over_provisioning": "over-provisioning",
@@ -57,6 +57,7 @@ LABELS = {
     "spill_launch_lag": "spill: launch lag",
     "spill_spot_loss": "spill: spot loss",
     "cold_starts": "cold starts",
+    "keep_warm": "keep-warm pings",
 }
 SPOT_FREE_S = 3600.0  # EC2 does not charge a spot instance it interrupts within its first hour
 

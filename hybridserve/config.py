@@ -24,6 +24,7 @@ from hybridserve.config_base import apply_overrides as apply_overrides
 from hybridserve.config_base import deep_merge, load_yaml
 from hybridserve.config_base import format_validation_error as format_validation_error
 from hybridserve.config_base import read_yaml_mapping as read_yaml_mapping
+from hybridserve.keep_warm import KeepWarmOptions
 from hybridserve.pricing import lambda_invoke_usd
 from hybridserve.spot_interruptions import (
     BANDS,
@@ -63,6 +64,17 @@ class LambdaFunction(Strict):
     scale_up_per_10s: int = Field(1000, ge=1)
     bill_init: bool = True
     cold_start_s: float | None = Field(None, gt=0)
+    keep_warm: KeepWarmOptions = KeepWarmOptions()
+
+    @model_validator(mode="after")
+    def _rounds_within_keep_alive(self) -> LambdaFunction:
+        every = self.keep_warm.every_s
+        if self.keep_warm.enabled and every is not None and every >= self.keep_alive_s:
+            raise ValueError(
+                f"keep_warm.every_s ({every:g}) must be below keep_alive_s "
+                f"({self.keep_alive_s:g}): environments would expire between rounds"
+            )
+        return self
 
     @property
     def vcpus(self) -> float:

@@ -1,8 +1,9 @@
 """The Controller: one loop body shared by the simulator, the local mode and AWS.
 
 Each control interval it hands the interval's arrivals to the forecaster, turns the forecast into
-per-second demand and asks the planner for a target fleet (`decide`: no actuation), then tells
-the backend to converge to it (`apply`). Which request goes to the fleet and which spills to
+per-second demand and asks the planner for a target fleet, and the keep-warm planner for the
+Lambda environments to keep initialised (`decide`: no actuation), then tells the backend to
+converge to the fleet (`apply`); whoever holds the spill function sends the warm-up pings. Which request goes to the fleet and which spills to
 Lambda is the router's per-request decision.
 """
 
@@ -21,6 +22,7 @@ from hybridserve.config import Pool
 from hybridserve.demand import BurstProfile
 from hybridserve.fleet import Action, Decision, FleetView
 from hybridserve.forecast import Forecaster
+from hybridserve.keep_warm import KeepWarmPlanner
 from hybridserve.planner.base import PlanInput, Planner
 from hybridserve.planner.fallback import HOLD
 from hybridserve.planner.limits import limit_target
@@ -43,6 +45,7 @@ class Controller:
         policy: str = "",
         max_instances: int | None = None,
         budget_usd_per_hour: float | None = None,
+        keep_warm: KeepWarmPlanner | None = None,
     ) -> None:
         self.forecaster = forecaster
         self.planner = planner
@@ -56,6 +59,7 @@ class Controller:
         self.policy = policy
         self.max_instances = max_instances
         self.budget_usd_per_hour = budget_usd_per_hour
+        self.keep_warm = keep_warm  # None: this policy keeps no Lambda environment warm
         self.steps = 0  # intervals decided
         # names this controller's decisions (with the step) for the backends' launch tokens;
         # saved with the state, so a restarted controller retrying a step reuses its tokens
@@ -99,6 +103,10 @@ class Controller:
             )
             if target != plan.target:
                 plan = replace(plan, target=target)
+        warm, pings = 0, 0
+        if self.keep_warm is not None:
+            ready = sum(fleet.get(p.key).ready * p.capacity_rps for p in self.pools)
+            warm, pings = self.keep_warm.decide(counts, ready, now)
         f, p = self.forecaster, self.planner
         source = str(getattr(p, "source", p.name))
         return Decision(
@@ -114,6 +122,8 @@ class Controller:
             valid=source != HOLD,
             planner_state=S.planner_state(p),
             intent=f"{self.run_id}/{self.steps}",
+            keep_warm=warm,
+            warm_pings=pings,
         )
 
     def apply(self, decision: Decision) -> Decision:
@@ -156,6 +166,7 @@ class Controller:
             "planner": S.planner_state(self.planner),
             "target": self.target,
             "notices": self.notices,
+            "keep_warm": None if self.keep_warm is None else self.keep_warm.state(),
         }
 
     def restore(self, state: dict[str, Any], source: str = "controller state") -> None:
@@ -178,4 +189,7 @@ class Controller:
         target = state.get("target")  # absent from states saved before notices were handled
         self.target = None if target is None else {str(k): int(v) for k, v in target.items()}
         self.notices = int(state.get("notices", 0))
+        warm = state.get("keep_warm")  # absent from states saved before keep-warm was planned
+        if self.keep_warm is not None and warm:
+            self.keep_warm.restore(warm)
         self.run_id = str(state["run_id"])

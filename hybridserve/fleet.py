@@ -77,3 +77,5 @@ class Decision:
     valid: bool = True  # False: no planner could plan, the fleet is held as it is
     planner_state: dict = field(default_factory=dict)  # the planner's, after this decision
     intent: str = ""  # names the decision (controller run / step): a retry reuses its tokens
+    keep_warm: int = 0  # Lambda environments to keep initialised (`hybridserve.keep_warm`)
+    warm_pings: int = 0  # warm-up pings to send now, concurrently (0: no round this step)

@@ -2,7 +2,8 @@
 
 Every control interval it takes the per-second arrival counts the router closed, hands them to
 `Controller.step` (forecast, plan, converge) on a worker thread so planning never stalls
-routing, and logs the decision. Nothing here decides: the Controller and its planner do.
+routing, logs the decision, and sends the decision's keep-warm round (`warm`) beside routing.
+Nothing here decides: the Controller and its planners do.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +91,13 @@ class LiveLoop:
             "forecaster_fallbacks": 0,
             "planner_fallbacks": 0,
             "step_failures": 0,
+            "warm_pings": 0,
+            "warm_failures": 0,
         }
+        # sends n warm-up pings (`aws.warm.warm_round` bound to the spill function); None: the
+        # deployment has no function to keep warm
+        self.warm: Callable[[int], Awaitable[Any]] | None = None
+        self._round: asyncio.Task | None = None
 
     def step(self) -> Decision:
         counts = interval_counts(self.take_counts(), self.controller.interval_s)
@@ -101,6 +110,8 @@ class LiveLoop:
             log,
             "controller.step",
             arrivals_rps=round(float(counts.mean()), 3),
+            keep_warm=d.keep_warm,
+            warm_pings=d.warm_pings,
             counts=[int(x) for x in counts],  # what it decided on, second by second
             fleet=d.fleet.totals(),
             target=dict(d.plan.target),
@@ -121,6 +132,32 @@ class LiveLoop:
             )
             return None
 
+    def start_warm_round(self, d: Decision | None) -> None:
+        """Send the decision's keep-warm round as a task beside routing and the next step;
+        one still in flight (a slow function) makes this one count as failed, not queue."""
+        if d is None or not d.warm_pings or self.warm is None:
+            return
+        if self._round is not None and not self._round.done():
+            self.stats["warm_failures"] += d.warm_pings
+            log.warning(
+                "keep-warm round of %d skipped: the last one is still running", d.warm_pings
+            )
+            return
+        self._round = asyncio.get_running_loop().create_task(self._warm_round(d.warm_pings))
+
+    async def _warm_round(self, n: int) -> None:
+        """One round; its failures are counted and logged, never raised into the loop."""
+        assert self.warm is not None
+        try:
+            report = await self.warm(n)
+        except Exception:
+            self.stats["warm_failures"] += n
+            log.exception("keep-warm round of %d failed", n)
+            return
+        self.stats["warm_pings"] += n
+        self.stats["warm_failures"] += len(report.errors)
+        event(log, "lambda.keep_warm", **asdict(report))
+
     async def run(self) -> None:
         """Steps at `next_step_at`: on the epoch seconds that are multiples of the interval,
         never drifting by the steps' own duration (sleeping one interval after each step did:
@@ -128,4 +165,4 @@ class LiveLoop:
         while True:
             now = time.time()
             await asyncio.sleep(next_step_at(now, self.controller.interval_s) - now)
-            await asyncio.to_thread(self.safe_step)
+            self.start_warm_round(await asyncio.to_thread(self.safe_step))

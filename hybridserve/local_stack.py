@@ -4,6 +4,7 @@ Lambda, the serving profile measured on this machine, all assembled by `LocalSta
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -234,6 +235,17 @@ class LocalStack(RouterStack):
                 policy, sc, CappedBackend(self.backend, it.max_instances), forecaster=cfg.forecaster
             )
             self.loop_ = LiveLoop(controller, take_counts)
+            if spill:  # the controller's keep-warm rounds, through an invoker of their own
+                from hybridserve.aws.warm import warm_round
+
+                self.loop_.warm = functools.partial(
+                    warm_round,
+                    hold_ms=sc.lambda_.keep_warm.hold_ms,
+                    function_name=cfg.lambda_.function_name,
+                    endpoint_url=self.emulator_url,
+                    local_credentials=True,
+                    timeout_s=cfg.lambda_.timeout_s + 5,
+                )
             if self.router is not None:
                 self.router.metrics.controller = self.loop_.stats
         event(

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridserve.backends.base import Backend
-from hybridserve.config import Scenario, lambda_usd_per_request
+from hybridserve.config import Scenario, lambda_service_s, lambda_usd_per_request
 from hybridserve.controller import Controller
 from hybridserve.forecast import Forecaster, chain_for, make_forecaster
 from hybridserve.forecast.hindsight import HindsightForecaster
+from hybridserve.keep_warm import KeepWarmPlanner
 from hybridserve.planner import (
     ExactPlanner,
     GreedyPlanner,
@@ -44,6 +45,12 @@ class PolicySpec:
     forecaster: Forecaster
     planner: FallbackPlanner
     spill: bool  # may the router send requests to Lambda?
+
+    @property
+    def keeps_warm(self) -> bool:
+        """Plans warm Lambda environments: every spilling policy but `mark`, which reproduces
+        MArk as published (no keep-warm)."""
+        return self.spill and self.name != "mark"
 
     def lambda_usd_per_request(self, sc: Scenario) -> float | None:
         return lambda_usd_per_request(sc) if self.spill else None
@@ -132,5 +139,18 @@ def build_controller(
         policy=spec.name,
         max_instances=sc.planner.max_instances,
         budget_usd_per_hour=sc.planner.budget_usd_per_hour,
+        keep_warm=keep_warm_planner(sc) if spec.keeps_warm else None,
     )
     return ctl, spec
+
+
+def keep_warm_planner(sc: Scenario) -> KeepWarmPlanner:
+    """The scenario's keep-warm decision (`lambda.keep_warm`), at one request's Lambda time."""
+    lam = sc.lambda_
+    return KeepWarmPlanner(
+        lam.keep_warm,
+        service_s=lambda_service_s(sc),
+        interval_s=sc.control_interval_s,
+        keep_alive_s=lam.keep_alive_s,
+        concurrency_limit=lam.concurrency_limit,
+    )

@@ -36,7 +36,14 @@ from hybridserve.config import (
     lambda_cold_start_s,
     lambda_service_s,
 )
-from hybridserve.pricing import ec2_billed_s, lambda_compute_usd, lambda_gb_s, lambda_init_usd
+from hybridserve.keep_warm import ping_hold_ms
+from hybridserve.pricing import (
+    ec2_billed_s,
+    lambda_billed_ms_array,
+    lambda_compute_usd,
+    lambda_gb_s,
+    lambda_init_usd,
+)
 from simulations.lambda_plane import LambdaState, SpillBatching, lambda_seconds, spill_batching
 from simulations.queueing import clamp_scan, exp_tail, poisson_wait, spill_probability
 
@@ -242,6 +249,9 @@ class DataPlaneTotals:
     throttled: float = 0.0
     lambda_invokes: float = 0.0  # batches the buffer sent (one invoke each)
     lambda_billed_ms: float = 0.0  # their billed duration, cold starts' init aside
+    warm_pings: float = 0.0  # keep-warm pings sent (one invoke each)
+    warm_ping_ms: float = 0.0  # their billed milliseconds
+    ping_cold_starts: float = 0.0  # containers they started
     hist: LatencyHistogram = field(default_factory=LatencyHistogram)
     interval_arrivals: list[np.ndarray] = field(default_factory=list)
     interval_capacity: list[np.ndarray] = field(default_factory=list)
@@ -250,6 +260,9 @@ class DataPlaneTotals:
     # requests Lambda served and cold starts, per interval (what the bill charges, by interval)
     interval_served: list[np.ndarray] = field(default_factory=list)
     interval_cold: list[np.ndarray] = field(default_factory=list)
+    interval_pings: list[np.ndarray] = field(default_factory=list)  # keep-warm pings
+    interval_ping_ms: list[np.ndarray] = field(default_factory=list)  # their billed ms
+    interval_ping_cold: list[np.ndarray] = field(default_factory=list)  # containers they started
 
 
 def _per_interval(x: np.ndarray, interval: int) -> np.ndarray:
@@ -268,10 +281,11 @@ def replay(
     chunk_s: int = 86_400,
     progress=None,
     batching: SpillBatching | None = None,
+    warm_rounds: list[tuple[float, int]] | None = None,
 ) -> DataPlaneTotals:
     """Run the fleet and Lambda data plane over the whole trace in day-sized chunks.
     `batching` is `spill_batching(sc)`, computed here unless a caller replaying many fleets
-    of one scenario passes it in."""
+    of one scenario passes it in. `warm_rounds`: the keep-warm rounds, (time s, pings)."""
     slo = sc.slo.latency_s
     s_l = lambda_service_s(sc)
     cold_s = lambda_cold_start_s(sc)
@@ -282,6 +296,15 @@ def replay(
     lam = LambdaState()
     batching = batching or spill_batching(sc)
     by_start = sorted(instances, key=lambda i: i.ready_at)
+    pings = np.zeros(len(counts))
+    ping_ms = np.zeros(len(counts))  # billed: a ping's hold, at least a millisecond
+    hold = sc.lambda_.keep_warm.hold_ms
+    for t, w in warm_rounds or ():
+        if 0 <= t < len(counts) and w > pings[int(t)]:
+            pings[int(t)] = float(w)
+            ping_ms[int(t)] = w * float(
+                lambda_billed_ms_array(np.array([ping_hold_ms(w, hold)]))[0]
+            )
     ramp = (np.arange(4) + 0.5) / 4
     for start in range(0, len(counts), chunk_s):
         a = counts[start : start + chunk_s]
@@ -293,7 +316,7 @@ def replay(
         mu, mus, servers = fleet_capacity(live, pools, start, n)
         fs = fleet_seconds(a, mu, mus, servers, slo, spill, b, tot.hist)
         b = float(fs.b_end[-1])
-        ls = lambda_seconds(fs.spill, sc, lam, batching)
+        ls = lambda_seconds(fs.spill, sc, lam, batching, pings[start : start + n])
         lam = ls.state
         warm = ls.served - ls.cold
         waits = ls.wait_lo[:, None] + (ls.wait_hi - ls.wait_lo)[:, None] * ramp[None, :]
@@ -311,12 +334,18 @@ def replay(
         tot.throttled += float(ls.throttled.sum())
         tot.lambda_invokes += float(ls.invokes.sum())
         tot.lambda_billed_ms += float(ls.billed_ms.sum())
+        tot.warm_pings += float(pings[start : start + n].sum())
+        tot.warm_ping_ms += float(ping_ms[start : start + n].sum())
+        tot.ping_cold_starts += float(ls.ping_cold.sum())
         tot.interval_arrivals.append(_per_interval(a.astype(float), interval))
         tot.interval_capacity.append(_per_interval(mu, interval) / interval)
         tot.interval_spill.append(_per_interval(fs.spill, interval))
         tot.interval_met.append(_per_interval(fs.met + met_l, interval))
         tot.interval_served.append(_per_interval(ls.served, interval))
         tot.interval_cold.append(_per_interval(ls.cold, interval))
+        tot.interval_pings.append(_per_interval(pings[start : start + n], interval))
+        tot.interval_ping_ms.append(_per_interval(ping_ms[start : start + n], interval))
+        tot.interval_ping_cold.append(_per_interval(ls.ping_cold, interval))
         if progress is not None:
             progress(n)
     return tot
@@ -349,14 +378,20 @@ def lambda_bill(
     *,
     invokes: float | None = None,
     billed_ms: float | None = None,
+    pings: float = 0.0,
+    ping_ms: float = 0.0,
+    ping_cold: float = 0.0,
 ) -> tuple[float, float]:
     """(request charges, compute charges) in USD; init time billed on cold starts if configured.
 
     Without `invokes`: every request its own invoke at the warm price of one. With `invokes`
     and `billed_ms` (the replay's `lambda_invokes`, `lambda_billed_ms`): the batches the
-    router's buffer sent, one request charge each, and their billed milliseconds."""
+    router's buffer sent, one request charge each, and their billed milliseconds. `pings`
+    keep-warm pings (the replay's `warm_pings`), a request charge each, `ping_ms` their billed
+    milliseconds (`warm_ping_ms`), and `ping_cold` the containers they started, each its init."""
     p, mem = sc.lambda_pricing, sc.lambda_.memory_mb
     service_ms = lambda_service_s(sc) * 1000.0
+    ping_compute = float(lambda_gb_s(mem, ping_ms)) * p.usd_per_gb_s
     if invokes is not None:
         compute = float(lambda_gb_s(mem, billed_ms or 0.0)) * p.usd_per_gb_s
         requests_usd = invokes * p.usd_per_request
@@ -365,7 +400,7 @@ def lambda_bill(
         requests_usd = served * p.usd_per_request
     init = 0.0
     if sc.lambda_.bill_init:  # a cold invoke bills its init with its duration, in one rounding
-        init = cold * lambda_init_usd(
-            service_ms, lambda_cold_start_s(sc) * 1000.0, mem, p.usd_per_gb_s
-        )
-    return requests_usd, compute + init
+        init_ms = lambda_cold_start_s(sc) * 1000.0
+        init = cold * lambda_init_usd(service_ms, init_ms, mem, p.usd_per_gb_s)
+        init += ping_cold * lambda_init_usd(0.0, init_ms, mem, p.usd_per_gb_s)
+    return requests_usd + pings * p.usd_per_request, compute + init + ping_compute

@@ -13,7 +13,9 @@ Same fleet timeline and the same serving model as `dataplane.py`, but nothing po
   idle means a cold start (cold + s_L(b)); containers expire keep-alive after their last use;
   with every concurrency slot busy the batch waits for the first to free (the router holds at
   most the limit in flight), and a request finding the buffer's limit of pending requests
-  already reached is refused (a failure).
+  already reached is refused (a failure). A keep-warm round of W pings at time r keeps W
+  containers as if used at r: the idle ones most recently used, and new ones (the pings' cold
+  starts) for the rest.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class DESResult:
     latencies_s: np.ndarray
     slo_s: float
     invokes: int = 0
+    ping_cold_starts: int = 0  # containers the keep-warm pings started
 
     @property
     def slo_attainment(self) -> float:
@@ -58,8 +61,10 @@ def simulate_requests(
     *,
     spill: bool,
     seed: int = 0,
+    warm_rounds: list[tuple[float, int]] | None = None,
 ) -> DESResult:
-    """Replay every request of `counts` (seconds from 0) through the instance timeline."""
+    """Replay every request of `counts` (seconds from 0) through the instance timeline;
+    `warm_rounds` are the keep-warm rounds, (time s, pings)."""
     rng = np.random.default_rng(seed)
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
@@ -95,7 +100,26 @@ def simulate_requests(
     deadline = size = 0.0
     est, second, second_spills = 0.0, 0, 0  # the router's spill-rate estimate
     lat = np.full(n, np.nan)
-    spilled = cold = throttled = invokes = 0
+    spilled = cold = throttled = invokes = ping_cold = 0
+    rounds = sorted(warm_rounds or ())
+    next_round = 0
+
+    def ping(t_round: float, w: int) -> None:
+        """A round of `w` warm-up pings at `t_round`."""
+        nonlocal ping_cold
+        while busy and busy[0] <= t_round:
+            idle.append(heapq.heappop(busy))
+        while idle and t_round - idle[0] > keep:
+            idle.pop(0)
+        touched = min(w, len(idle))
+        for j in range(len(idle) - touched, len(idle)):
+            idle[j] = t_round
+        new = max(w - len(idle) - len(busy), 0)
+        ping_cold += new
+        # the new ones below the warm ones the round touched: those serve first (a new one's
+        # second of start is not modelled, as in the fast mode)
+        at = len(idle) - touched
+        idle[at:at] = [t_round] * new
 
     def dispatch(t_close: float) -> None:
         """The open batch leaves at `t_close`: a warm container, a cold one, or the first slot
@@ -124,6 +148,9 @@ def simulate_requests(
 
     for r in range(n):
         t = times[r]
+        while next_round < len(rounds) and rounds[next_round][0] <= t:
+            ping(*rounds[next_round])
+            next_round += 1
         while ev < len(events) and events[ev][0] <= t:
             _, kind, idx = events[ev]
             if kind:
@@ -171,4 +198,4 @@ def simulate_requests(
     if batch:
         dispatch(deadline)
     met = int((lat <= slo + 1e-12).sum())
-    return DESResult(n, met, spilled, cold, throttled, lat, slo, invokes)
+    return DESResult(n, met, spilled, cold, throttled, lat, slo, invokes, ping_cold)

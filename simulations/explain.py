@@ -17,8 +17,9 @@ Spot instances EC2 interrupted within their first hour are free and add nothing.
 
 Lambda (sums to `dataplane.lambda_bill`): requests Lambda served, priced at the warm price of
 one request (request charge + compute), by cause, plus the cold starts' init as its own cause.
-Spill causes come from counterfactual replays of the same data plane, in this order, each
-interval on its own:
+Keep-warm rounds (the controller's pings, and the containers they started) are their own
+cause. Spill causes come from counterfactual replays of the same data plane (with the same
+keep-warm rounds), in this order, each interval on its own:
 1. spot loss: the served requests that disappear when every spot-interrupted instance keeps
    serving until its replacement is ready (a launch in its pool within one interval of the
    notice; without one, the notice plus the pool's launch delay);
@@ -104,9 +105,11 @@ def explain(counts: np.ndarray, sc: Scenario, result: PolicyResult) -> Explanati
             fc = np.full(n, np.inf)
         elif fc is None or len(fc) < n:
             fc = np.full(n, np.nan)
-        spill_usd, spilled = spill_by_interval(counts, result.instances, pools, sc, fc[:n])
+        spill_usd, spilled = spill_by_interval(
+            counts, result.instances, pools, sc, fc[:n], result.warm_rounds
+        )
     else:
-        spill_usd = {c: np.zeros(n) for c in (*SPILL_CAUSES, "cold_starts")}
+        spill_usd = {c: np.zeros(n) for c in (*SPILL_CAUSES, "cold_starts", "keep_warm")}
         spilled = {c: np.zeros(n) for c in SPILL_CAUSES}
     usd.update(spill_usd)
     return Explanation(result.policy, dt, usd, spilled, result.cost_usd)
@@ -195,14 +198,15 @@ def spill_by_interval(
     pools: dict[str, Pool],
     sc: Scenario,
     forecast_rps: np.ndarray,
+    warm_rounds: list[tuple[float, int]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """USD per interval of each spill cause and of cold starts (summing to the Lambda bill),
-    and Lambda-served requests per spill cause, by the sequential replays above."""
+    """USD per interval of each spill cause, of cold starts and of keep-warm (summing to the
+    Lambda bill), and Lambda-served requests per spill cause, by the sequential replays above."""
     dt = sc.control_interval_s
     T = len(counts)
 
     def run(insts: list) -> dataplane.DataPlaneTotals:
-        return dataplane.replay(counts, insts, pools, sc, spill=True)
+        return dataplane.replay(counts, insts, pools, sc, spill=True, warm_rounds=warm_rounds)
 
     actual = run(instances)
     fixed_spot = keep_until_replaced(instances, pools, dt)
@@ -230,6 +234,14 @@ def spill_by_interval(
     init = dataplane.lambda_bill(0.0, 1.0, sc)[1]  # what a cold start adds
     usd = {c: spilled[c] * unit for c in SPILL_CAUSES}
     usd["cold_starts"] = np.concatenate(actual.interval_cold) * init
+    ping_req = dataplane.lambda_bill(0.0, 0.0, sc, pings=1.0)[0]  # a ping's request charge
+    ms = dataplane.lambda_bill(0.0, 0.0, sc, ping_ms=1.0)[1]  # a billed millisecond
+    ping_init = dataplane.lambda_bill(0.0, 0.0, sc, ping_cold=1.0)[1]  # a container it started
+    usd["keep_warm"] = (
+        np.concatenate(actual.interval_pings) * ping_req
+        + np.concatenate(actual.interval_ping_ms) * ms
+        + np.concatenate(actual.interval_ping_cold) * ping_init
+    )
     return usd, spilled
 
 

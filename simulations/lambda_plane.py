@@ -13,7 +13,10 @@ formation and service fit. Needed containers per second are the Poisson-peaked b
 c + 3 sqrt(c), c = invokes x their time, plus the containers still starting (a cold
 container takes no invoke until its start is over, so arrivals meanwhile need others); the
 pool keeps each container for keep-alive after last use (a trailing max), and growth of the
-pool is counted as cold starts; starting containers also hold concurrency slots.
+pool is counted as cold starts; starting containers also hold concurrency slots. A round of
+W warm-up pings (`pings`, the controller's keep-warm rounds, `hybridserve.keep_warm`) holds W
+containers for keep-alive after it; those of them not already warm are the pings' own cold
+starts (billed, but no request waits on them).
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ class LambdaState:
     backlog: float = 0.0  # spilled requests waiting for a concurrency slot
     lost: np.ndarray = field(default_factory=lambda: np.zeros(0))  # cold containers' seconds ahead
     last_rate: float = 0.0  # the spill of the last second that had any
+    pings: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the last keep-alive s
 
 
 @dataclass
@@ -179,6 +183,7 @@ class LambdaSeconds:
     wait_hi: np.ndarray  # ... to
     buffer_lat: np.ndarray  # (n, 4) a warm request's time in the buffer plus its batch's service
     buffer_w: np.ndarray  # (n, 4) their shares
+    ping_cold: np.ndarray  # containers the warm-up pings started
     state: LambdaState
 
 
@@ -200,9 +205,11 @@ def lambda_seconds(
     sc: Scenario,
     state: LambdaState | None = None,
     batching: SpillBatching | None = None,
+    pings: np.ndarray | None = None,
 ) -> LambdaSeconds:
     """Lambda's part of each second, as the router's BATCH buffer drives it (the module
-    docstring): batches, concurrency slots, cold starts, the bill."""
+    docstring): batches, concurrency slots, cold starts, the bill. `pings`: per second, the
+    warm-up pings sent at its start (a keep-warm round), else 0."""
     state = state or LambdaState()
     batching = batching or spill_batching(sc)
     spill = np.asarray(spill, dtype=float)
@@ -235,10 +242,16 @@ def lambda_seconds(
     j = np.arange(len(hist) - n, len(hist))
     before = c[j] - c[np.maximum(j - k, 0)]
     first = -np.expm1(-inv) * np.exp(-before)
+    # containers the pings hold: the last round's count for keep-alive after it
+    pings = np.zeros(n) if pings is None else np.asarray(pings, dtype=float)
+    pinged_before = _pool_prev(pings, state.pings, k)
+    pinged = np.maximum(pings, pinged_before)
+    first = np.where(pinged >= 1.0, 0.0, first)
 
     def colds(lost_now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         extra = np.maximum(_needed(busy + lost_now, limit) - 1.0, 0.0)
-        more = np.maximum(extra - _pool_prev(extra, state.needed, k), 0.0)
+        kept = np.maximum(_pool_prev(extra, state.needed, k), pinged - 1.0)
+        more = np.maximum(extra - kept, 0.0)
         return np.minimum(first + more, spill), extra
 
     kern = np.clip(cold_s - np.arange(max(1, math.ceil(cold_s))), 0.0, 1.0)
@@ -248,6 +261,12 @@ def lambda_seconds(
         lost[: len(state.lost)] += state.lost[: len(lost)]
         cold, extra = colds(lost[:n])
     needed = extra
+    # a round's pings start the containers neither traffic nor the last round kept warm
+    warm_before = np.maximum(
+        _pool_prev(extra, state.needed, k) + np.where(before > 0, -np.expm1(-before), 0.0),
+        pinged_before,
+    )
+    ping_cold = np.where(pings > 0, np.maximum(pings - warm_before, 0.0), 0.0)
     lost = np.convolve(cold, kern)
     lost[: len(state.lost)] += state.lost[: len(lost)]
     # the concurrency slots: full batches while they are all busy; refused past the buffer
@@ -295,6 +314,7 @@ def lambda_seconds(
         backlog=float(b_end[-1]) if n else x0,
         lost=lost[n:],
         last_rate=float(actual[-1]) if n else state.last_rate,
+        pings=np.concatenate([state.pings, pings])[-k:],
     )
     return LambdaSeconds(
         served=served,
@@ -308,5 +328,6 @@ def lambda_seconds(
         wait_hi=hi,
         buffer_lat=blat,
         buffer_w=bw,
+        ping_cold=ping_cold,
         state=new_state,
     )

@@ -25,7 +25,8 @@ Model (what "exact" assumes):
 State at an instant: (instances serving, instances launched at each of the last P instants and
 still not ready), P = ceil(delay / interval) - 1. Value iteration runs backwards over the
 instants; the schedule it picks is then replayed, so cold starts, backlog carried across a
-change of fleet and the per-second noise are billed as for any policy.
+change of fleet and the per-second noise are billed as for any policy, with the keep-warm
+rounds the controller's planner would send over that schedule (`replay.warm_rounds_for`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from hybridserve.backends.simulated import SimInstance
 from hybridserve.config import Pool, Scenario, lambda_usd_per_request
 from hybridserve.planner.base import prune_dominated, prune_multiples
 from simulations import dataplane
-from simulations.replay import PolicyResult, replay_timeline
+from simulations.replay import PolicyResult, replay_timeline, warm_rounds_for
 from simulations.traces import Trace
 
 MAX_STATES = 4096  # per instant; beyond, the DP would be slower than it is worth
@@ -224,7 +225,9 @@ def optimum(trace: Trace, sc: Scenario) -> tuple[PolicyResult, Schedule, bool]:
         if best is None or sched.objective_usd < best.objective_usd:
             best = sched
     assert best is not None
-    result = replay_timeline(trace, sc, "optimum", instances_of(best), spill=True)
+    insts = instances_of(best)
+    rounds = warm_rounds_for(trace.counts, insts, sc)  # keep-warm as the controller plans it
+    result = replay_timeline(trace, sc, "optimum", insts, spill=True, warm_rounds=rounds)
     result.sim_wall_s = time.perf_counter() - t0
     # spot interruptions are not in the model: a spot schedule is a bound, not the optimum
     exact = len(pools) == 1 and pools[0].market == "on_demand" and best.block == 1

@@ -81,6 +81,7 @@ CAUSE_COLORS = {
     "spill_launch_lag": "#d62728",
     "spill_spot_loss": "#8c564b",
     "cold_starts": "#7f7f7f",
+    "keep_warm": "#bcbd22",
 }
 
 

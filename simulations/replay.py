@@ -9,7 +9,7 @@ vectorised day-sized chunks.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -55,6 +55,10 @@ class PolicyResult:
     timeline: Timeline | None = field(default=None, repr=False)
     instances: list = field(default_factory=list, repr=False)
     spill: bool = False  # may the router send requests to Lambda (the policy's)?
+    warm_pings: int = 0  # keep-warm pings the controller sent
+    ping_cold_starts: int = 0  # containers they started
+    keep_warm_usd: float = 0.0  # of the bill, the pings and the containers they started
+    warm_rounds: list = field(default_factory=list, repr=False)  # (time s, pings) per round
     # per control interval, the forecast mean (req/s) the controller planned it with
     forecast_rps: np.ndarray | None = field(default=None, repr=False)
 
@@ -77,6 +81,9 @@ class PolicyResult:
             "lambda_fraction": round(self.lambda_fraction, 6),
             "instance_hours": {k: round(v, 3) for k, v in sorted(self.instance_hours.items())},
             "cold_starts": self.cold_starts,
+            "warm_pings": self.warm_pings,
+            "ping_cold_starts": self.ping_cold_starts,
+            "keep_warm_usd": round(self.keep_warm_usd, 4),
             "forecaster_fallbacks": self.forecaster_fallbacks,
             "planner_fallbacks": self.planner_fallbacks,
             "sim_wall_s": round(self.sim_wall_s, 3),
@@ -93,11 +100,13 @@ def control_pass(
     forecaster: str | None = None,
     progress=None,
     forecasts: list[float] | None = None,
+    warm_rounds: list[tuple[float, int]] | None = None,
 ):
     """Run the Controller over the trace; returns (backend with the instance timeline, spec, fleet sizes).
 
     `forecasts`, when given, receives per interval the forecast mean the interval was planned
-    with (the decision before it: the warm start's for the first)."""
+    with (the decision before it: the warm start's for the first); `warm_rounds` the keep-warm
+    rounds the decisions sent, (time s, pings)."""
     counts = trace.counts
     dt = sc.control_interval_s
     pools = sc.pools
@@ -107,9 +116,17 @@ def control_pass(
     sizes = np.zeros(n_steps, dtype=np.int32)
     # warm start: the first interval stands in for the history before the trace
     d = ctl.step(_interval(counts, 0, dt))
+    if ctl.keep_warm is not None:  # ... and its fleet served then: keep warm what spilled past it
+        ctl.keep_warm.restore({})
+        fleet = backend.observe()
+        ready = sum(fleet.get(p.key).ready * p.capacity_rps for p in pools)
+        warm, pings = ctl.keep_warm.decide(_interval(counts, 0, dt), ready, 0.0)
+        d = replace(d, keep_warm=warm, warm_pings=pings)
     for k in range(n_steps):
         if forecasts is not None:
             forecasts.append(float(d.inputs.forecast.mean[0]))
+        if warm_rounds is not None and d.warm_pings:
+            warm_rounds.append((d.time_s, d.warm_pings))
         sizes[k] = sum(s.total for s in backend.observe().pools.values())
         backend.advance(min((k + 1) * dt, len(counts)), on_notice=ctl.on_notice)
         d = ctl.step(_interval(counts, k, dt))
@@ -138,9 +155,11 @@ def run_policy(
     """Replay `trace` under `policy`: cost, attainment, latency and Lambda figures."""
     t0 = time.perf_counter()
     forecasts: list[float] = []
+    rounds: list[tuple[float, int]] = []
     backend, spec, sizes = control_pass(
-        trace, sc, policy, seed=seed, forecaster=forecaster, progress=progress, forecasts=forecasts
-    )
+        trace, sc, policy, seed=seed, forecaster=forecaster, progress=progress,
+        forecasts=forecasts, warm_rounds=rounds,
+    )  # fmt: skip
     planner = spec.planner
     r = replay_timeline(
         trace,
@@ -150,6 +169,7 @@ def run_policy(
         spill=spec.spill,
         progress=progress,
         sizes=sizes if keep_timeline else None,
+        warm_rounds=rounds,
     )
     r.sim_wall_s = time.perf_counter() - t0
     r.plans_solved = getattr(planner, "solves", None)
@@ -169,14 +189,19 @@ def replay_timeline(
     spill: bool,
     progress=None,
     sizes: np.ndarray | None = None,
+    warm_rounds: list[tuple[float, int]] | None = None,
 ) -> PolicyResult:
     """Replay the arrivals through a fixed instance timeline and bill it: what every policy and
-    the exact optimum are measured by. `sizes` (fleet size per interval) keeps the timeline."""
+    the exact optimum are measured by. `sizes` (fleet size per interval) keeps the timeline;
+    `warm_rounds` are the keep-warm rounds, (time s, pings)."""
     t0 = time.perf_counter()
     pools = {p.key: p for p in sc.pools}
-    tot = dataplane.replay(trace.counts, instances, pools, sc, spill=spill, progress=progress)
+    tot = dataplane.replay(
+        trace.counts, instances, pools, sc, spill=spill, progress=progress, warm_rounds=warm_rounds
+    )
     ec2, hours = dataplane.ec2_bill(instances, pools, float(len(trace.counts)))
-    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc)
+    warm = {"pings": tot.warm_pings, "ping_ms": tot.warm_ping_ms, "ping_cold": tot.ping_cold_starts}
+    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc, **warm)
     breakdown = {
         "ec2_on_demand": ec2["on_demand"],
         "ec2_spot": ec2["spot"],
@@ -210,4 +235,32 @@ def replay_timeline(
         timeline=timeline,
         instances=instances,
         spill=spill,
+        warm_pings=int(round(tot.warm_pings)),
+        ping_cold_starts=int(round(tot.ping_cold_starts)),
+        keep_warm_usd=sum(dataplane.lambda_bill(0.0, 0.0, sc, **warm)),
+        warm_rounds=list(warm_rounds or ()),
     )
+
+
+def warm_rounds_for(counts: np.ndarray, instances: list, sc: Scenario) -> list[tuple[float, int]]:
+    """The keep-warm rounds a controller would send over a fixed instance timeline (the exact
+    optimum's, a brute force's): the same `KeepWarmPlanner` at each control instant, given the
+    interval's arrivals and the capacity ready as the controller observes it (before its own
+    launches and retirements of that instant; at 0, the warm start's fleet, as `control_pass`)."""
+    from hybridserve.policies import keep_warm_planner
+
+    planner = keep_warm_planner(sc)
+    pools = {p.key: p for p in sc.pools}
+    ready_at = np.array([i.ready_at for i in instances], dtype=float)
+    gone = np.array([np.inf if i.gone_at() is None else i.gone_at() for i in instances])
+    cap = np.array([pools[i.pool].capacity_rps for i in instances], dtype=float)
+    dt = sc.control_interval_s
+    rounds = []
+    for k in range(-(-len(counts) // dt) or 1):
+        now = float(k * dt)
+        serving = (ready_at <= now) & ((gone > now) if k == 0 else (gone >= now))
+        seg = _interval(counts, max(k - 1, 0), dt)  # at 0: the warm start's first interval
+        _, pings = planner.decide(seg, float(cap[serving].sum()), now)
+        if pings:
+            rounds.append((now, pings))
+    return rounds

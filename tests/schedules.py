@@ -9,6 +9,7 @@ import numpy as np
 
 from hybridserve.backends import SimulatedBackend
 from simulations import dataplane, lambda_plane
+from simulations.replay import warm_rounds_for
 
 
 def schedule_cost(
@@ -16,7 +17,7 @@ def schedule_cost(
 ) -> tuple[float, float]:
     """(bill, attainment) of one fleet schedule of the scenario's first pool, a target per
     control step: the simulated backend's launches and retirements, the fast data plane and
-    the bills, with spill to Lambda. `batching` (`lambda_plane.spill_batching(sc)`) is shared by
+    the bills, with spill to Lambda and the keep-warm rounds planned over the schedule. `batching` (`lambda_plane.spill_batching(sc)`) is shared by
     the schedules of one brute force."""
     dt = sc.control_interval_s
     backend = SimulatedBackend(sc.pools, warm_start=True)
@@ -25,9 +26,12 @@ def schedule_cost(
         backend.advance(k * dt)
         backend.converge({key: n} if n else {})
     pools = {p.key: p for p in sc.pools}
-    tot = dataplane.replay(counts, backend.instances, pools, sc, spill=True, batching=batching)
+    rounds = warm_rounds_for(counts, backend.instances, sc)
+    tot = dataplane.replay(counts, backend.instances, pools, sc, spill=True, batching=batching,
+                           warm_rounds=rounds)  # fmt: skip
     ec2, _ = dataplane.ec2_bill(backend.instances, pools, float(len(counts)))
-    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc)
+    warm = {"pings": tot.warm_pings, "ping_ms": tot.warm_ping_ms, "ping_cold": tot.ping_cold_starts}
+    l_req, l_cmp = dataplane.lambda_bill(tot.lambda_served, tot.cold_starts, sc, **warm)
     return sum(ec2.values()) + l_req + l_cmp, tot.met / tot.requests
 
 

@@ -14,6 +14,9 @@ from hybridserve.policies import POLICIES
 RESULT_KEYS = {
     "policy",
     "cost_usd",
+    "warm_pings",
+    "ping_cold_starts",
+    "keep_warm_usd",
     "cost_lower_bound_usd",
     "cost_breakdown",
     "requests",

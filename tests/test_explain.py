@@ -163,14 +163,14 @@ def test_causes_reconcile_with_the_replay_bill(trace, policy):
     ec2 = r.cost_breakdown["ec2_on_demand"] + r.cost_breakdown["ec2_spot"]
     lam = r.cost_breakdown["lambda_requests"] + r.cost_breakdown["lambda_compute"]
     assert _close(sum(e.totals()[c] for c in EC2_CAUSES), ec2)
-    assert _close(sum(e.totals()[c] for c in (*SPILL_CAUSES, "cold_starts")), lam)
+    assert _close(sum(e.totals()[c] for c in (*SPILL_CAUSES, "cold_starts", "keep_warm")), lam)
     per_interval = sum(e.usd[c] for c in CAUSES)
     assert len(per_interval) == math.ceil(trace.seconds / SC.control_interval_s)
     assert all((v >= -1e-12).all() for v in e.usd.values())
     if policy == "lambda-only":
         assert e.totals()["spill_planned"] > 0.99 * sum(e.totals()[c] for c in SPILL_CAUSES)
     if policy == "reactive":
-        assert sum(e.totals()[c] for c in (*SPILL_CAUSES, "cold_starts")) == 0
+        assert sum(e.totals()[c] for c in (*SPILL_CAUSES, "cold_starts", "keep_warm")) == 0
 
 
 def test_spot_losses_show_up_only_with_spot(trace):

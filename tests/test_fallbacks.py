@@ -282,7 +282,8 @@ def test_live_loop_keeps_stepping_and_serve_exports_the_counts():
     assert loop.safe_step() is None  # logged and counted, not raised
     backend.converge = SimulatedBackend.converge.__get__(backend)
     assert loop.safe_step() is not None
-    assert loop.stats == {"forecaster_fallbacks": 0, "planner_fallbacks": 3, "step_failures": 1}
+    assert loop.stats == {"forecaster_fallbacks": 0, "planner_fallbacks": 3, "step_failures": 1,
+                          "warm_pings": 0, "warm_failures": 0}  # fmt: skip
     m = RouterMetrics()
     m.controller = loop.stats
     text = Exposition(

@@ -29,6 +29,7 @@ def _agree(trace: Trace, policy: str) -> tuple[float, float, float, float]:
         SC,
         spill=r.spill,
         seed=1,
+        warm_rounds=r.warm_rounds,
     )
     return r.slo_attainment, d.slo_attainment, r.latency_p99_ms, d.percentile_ms(99)
 
@@ -107,9 +108,18 @@ def test_lambda_only_bill_is_requests_times_price_plus_init(half_day):
     trace, res = half_day
     r = res["lambda-only"]
     gb = SC.lambda_.memory_mb / 1024
-    init = r.cold_starts * gb * lambda_cold_start_s(SC) * SC.lambda_pricing.usd_per_gb_s
+    price = SC.lambda_pricing
+    init_usd = gb * lambda_cold_start_s(SC) * price.usd_per_gb_s
+    init = r.cold_starts * init_usd
+    # keep-warm: each ping a request charge and its hold (whole ms), each container it started
+    # its init
+    ping = price.usd_per_request + gb * SC.lambda_.keep_warm.hold_ms / 1000 * price.usd_per_gb_s
+    warm = r.warm_pings * ping + r.ping_cold_starts * init_usd
+    assert r.warm_pings > 0 and r.keep_warm_usd == pytest.approx(warm, rel=1e-3)
     assert r.lambda_fraction == pytest.approx(1.0)
-    assert r.cost_usd == pytest.approx(trace.requests * lambda_usd_per_request(SC) + init, rel=1e-6)
+    assert r.cost_usd == pytest.approx(
+        trace.requests * lambda_usd_per_request(SC) + init + warm, rel=1e-6
+    )
 
 
 def test_vm_only_policies_never_spill_and_spill_policies_meet_the_slo(half_day):

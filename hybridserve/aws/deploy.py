@@ -54,7 +54,8 @@ def _security_group(cfg: DeploymentConfig, ec2: Any) -> str:
 
 
 def deployment_scenario(cfg: DeploymentConfig) -> Scenario:
-    """The deployment's scenario, with its fleet cap and budget as the planner's limits."""
+    """The deployment's scenario, with its fleet cap, budget and the function's reserved
+    concurrency as the planner's limits."""
     from hybridserve.config import load_scenario
 
     return load_scenario(
@@ -62,6 +63,8 @@ def deployment_scenario(cfg: DeploymentConfig) -> Scenario:
         **{
             "planner.max_instances": cfg.ec2.max_instances,
             "planner.budget_usd_per_hour": cfg.budget_usd_per_hour,
+            # the reserved concurrency caps the function: spill and keep-warm plan within it
+            "lambda.concurrency_limit": max(1, cfg.lambda_.reserved_concurrency),
         },
     )
 

@@ -13,6 +13,7 @@ Publishing is actuation, so it lives here beside the loop, never in the planner.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import tempfile
 import time
@@ -159,7 +160,7 @@ class LeasedLoop(PublishingLoop):
             await asyncio.sleep(max(0.0, min(self.publish_every_s, next_step - loop.time())))
             if loop.time() >= next_step:
                 next_step += self.controller.interval_s
-                await asyncio.to_thread(self.safe_step)
+                self.start_warm_round(await asyncio.to_thread(self.safe_step))
                 continue
             try:
                 await asyncio.to_thread(self.share)
@@ -279,6 +280,18 @@ class AwsStack(RouterStack):
             source=state_url(cfg),
         )
         self.router.metrics.controller = self.loop_.stats
+        if spill:  # the controller's keep-warm rounds, through an invoker of their own
+            from hybridserve.aws.warm import warm_round
+
+            self.loop_.warm = functools.partial(
+                warm_round,
+                hold_ms=sc.lambda_.keep_warm.hold_ms,
+                function_name=function,
+                qualifier=R.ALIAS,
+                region=cfg.region,
+                endpoint_url=self.endpoint_url,
+                timeout_s=lam.timeout_s + 5,
+            )
         eps = self.backend.refresh()  # the router starts with the fleet as it is now
         event(
             log,

@@ -11,7 +11,9 @@ few minutes, so `every_s` of a few minutes is the useful range.
 
 `keep_warm_plan` is the pure decision, `keep_warm` the one round of invokes (through the same
 `LambdaInvoker` the router uses, so AWS and the local emulator behave alike), and
-`keep_warm_loop` the two together on a clock, for whoever runs the control loop.
+`keep_warm_loop` the two together on a clock, for a fixed `lambda.keep_warm` of a deployment.
+The controller plans its own rounds (`hybridserve.keep_warm`); `warm_round` sends one of them
+through an invoker of its own, so the pings never take the router's concurrency slots.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hybridserve.aws.invoke import InvokeResult, LambdaInvoker
@@ -66,8 +68,10 @@ def keep_warm_plan(
 
 def warmup_event(n: int, hold_ms: float = DEFAULT_HOLD_MS) -> bytes:
     """The warm-up payload; a lone ping needs no hold."""
+    from hybridserve.keep_warm import ping_hold_ms
+
     event: dict[str, object] = {"warmup": True}
-    if n > 1 and hold_ms > 0:
+    if ping_hold_ms(n, hold_ms) > 0:
         event["hold_ms"] = hold_ms
     return json.dumps(event).encode()
 
@@ -113,6 +117,17 @@ async def keep_warm(
     errors = tuple(e for e in map(_outcome, results) if e is not None)
     cold = sum(1 for r in results if not isinstance(r, BaseException) and r.init_ms is not None)
     return WarmupReport(n, n - len(errors), cold, errors)
+
+
+async def warm_round(n: int, *, hold_ms: float = DEFAULT_HOLD_MS, **invoker: Any) -> WarmupReport:
+    """One round of `n` concurrent pings, through a `LambdaInvoker(**invoker)` opened for it
+    (rounds are minutes apart: a client per round costs nothing that matters)."""
+    from hybridserve.aws.invoke import LambdaInvoker
+
+    if n <= 0:
+        return WarmupReport(0, 0, 0, ())
+    async with LambdaInvoker(**{**invoker, "max_concurrency": n}) as inv:
+        return await keep_warm(inv, n, hold_ms=hold_ms)
 
 
 async def keep_warm_loop(

@@ -175,6 +175,8 @@ class RouterMetrics:
             ("forecaster_fallbacks", "Control steps whose forecast came from a fallback model."),
             ("planner_fallbacks", "Control steps the primary planner could not decide."),
             ("step_failures", "Control steps that failed outright (the loop carried on)."),
+            ("warm_pings", "Keep-warm pings the controller's rounds sent."),
+            ("warm_failures", "Keep-warm pings that failed or were skipped."),
         ):
             if key in self.controller:
                 yield counter(f"hybridserve_controller_{key}", help_, [((), self.controller[key])])
