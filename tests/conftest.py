@@ -78,6 +78,16 @@ def aws(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def mlp_fp32_artifact(tmp_path_factory) -> Path:
+    """The mlp reference model's fp32 artifact, built once (for the emulator's keep-warm tests)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")  # to build the artifact
+    from predictors.artifact_build import build_artifact
+
+    return build_artifact("mlp", tmp_path_factory.mktemp("mlp-fp32"), variant="fp32")
+
+
+@pytest.fixture(scope="session")
 def built(tmp_path_factory) -> dict[str, Path]:
     """mlp fp32 and int8 artifacts, built once for the tests/test_artifacts*.py files."""
     from predictors.artifact_build import build_artifact

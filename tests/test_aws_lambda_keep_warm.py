@@ -81,13 +81,9 @@ def test_keep_warm_loop_pings_when_idle_and_stops():
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
+def artifact(mlp_fp32_artifact):
     pytest.importorskip("aiobotocore")
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("torch")  # to build the artifact
-    from predictors.artifact_build import build_artifact
-
-    return build_artifact("mlp", tmp_path_factory.mktemp("art"), variant="fp32")
+    return mlp_fp32_artifact
 
 
 def test_keep_warm_starts_n_environments_on_the_emulator(artifact):

@@ -165,13 +165,9 @@ def test_rounds_over_a_fixed_timeline_are_the_controllers():
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
+def artifact(mlp_fp32_artifact):
     pytest.importorskip("aiobotocore")
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("torch")  # to build the artifact
-    from predictors.artifact_build import build_artifact
-
-    return build_artifact("mlp", tmp_path_factory.mktemp("art"), variant="fp32")
+    return mlp_fp32_artifact
 
 
 def test_the_live_loop_sends_the_decisions_rounds_to_the_function(artifact):
