@@ -679,6 +679,7 @@ def run_sim(
         "steps_whose_live_counts_differ": differ,
         "des": per_request,
         "lambda_invokes": round(tot.lambda_invokes, 1),
+        "warm_pings": int(tot.warm_pings),
         "spill": tot.spilled / tot.requests if tot.requests else 0.0,
         "cold_starts": int(round(tot.cold_starts)),
         "throttled": float(tot.throttled),

@@ -241,8 +241,9 @@ def test_run_sim_bills_batches_and_runs_the_per_request_mode():
     assert r["cost_usd"] == pytest.approx(
         r["cost"]["ec2"] + r["cost"]["lambda_requests"] + r["cost"]["lambda_compute"]
     )
+    # each batch the buffer sends and each keep-warm ping is one billed request
     assert r["cost"]["lambda_requests"] == pytest.approx(
-        r["lambda_invokes"] * sc.lambda_pricing.usd_per_request, rel=1e-3
+        (r["lambda_invokes"] + r["warm_pings"]) * sc.lambda_pricing.usd_per_request, rel=1e-3
     )
     assert r["instances"] and all(i["launch"] >= 0 for i in r["instances"])
     assert all(i["ready"] - i["launch"] == pytest.approx(7.0) for i in r["instances"])
