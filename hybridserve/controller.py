@@ -103,10 +103,7 @@ class Controller:
             )
             if target != plan.target:
                 plan = replace(plan, target=target)
-        warm, pings = 0, 0
-        if self.keep_warm is not None:
-            ready = sum(fleet.get(p.key).ready * p.capacity_rps for p in self.pools)
-            warm, pings = self.keep_warm.decide(counts, ready, now)
+        warm, pings = self.decide_keep_warm(counts, fleet, now)
         f, p = self.forecaster, self.planner
         source = str(getattr(p, "source", p.name))
         return Decision(
@@ -125,6 +122,18 @@ class Controller:
             keep_warm=warm,
             warm_pings=pings,
         )
+
+    def decide_keep_warm(
+        self, counts, fleet: FleetView, now: float, fresh: bool = False
+    ) -> tuple[int, int]:
+        """(warm environments, pings now) for what spilled past the fleet's ready instances;
+        (0, 0) for a policy that keeps none. `fresh` forgets the history first (the simulator's
+        warm start recomputes its first step against the warm-start fleet)."""
+        if self.keep_warm is None:
+            return 0, 0
+        if fresh:
+            self.keep_warm.restore({})
+        return self.keep_warm.decide(counts, fleet.ready_rps(self.pools), now)
 
     def apply(self, decision: Decision) -> Decision:
         """Have the backend converge to the decision's target; the decision with the actions

@@ -38,6 +38,10 @@ class FleetView:
     def totals(self) -> dict[str, int]:
         return {k: s.total for k, s in self.pools.items() if s.total}
 
+    def ready_rps(self, pools) -> float:
+        """Requests/s the ready instances serve, given pool specs with `key` and `capacity_rps`."""
+        return float(sum(self.get(p.key).ready * p.capacity_rps for p in pools))
+
 
 @dataclass(frozen=True)
 class Action:

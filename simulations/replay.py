@@ -117,10 +117,8 @@ def control_pass(
     # warm start: the first interval stands in for the history before the trace
     d = ctl.step(_interval(counts, 0, dt))
     if ctl.keep_warm is not None:  # ... and its fleet served then: keep warm what spilled past it
-        ctl.keep_warm.restore({})
-        fleet = backend.observe()
-        ready = sum(fleet.get(p.key).ready * p.capacity_rps for p in pools)
-        warm, pings = ctl.keep_warm.decide(_interval(counts, 0, dt), ready, 0.0)
+        first = _interval(counts, 0, dt)
+        warm, pings = ctl.decide_keep_warm(first, backend.observe(), 0.0, fresh=True)
         d = replace(d, keep_warm=warm, warm_pings=pings)
     for k in range(n_steps):
         if forecasts is not None:
