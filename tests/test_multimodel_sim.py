@@ -111,3 +111,60 @@ def test_failing_forecasters_and_planner_are_contained(sc, monkeypatch):
     d2 = ctl.step(counts * 3, 60.0)
     assert d2.planner_fallbacks == 1 and d2.plan.source == "hold" and d2.actions == []
     assert b.observe() == before and ctl.planner_fallbacks == 1
+
+
+def _fleet_yaml(tmp_path, n: int = 3) -> str:
+    import yaml
+
+    from tests.multimodel_helpers import family
+
+    p = tmp_path / "fleet.yaml"
+    data = {"families": {"enc": family()}, "models": {"count": n, "family": "enc"}}
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_simulate_models_cli_reads_a_request_csv_and_reports_per_model(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from hybridserve.cli import main
+
+    rng = np.random.default_rng(3)
+    rows = ["timestamp_s,model"]
+    for m, rate in (("model-00", 20.0), ("model-01", 5.0), ("model-02", 1.0)):
+        ts = np.sort(rng.uniform(0, 1800, int(rate * 1800)))
+        rows += [f"{t:.3f},{m}" for t in ts]
+    csv = tmp_path / "req.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    args = ["simulate-models", "--models", _fleet_yaml(tmp_path), "--trace", str(csv)]
+    res = CliRunner().invoke(
+        main, [*args, "--policy", "joint", "--policy", "lambda-only", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    joint = out["policies"][0]
+    assert [m["model"] for m in joint["models"]] == ["model-00", "model-01", "model-02"]
+    assert sum(m["requests"] for m in joint["models"]) == len(rows) - 1
+    assert joint["variant_choice"]["enc"] and joint["min_accuracy_margin"] >= 0
+
+
+def test_simulate_models_cli_errors_name_the_problem(tmp_path):
+    from click.testing import CliRunner
+
+    from hybridserve.cli import main
+
+    csv = tmp_path / "req.csv"
+    csv.write_text("timestamp_s,model\n0.5,model-00\n1.0,bert\n")
+    fleet_path = _fleet_yaml(tmp_path, 2)
+    res = CliRunner().invoke(main, ["simulate-models", "--models", fleet_path, "--trace", str(csv)])
+    assert res.exit_code == 2 and "models bert are not in the fleet" in res.output
+    res = CliRunner().invoke(
+        main, ["simulate-models", "--models", fleet_path, "--pin-variant", "bf16"]
+    )
+    assert res.exit_code == 2 and "no variant 'bf16'" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("families: {}\nmodels: {count: 0, family: enc}\n")
+    res = CliRunner().invoke(main, ["simulate-models", "--models", str(bad)])
+    assert res.exit_code == 2 and "models.count: expected an integer from 1" in res.output

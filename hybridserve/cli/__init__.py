@@ -25,13 +25,14 @@ def _register() -> None:
     from hybridserve.cli.scale import scale
     from hybridserve.cli.serve import serve
     from hybridserve.cli.simulate import simulate
+    from hybridserve.cli.simulate_models import simulate_models
     from hybridserve.cli.status import status
     from hybridserve.cli.sweep import sweep
     from hybridserve.cli.teardown import teardown
 
     for command in (
         simulate, forecast, package, profile, model_server, serve, bench,
-        deploy, status, scale, plan, controller, iam_policy, teardown, sweep,
+        deploy, status, scale, plan, controller, iam_policy, teardown, sweep, simulate_models,
     ):  # fmt: skip
         main.add_command(command)
 

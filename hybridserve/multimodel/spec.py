@@ -191,7 +191,32 @@ def load_model_fleet(path: str | Path) -> ModelFleet:
     return model_fleet(data, str(path))
 
 
+def expand_models(spec: Any) -> Any:
+    """`models: {count: 50, family: distilbert, prefix: model-}` (optionally `variant`,
+    `accuracy_floor`) as the list of that many models, named as `synthetic_multi` names its
+    models (model-00 ... model-49: rank order); a list is returned as it is."""
+    if not isinstance(spec, dict):
+        return spec
+    n = spec.get("count")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 100_000:
+        raise ConfigError(f"models.count: expected an integer from 1 to 100000, got {n!r}")
+    unknown = set(spec) - {"count", "family", "prefix", "variant", "accuracy_floor"}
+    if unknown:
+        raise ConfigError(
+            f"models.{sorted(unknown)[0]}: unknown field (count, family, prefix, variant, "
+            "accuracy_floor)"
+        )
+    width = max(2, len(str(n - 1)))
+    rest = {k: v for k, v in spec.items() if k in ("family", "variant", "accuracy_floor")}
+    prefix = str(spec.get("prefix", "model-"))
+    return [{"name": f"{prefix}{i:0{width}d}", **rest} for i in range(n)]
+
+
 def model_fleet(data: dict[str, Any], source: str = "<models>") -> ModelFleet:
+    try:
+        data = {**data, "models": expand_models(data.get("models"))}
+    except ConfigError as e:
+        raise ConfigError(f"{source}: field {e}") from None
     try:
         return ModelFleet.model_validate(data)
     except ValidationError as e:
