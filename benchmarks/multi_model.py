@@ -176,8 +176,12 @@ def main() -> int:
         "modelless_saving": round(saving("per-model model-less", "per-model fp32 fixed"), 4),
         "combined_saving": round(saving("joint", "hybrid-per-model fp32"), 4),
         "min_accuracy_margin": round(
-            min(r["min_accuracy_margin"] for r in rows if not r["label"].endswith("fp32")
-                and r["label"] != "per-model fp32 fixed"), 4,
+            min(
+                r["min_accuracy_margin"]
+                for r in rows
+                if not r["label"].endswith("fp32") and r["label"] != "per-model fp32 fixed"
+            ),
+            4,
         ),  # fmt: skip
         "plan_s_per_decision": round(max(by[(t, "joint")]["plan_s_mean"] for t in traces), 4),
         "plan_s_max": round(max(by[(t, "joint")]["plan_s_max"] for t in traces), 4),

@@ -84,6 +84,16 @@ class LambdaModelProfile(Strict):
     time_scale: float = Field(1.0, gt=0)
 
 
+class Footprint(Strict):
+    """What loading the model costs an instance (`predictors.memory.measure_load`): the resident
+    memory that packing several models on one instance counts, and the load time, which delays
+    serving there like a launch."""
+
+    resident_mb: float = Field(gt=0)
+    load_s: float = Field(ge=0)
+    isa: str | None = None  # CPU ISA measured on (memory barely depends on it; time does)
+
+
 class ModelProfile(Strict):
     """How fast the model serves, with where the numbers came from."""
 
@@ -95,6 +105,7 @@ class ModelProfile(Strict):
     isa_profiles: dict[str, ReferenceProfile] = {}
     gpu_profiles: dict[str, GpuProfile] = {}
     lambda_: LambdaModelProfile = Field(alias="lambda")
+    footprint: Footprint | None = None  # absent from profiles measured before it was recorded
 
     def for_isa(self, isa: str | None) -> ReferenceProfile:
         """The measurements for CPUs of `isa`: its own profile if recorded, else the reference."""

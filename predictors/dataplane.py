@@ -10,7 +10,8 @@ handler, which serves one request per invocation, uses :meth:`DataPlane.infer_sy
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,8 @@ class DataPlane:
 
     ``max_batch`` caps rows per predict call below the model's own ``max_batch``;
     ``max_delay_ms`` is the batcher's queue delay; ``max_queue`` its queue bound (503 beyond).
+    With ``allow_empty`` (a model repository's server) it may start with no model; models come
+    and go with `add_model` and `remove_model`, which drains the model's in-flight requests.
     """
 
     def __init__(
@@ -53,27 +56,70 @@ class DataPlane:
         max_queue: int = 1024,
         server_name: str = SERVER_NAME,
         server_version: str = SERVER_VERSION,
+        allow_empty: bool = False,
     ) -> None:
         self.models: dict[str, Model] = {}
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self.server_name = server_name
+        self.server_version = server_version
+        self._batching = (max_batch, max_delay_ms, max_queue)
+        self._inflight: dict[str, int] = {}
+        self._drained: dict[str, asyncio.Event] = {}
+        # a note for a 404 on `name` (the model repository tells how to load it), else ""
+        self.not_found_note: Callable[[str], str] = lambda name: ""
         for m in models:
             if m.name in self.models:
                 raise ValueError(f"two models are named {m.name!r}")
             self.models[m.name] = m
-        if not self.models:
+        if not self.models and not allow_empty:
             raise ValueError("the data plane needs at least one model")
-        self.server_name = server_name
-        self.server_version = server_version
-        self.batchers: dict[str, DynamicBatcher] = {}
-        for name, m in self.models.items():
-            self.batchers[name] = DynamicBatcher(
-                m, batch_cap(m, max_batch), max_delay_ms, max_queue
-            )
+        for m in self.models.values():
+            self._add_batcher(m)
+
+    def _add_batcher(self, m: Model) -> DynamicBatcher:
+        max_batch, max_delay_ms, max_queue = self._batching
+        b = DynamicBatcher(m, batch_cap(m, max_batch), max_delay_ms, max_queue)
+        self.batchers[m.name] = b
+        return b
+
+    # ---------------------------------------------------------------- models coming and going
+    def add_model(self, model: Model) -> None:
+        """Serve `model` from now on (on the event loop, which its batcher then runs on)."""
+        if model.name in self.models:
+            raise ValueError(f"model {model.name!r} is already served")
+        b = self._add_batcher(model)
+        self.models[model.name] = model
+        with contextlib.suppress(RuntimeError):  # no running loop: the batcher starts on submit
+            asyncio.get_running_loop()
+            b.start()
+
+    async def remove_model(self, name: str) -> Model:
+        """Stop routing to `name` (new requests get 404), wait for its requests already accepted
+        (queued or in a batch) to be answered, then stop its batcher; returns the model."""
+        model = self.models.pop(name)
+        if self._inflight.get(name, 0):
+            done = self._drained[name] = asyncio.Event()
+            try:
+                await done.wait()
+            finally:
+                self._drained.pop(name, None)
+        batcher = self.batchers.pop(name)
+        await batcher.stop()
+        # CPython keeps the worker's last CancelledError, whose traceback holds the batcher:
+        # let go of the model here so that its session (its memory) goes with the unload
+        batcher.model = _Departed(name)  # type: ignore[assignment]
+        return model
+
+    def inflight(self, name: str) -> int:
+        """Requests to `name` accepted and not yet answered."""
+        return self._inflight.get(name, 0)
 
     # ---------------------------------------------------------------- health, metadata
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
+        """Every model served is ready (true with none: a repository server waiting for loads)."""
         return all(bool(m.ready) for m in self.models.values())
 
     def server_metadata(self) -> dict[str, Any]:
@@ -82,7 +128,12 @@ class DataPlane:
     def get_model(self, name: str, version: str | None = None) -> Model:
         m = self.models.get(name)
         if m is None:
-            raise V2Error(404, f"model '{name}' not found; serving: {', '.join(self.models)}")
+            loaded = ", ".join(sorted(self.models)) or "none"
+            raise V2Error(
+                404,
+                f"model '{name}' not found on this server; loaded: {loaded}"
+                + self.not_found_note(name),
+            )
         if version not in (None, "") and str(version) != str(m.version):
             raise V2Error(
                 404, f"model '{name}' has no version '{version}'; serving version '{m.version}'"
@@ -181,13 +232,19 @@ class DataPlane:
             raise V2Error(503, f"model '{name}' is not ready")
         inputs, rows = self.validate(model, request)
         batcher = self.batchers[name]
-        if rows <= batcher.max_batch_size:
-            outputs = await batcher.submit(inputs)
-        else:
-            parts = await asyncio.gather(
-                *(batcher.submit(c) for c in self._chunks(inputs, rows, batcher.max_batch_size))
-            )
-            outputs = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        # counted from here (no await since get_model), so remove_model waits for this request
+        self._inflight[name] = self._inflight.get(name, 0) + 1
+        try:
+            if rows <= batcher.max_batch_size:
+                outputs = await batcher.submit(inputs)
+            else:
+                chunks = self._chunks(inputs, rows, batcher.max_batch_size)
+                parts = await asyncio.gather(*(batcher.submit(c) for c in chunks))
+                outputs = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        finally:
+            left = self._inflight[name] = self._inflight[name] - 1
+            if left == 0 and name in self._drained:
+                self._drained[name].set()
         return self.respond(model, request, outputs)
 
     def infer_sync(
@@ -215,7 +272,9 @@ class DataPlane:
         header_length: int | str | None = None,
         version: str | None = None,
     ) -> tuple[bytes, dict[str, str]]:
-        """Decode, infer, encode: the whole V2 infer endpoint minus the transport."""
+        """Decode, infer, encode: the whole V2 infer endpoint minus the transport. A model not
+        served is a 404 before the body is read (a router learns where not to send it)."""
+        self.get_model(name, version)
         request = decode_request(body, header_length)
         response = await self.infer(name, request, version)
         return encode_response(response, request.binary_outputs(t.name for t in response.outputs))
@@ -227,6 +286,7 @@ class DataPlane:
         header_length: int | str | None = None,
         version: str | None = None,
     ) -> tuple[bytes, dict[str, str]]:
+        self.get_model(name, version)
         request = decode_request(body, header_length)
         response = self.infer_sync(name, request, version)
         return encode_response(response, request.binary_outputs(t.name for t in response.outputs))
@@ -238,6 +298,13 @@ class DataPlane:
     async def stop(self) -> None:
         for b in self.batchers.values():
             await b.stop()
+
+
+class _Departed:
+    """What a stopped batcher keeps of its removed model: the name, for its messages."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
 def _datatype_of(arr: np.ndarray) -> str:

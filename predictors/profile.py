@@ -12,10 +12,14 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from predictors.model import Model, TensorSpec
+
+if TYPE_CHECKING:  # predictors.memory imports this module (sample_inputs)
+    from predictors.memory import LoadFootprint
 
 
 def sample_inputs(specs: list[TensorSpec], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -62,9 +66,17 @@ def profile_model(
 
 
 def profile_document(
-    name: str, rows: list[BatchTiming], threads: int, *, cold_start_s: float | None = None
+    name: str,
+    rows: list[BatchTiming],
+    threads: int,
+    *,
+    cold_start_s: float | None = None,
+    footprint: LoadFootprint | None = None,
 ) -> dict:
     """A `model:` mapping for a scenario file (hybridserve.config.ModelProfile).
+
+    With `footprint` (`predictors.memory.measure_load`) it records the model's resident MB and
+    load time, what packing several models on one instance plans with.
 
     The reference records the CPU's ISA (`predictors.isa`): int8 latency depends on it (VNNI
     runs DistilBERT int8 about 3.5x faster than AVX2), so a profile only transfers to
@@ -91,4 +103,10 @@ def profile_document(
     }
     if cold_start_s is not None:
         doc["lambda"] = {"cold_start_s": round(cold_start_s, 3), "invoke_overhead_ms": 8.0}
+    if footprint is not None:
+        doc["footprint"] = {
+            "resident_mb": round(footprint.resident_mb, 2),
+            "load_s": round(footprint.load_s, 4),
+            "isa": footprint.isa,
+        }
     return doc

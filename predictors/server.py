@@ -9,6 +9,15 @@ Routes (Open Inference Protocol, REST):
     GET  /v2/models/{name}[/versions/v]/ready
     POST /v2/models/{name}[/versions/v]/infer   JSON or binary tensor extension
     GET  /metrics                        Prometheus text format
+    POST /v2/repository/index            [{name, version, state, reason}]; {"ready": true} filters
+    POST /v2/repository/models/{name}/load      200 {}; 404 unknown; 409 over the memory budget
+    POST /v2/repository/models/{name}/unload    200 {} once its accepted requests are answered
+
+The repository routes are Triton's model-repository extension; with a `ModelRepository`
+(`predictors.repository`) the server starts with what it loaded and loads and unloads on
+request. Without one (``--artifact``) the index lists the fixed models and load/unload answer
+400. A server with no model loaded is live and ready: readiness means every loaded model is
+ready, and the router sends a model's requests only to instances whose index lists it.
 
 Errors are ``{"error": message}`` with the V2Error's status; a malformed request is answered
 and forgotten, never fatal. Metrics: `predictors.server_metrics` (prometheus_client).
@@ -30,6 +39,7 @@ from starlette.routing import Route
 from predictors.dataplane import DataPlane
 from predictors.model import Model
 from predictors.prometheus import CONTENT_TYPE
+from predictors.repository import ModelRepository, repository_json
 from predictors.server_metrics import ServerMetrics
 from predictors.spot_watch import SpotWatch
 from predictors.v2 import HEADER_LENGTH, V2Error
@@ -57,20 +67,44 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     return out
 
 
+def _load_parameters(name: str, doc: dict) -> None:
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise V2Error(400, f"load of model '{name}': parameters must be a JSON object")
+    override = [k for k in params if k == "config" or k.startswith("file:")]
+    if override:
+        raise V2Error(
+            400,
+            f"load of model '{name}': {', '.join(override)} (a configuration override) is not "
+            "supported; the artifact's manifest is the model's configuration",
+        )
+
+
 def create_app(
-    models: Sequence[Model],
+    models: Sequence[Model] = (),
     *,
+    repository: ModelRepository | None = None,
     max_batch: int | None = 8,
     max_delay_ms: float = 5.0,
     max_queue: int = 1024,
     spot_watch: SpotWatch | None = None,
 ) -> Starlette:
     """The ASGI app; ``app.state.dataplane`` and ``app.state.metrics`` for introspection.
-    With `spot_watch`, readiness also fails once EC2 announced the instance's interruption."""
+    With `repository`, it serves what the repository has loaded (`models` must be empty) and
+    loads and unloads on request. With `spot_watch`, readiness also fails once EC2 announced
+    the instance's interruption."""
+    if repository is not None and models:
+        raise ValueError("with a model repository, the server serves what it loaded: no models")
     dataplane = DataPlane(
-        models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue
+        repository.models() if repository is not None else models,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_queue=max_queue,
+        allow_empty=repository is not None,
     )
-    metrics = ServerMetrics(dataplane)
+    if repository is not None:
+        dataplane.not_found_note = repository.not_found_note
+    metrics = ServerMetrics(dataplane, repository)
 
     async def live(request: Request) -> Response:
         return JSONResponse({"live": dataplane.live()})
@@ -80,7 +114,10 @@ def create_app(
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_meta(request: Request) -> Response:
-        return JSONResponse(dataplane.server_metadata())
+        doc = dataplane.server_metadata()
+        if repository is not None:  # Triton's name for the load/unload/index extension
+            doc["extensions"] = [*doc["extensions"], "model_repository"]
+        return JSONResponse(doc)
 
     async def model_meta(request: Request) -> Response:
         p = request.path_params
@@ -116,6 +153,45 @@ def create_app(
         metrics.observe(name, resp.status_code, time.perf_counter() - t0)
         return resp
 
+    def _repository() -> ModelRepository:
+        if repository is None:
+            raise V2Error(400, "this server has no model repository (started with one artifact)")
+        return repository
+
+    async def repo_index(request: Request) -> Response:
+        try:
+            ready_only = bool(repository_json(await request.body()).get("ready", False))
+        except V2Error as e:
+            return _error(e)
+        if repository is not None:
+            return JSONResponse(repository.index(ready_only))
+        fixed = [
+            {"name": m.name, "version": str(m.version), "state": "READY", "reason": ""}
+            if m.ready
+            else {"name": m.name, "version": str(m.version), "state": "UNAVAILABLE",
+                  "reason": "not ready"}
+            for m in dataplane.models.values()
+        ]  # fmt: skip
+        return JSONResponse([x for x in fixed if x["state"] == "READY" or not ready_only])
+
+    async def repo_load(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            _load_parameters(name, repository_json(await request.body()))
+            await _repository().load(name, dataplane)
+        except V2Error as e:
+            return _error(e)
+        return JSONResponse({})
+
+    async def repo_unload(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            repository_json(await request.body())  # unload_dependents: there are no ensembles
+            await _repository().unload(name, dataplane)
+        except V2Error as e:
+            return _error(e)
+        return JSONResponse({})
+
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), headers={"content-type": CONTENT_TYPE})
 
@@ -139,6 +215,8 @@ def create_app(
             if spot_watch is not None:
                 spot_watch.stop()
             await dataplane.stop()
+            if repository is not None:
+                repository.close()
 
     model_path = "/v2/models/{name}"
     version_path = "/v2/models/{name}/versions/{version}"
@@ -153,6 +231,9 @@ def create_app(
         Route(model_path + "/infer", infer, methods=["POST"]),
         Route(version_path + "/infer", infer, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/v2/repository/index", repo_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repo_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repo_unload, methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
@@ -165,21 +246,23 @@ def create_app(
 
 
 def serve(
-    models: Sequence[Model],
+    models: Sequence[Model] = (),
     host: str = "127.0.0.1",
     port: int = 8000,
     max_batch: int | None = 8,
     max_delay_ms: float = 5.0,
     max_queue: int = 1024,
     imds_url: str | None = None,
+    repository: ModelRepository | None = None,
 ) -> None:
     """Run the server with uvicorn until interrupted (log level warning, no access log);
-    `imds_url` (EC2's metadata service) makes a spot notice fail readiness."""
+    `imds_url` (EC2's metadata service) makes a spot notice fail readiness; `repository`
+    serves its loaded models and takes load and unload requests."""
     import uvicorn
 
     watch = SpotWatch(imds_url) if imds_url else None
     app = create_app(
-        models, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-        spot_watch=watch,
+        models, repository=repository, max_batch=max_batch, max_delay_ms=max_delay_ms,
+        max_queue=max_queue, spot_watch=watch,
     )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,25 +1,52 @@
-"""`hybridserve model-server`: serve one model artifact over the KServe V2 HTTP protocol.
+"""`hybridserve model-server`: serve model artifacts over the KServe V2 HTTP protocol.
 
 The VM side of a deployment (see ``ec2_images/hybridserve-model.service``): loads the artifact
-with onnxruntime and serves it with dynamic batching; see :mod:`predictors.server`.
+with onnxruntime and serves it with dynamic batching; see :mod:`predictors.server`. With
+``--repository`` it serves several models from a directory of artifacts, loading and unloading
+them on request within a memory budget (:mod:`predictors.repository`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hybridserve.cli.common import user_errors
+
+if TYPE_CHECKING:
+    from predictors.repository import ModelRepository
 
 
 @click.command("model-server")
 @click.option(
     "--artifact",
     "artifact_path",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Model artifact directory (manifest.json and the model).",
+    help="Model artifact directory (manifest.json and the model): serve this one model.",
+)
+@click.option(
+    "--repository",
+    "repository_path",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Directory of artifact directories: serve several models, loaded and unloaded with "
+    "POST /v2/repository/models/NAME/load and /unload.",
+)
+@click.option(
+    "--load",
+    "load_names",
+    multiple=True,
+    help="With --repository: a model (manifest name) to load before serving; repeatable.",
+)
+@click.option(
+    "--memory-mb",
+    type=float,
+    default=None,
+    help="With --repository: the memory budget the loaded models share, in MB "
+    "[default: the memory available at start less a margin: 10% of the machine's memory, "
+    "and at least 256 MB].",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True)
@@ -54,13 +81,17 @@ from hybridserve.cli.common import user_errors
     "there makes /v2/health/ready fail, so the router drains the instance.",
 )
 def model_server(**kw: Any) -> None:
-    """Serve a model artifact over the KServe V2 / Open Inference Protocol (HTTP/REST)."""
+    """Serve a model artifact (--artifact), or several from a repository (--repository), over
+    the KServe V2 / Open Inference Protocol (HTTP/REST)."""
     with user_errors():
         _model_server(**kw)
 
 
 def _model_server(
-    artifact_path: str,
+    artifact_path: str | None,
+    repository_path: str | None,
+    load_names: tuple[str, ...],
+    memory_mb: float | None,
     host: str,
     port: int,
     max_batch: int,
@@ -75,6 +106,15 @@ def _model_server(
         raise ValueError("--max-delay-ms must be >= 0")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port {port}: expected 0..65535")
+    if (artifact_path is None) == (repository_path is None):
+        raise ValueError(
+            "give --artifact DIR (one model) or --repository DIR (several), "
+            + ("not both" if artifact_path else "one of them")
+        )
+    if repository_path is None and (load_names or memory_mb is not None):
+        raise ValueError("--load and --memory-mb need --repository")
+    if memory_mb is not None and not memory_mb > 0:
+        raise ValueError(f"--memory-mb: expected a number of MB > 0, got {memory_mb}")
     try:
         from predictors.server import serve
     except ModuleNotFoundError as e:
@@ -90,18 +130,55 @@ def _model_server(
             f"model-server cannot load artifacts here ({e}); it needs predictors.artifact, "
             "predictors.onnx_model and onnxruntime: pip install 'hybridserve[predictors]'"
         ) from None
+    batching = dict(max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue)
+    if repository_path is not None:
+        repo = _repository(repository_path, load_names, memory_mb, threads)
+        loaded = ", ".join(f"{n} {x.resident_mb:.1f} MB" for n, x in repo.loaded.items())
+        click.echo(
+            f"serving the model repository {repository_path} ({len(repo.entries)} models: "
+            f"{', '.join(repo.names())}) on http://{host}:{port}/v2; loaded: {loaded or 'none'} "
+            f"(max batch {max_batch}, max delay {max_delay_ms} ms)",
+            err=True,
+        )
+        serve(host=host, port=port, imds_url=imds_url, repository=repo, **batching)
+        return
+    assert artifact_path is not None
     model = OnnxModel(load_artifact(artifact_path), intra_op_num_threads=threads)
     click.echo(
         f"serving model {model.name!r} version {model.version} on http://{host}:{port}/v2 "
         f"(max batch {max_batch}, max delay {max_delay_ms} ms)",
         err=True,
     )
-    serve(
-        [model],
-        host=host,
-        port=port,
-        max_batch=max_batch,
-        max_delay_ms=max_delay_ms,
-        max_queue=max_queue,
-        imds_url=imds_url,
-    )
+    serve([model], host=host, port=port, imds_url=imds_url, **batching)
+
+
+def _repository(
+    path: str, load_names: tuple[str, ...], memory_mb: float | None, threads: int
+) -> ModelRepository:
+    """The repository with the --load models loaded; the whole --load set is checked against
+    the budget first (from manifest footprints, or ONNX sizes as a floor), so an impossible set
+    fails before anything loads."""
+    from predictors.repository import ModelRepository, default_memory_mb
+
+    how = "--memory-mb"
+    if memory_mb is None:
+        memory_mb, how = default_memory_mb()
+    repo = ModelRepository(path, memory_mb=memory_mb, threads=threads)
+    names = list(dict.fromkeys(load_names))
+    unknown = [n for n in names if n not in repo.entries]
+    if unknown:
+        raise ValueError(
+            f"--load {unknown[0]}: no such model in the repository {path}; it holds: "
+            f"{', '.join(repo.names())}"
+        )
+    need = {n: repo.entries[n].footprint_mb or repo.entries[n].onnx_mb for n in names}
+    if sum(need.values()) > memory_mb:
+        each = ", ".join(f"{n} {mb:.1f} MB" for n, mb in need.items())
+        raise ValueError(
+            f"--load: the models need {sum(need.values()):.1f} MB resident ({each}; manifest "
+            f"footprints, else uncompressed ONNX sizes), more than the {memory_mb:.1f} MB memory "
+            f"budget ({how})"
+        )
+    for n in names:
+        repo.load_now(n)
+    return repo
