@@ -46,6 +46,7 @@ class MultiResult:
     planner_fallbacks: int = 0
     sim_wall_s: float = 0.0
     models: list[dict] = field(default_factory=list)
+    variant_timeline: list[dict] = field(default_factory=list)  # per family, on each change
 
     @property
     def slo_attainment(self) -> float:
@@ -73,6 +74,7 @@ class MultiResult:
             "planner_fallbacks": self.planner_fallbacks,
             "sim_wall_s": round(self.sim_wall_s, 3),
             "models": self.models,
+            "variant_timeline": self.variant_timeline,
         }
 
 
@@ -143,13 +145,16 @@ def run_multi(
     n = counts.shape[1]
     plan_s, fc_s = [], []
     # warm start: the first interval stands in for the history, and its fleet is up at 0
+    timeline: list[dict] = []
     d = ctl.step(counts[:, :dt], 0.0)
+    _note_variants(timeline, d, table)
     backend.make_ready(0.0)
     plan_s.append(d.plan_s)
     fc_s.append(d.forecast_s)
     for k in range(1, -(-n // dt)):
         t = k * dt
         d = ctl.step(counts[:, t - dt : t], float(t))
+        _note_variants(timeline, d, table)
         if d.solved:  # the planning time judged: a solve's (a reused plan costs nothing)
             plan_s.append(d.plan_s)
         fc_s.append(d.forecast_s)
@@ -179,7 +184,24 @@ def run_multi(
         planner_fallbacks=ctl.planner_fallbacks,
         sim_wall_s=time.perf_counter() - t0,
         models=_model_rows(table, names, totals),
+        variant_timeline=timeline,
     )
+
+
+def _note_variants(timeline: list[dict], d, table: ModelTable) -> None:
+    """Append, per family, how many of its models each variant serves on the fleet whenever
+    that changes (what model-less choice picked, and when)."""
+    if not d.solved:
+        return
+    per: dict[str, dict[str, int]] = {f: {} for f in table.fleet.families}
+    for sh in d.plan.shards:
+        for _, c in sh.members:
+            ch = table.choices[c]
+            per[ch.family][ch.variant] = per[ch.family].get(ch.variant, 0) + 1
+    for fam, mix in per.items():
+        last = next((e for e in reversed(timeline) if e["family"] == fam), None)
+        if last is None or last["fleet"] != mix:
+            timeline.append({"time_s": d.time_s, "family": fam, "fleet": dict(sorted(mix.items()))})
 
 
 def _hybrid_per_model(counts, names, sc, table: ModelTable, t0: float) -> MultiResult:

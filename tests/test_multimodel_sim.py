@@ -67,6 +67,10 @@ def test_per_model_rows_add_up(runs):
         assert set(j["models"][0]) == {
             "model", "requests", "slo_attainment", "cost_usd", "lambda_fraction", "variant_mix"
         }  # fmt: skip
+    tl = r["joint"].variant_timeline
+    assert tl and tl[0]["time_s"] == 0.0 and tl[0]["family"] == "enc"
+    assert all(set(e["fleet"]) <= {"fp32", "int8"} for e in tl)
+    assert r["lambda-only"].variant_timeline == [{"time_s": 0.0, "family": "enc", "fleet": {}}]
     mix = r["joint"].models[0]["variant_mix"]
     assert mix and abs(sum(mix.values()) - 1.0) < 1e-3
     assert all(k.split("@")[0] == "fp32" for k in r["joint-fp32"].models[0]["variant_mix"])
