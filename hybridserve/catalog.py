@@ -70,10 +70,13 @@ class ReferenceProfile(Strict):
 
 
 class GpuProfile(Strict):
-    """Measured service times per batch on one GPU instance type (one worker per GPU)."""
+    """Service times per batch on one GPU instance type (one worker per GPU). `published`:
+    taken from a vendor's published figures, not measured on the type; such a pool is not
+    planned unless the scenario says `gpu_published_profiles: true`."""
 
     batch_ms: dict[int, float]
     provenance: str
+    source: Literal["measured", "published"] = "measured"
 
 
 class LambdaModelProfile(Strict):

@@ -281,6 +281,8 @@ class Scenario(Strict):
     )  # fmt: skip
     markets: list[Market] = Field(default_factory=lambda: ["on_demand"])
     batch_latency_fraction: float = Field(0.5, gt=0, le=1)
+    # plan GPU types whose profile is a vendor's published figures, not a measurement
+    gpu_published_profiles: bool = False
     lambda_: LambdaFunction = Field(LambdaFunction(), alias="lambda")
     reactive: ReactiveOptions = ReactiveOptions()
     planner: PlannerOptions = PlannerOptions()
@@ -371,7 +373,7 @@ def serving_pools(sc: Scenario) -> list[Pool]:
         it = sc.catalog.instances[name]
         if it.gpus:
             gp = sc.model.gpu_profiles.get(name)
-            if gp is None:
+            if gp is None or (gp.source == "published" and not sc.gpu_published_profiles):
                 continue
             point, workers = operating_point(gp.batch_ms, budget), it.gpus
         else:
@@ -453,6 +455,9 @@ def _merge_profile(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]
     replace the built-in ones whole, so no batch size of another model leaks in; `lambda`
     settings merge key by key."""
     out = {**base, **over}
+    if "reference" in over:  # another model's measurements: none of the built-in's carry over
+        for k in ("isa_profiles", "gpu_profiles"):
+            out[k] = over.get(k, {})
     if isinstance(over.get("lambda"), dict) and isinstance(base.get("lambda"), dict):
         out["lambda"] = {**base["lambda"], **over["lambda"]}
     return out
