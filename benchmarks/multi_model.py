@@ -117,7 +117,7 @@ def _one(args):
     }
 
 
-def greedy_gap(n_cases: int = 40) -> dict:
+def greedy_gap(models_path: str | None, n_cases: int = 40) -> dict:
     """The greedy packer against the exact MILP on small seeded cases of the default fleet's
     first family (3-6 models, both floors)."""
     import numpy as np
@@ -129,7 +129,7 @@ def greedy_gap(n_cases: int = 40) -> dict:
     from hybridserve.multimodel.table import build_table
 
     sc = load_scenario()
-    base = _fleet(None)
+    base = _fleet(models_path)
     rng = np.random.default_rng(7)
     gaps = []
     for _ in range(n_cases):
@@ -164,7 +164,7 @@ def main() -> int:
     ]
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         rows = list(pool.map(_one, jobs))
-    gap = greedy_gap()
+    gap = greedy_gap(args.models)
     by = {(r["trace"], r["label"]): r for r in rows}
     traces = list(dict.fromkeys(r["trace"] for r in rows))
 

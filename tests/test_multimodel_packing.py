@@ -130,14 +130,14 @@ def _cases(sc, n_cases: int):
 
 def test_greedy_is_within_measured_reach_of_the_exact_milp(sc):
     """The exact set-partitioning MILP is a lower bound on the greedy (same objective); the
-    greedy's gap was measured on these seeded cases: median 0, max 12% (README)."""
+    greedy's gap, measured on 60 seeded cases of this kind: median 0, mean 0.16%, max 6.6%."""
     gaps = []
     for t, d in _cases(sc, 24):
         g, e = greedy(t, d), exact(t, d)
         assert e.objective_usd_s <= g.objective_usd_s * (1 + 1e-9)
         assert e.objective_usd_s <= lambda_only(t, d).objective_usd_s * (1 + 1e-9)
         gaps.append(g.objective_usd_s / e.objective_usd_s - 1)
-    assert np.median(gaps) < 0.01 and max(gaps) < 0.15
+    assert np.median(gaps) < 0.01 and max(gaps) < 0.10
 
 
 def test_plans_respect_memory_and_the_model_cap(sc):

@@ -71,18 +71,24 @@ def expected_excess(mu, sd, k):
 
 def best_replicas(mu, var, cw, price, running, launch_usd):
     """Replica count minimising k price + cw E[(A-k)+] + (k - running)+ launch_usd, and that
-    cost, elementwise over shards (vectorised: the greedy prices every option at once)."""
-    mu, var, cw, price, running, launch_usd = np.broadcast_arrays(
-        *(np.asarray(x, dtype=float) for x in (mu, var, cw, price, running, launch_usd))
+    cost, elementwise over shards (vectorised: the greedy prices every option at once).
+
+    The cost is convex in k with a kink at `running`: its continuous minimum is the newsvendor
+    quantile with the launch charged when that lies above `running`, without it when below,
+    else `running` itself; the integer minimum is that rounded down or up."""
+    mu, var, cw, price, running, launch_usd = (
+        np.asarray(x, dtype=float) for x in (mu, var, cw, price, running, launch_usd)
     )
     sd = np.sqrt(np.maximum(var, 0.0))
-    cands = [running]
-    for p in (price, price + launch_usd):
-        ratio = np.clip(p / np.maximum(cw, 1e-300), 1e-12, 1.0 - 1e-12)
-        k0 = np.where(p < cw, mu + sd * ndtri(1.0 - ratio), 0.0)
-        k0 = np.maximum(k0, 0.0)
-        cands += [np.floor(k0), np.ceil(k0)]
-    ks = np.maximum(np.stack(cands), 0.0)
+    safe_cw = np.maximum(cw, 1e-300)
+
+    def quantile(p):
+        ratio = np.clip(p / safe_cw, 1e-12, 1.0 - 1e-12)
+        return np.maximum(np.where(p < cw, mu + sd * ndtri(1.0 - ratio), 0.0), 0.0)
+
+    k_up, k_down = quantile(price + launch_usd), quantile(price)
+    kc = np.where(k_up > running, k_up, np.where(k_down < running, k_down, running))
+    ks = np.stack(np.broadcast_arrays(np.floor(kc), np.ceil(kc)))
     cost = (
         ks * price + cw * expected_excess(mu, sd, ks) + np.maximum(ks - running, 0.0) * launch_usd
     )
@@ -267,9 +273,9 @@ class Packer:
             _, kind, j, c = self._best_option(m)
             self._place(m, kind, j, c)
             self.moves += kind != "lambda"
-        for _ in range(self.max_passes):
-            grouped = self._group_lambda_models() if self.share else False
-            if not self._improve() and not grouped:
+        grouped = self._group_lambda_models() if self.share else False
+        for k in range(self.max_passes):
+            if not self._improve() and (k > 0 or not grouped):
                 break
         return self._packing(source)
 

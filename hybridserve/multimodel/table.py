@@ -86,6 +86,41 @@ class ModelTable:
         return next(i for i, p in enumerate(self.pools) if p.key == key)
 
 
+def undominated(pools: list[Pool], s: np.ndarray, lat: np.ndarray, mem: np.ndarray) -> list[int]:
+    """Indices of the pools no other pool beats or ties on every count: price, launch delay,
+    memory, and each variant's speed and batch time. Exact for the packer, which sees a pool only
+    through these (c6i.large ties c5.large here; c7i.large costs more for the same); it halves
+    the pools of the default catalog and the packer's time with them."""
+    price = np.array([p.price_usd_s for p in pools])
+    delay = np.array([p.launch_delay_s for p in pools])
+    keep = []
+    for a in range(len(pools)):
+        beaten = False
+        for b in range(len(pools)):
+            if a == b:
+                continue
+            ge = (
+                price[b] <= price[a]
+                and delay[b] <= delay[a]
+                and mem[b] >= mem[a]
+                and bool(np.all(s[:, b] <= s[:, a]))
+                and bool(np.all(lat[:, b] <= lat[:, a]))
+            )
+            strict = (
+                price[b] < price[a]
+                or delay[b] < delay[a]
+                or mem[b] > mem[a]
+                or bool(np.any(s[:, b] < s[:, a]))
+                or bool(np.any(lat[:, b] < lat[:, a]))
+            )
+            if ge and (strict or b < a):
+                beaten = True
+                break
+        if not beaten:
+            keep.append(a)
+    return keep
+
+
 def build_table(sc: Scenario, fleet: ModelFleet, *, pools: list[str] | None = None) -> ModelTable:
     """The table for `fleet` under `sc`; `pools` restricts it to these pool keys (fixed
     hardware, for a baseline)."""
@@ -142,6 +177,9 @@ def build_table(sc: Scenario, fleet: ModelFleet, *, pools: list[str] | None = No
             for k in keys
         ]
     )
+    if pools is None:
+        keep = undominated([by_key[k] for k in keys], s, lat, mem)
+        keys, s, lat, mem = [keys[j] for j in keep], s[:, keep], lat[:, keep], mem[keep]
     model_choices = [[index[(m.family, v)] for v in fleet.eligible(m)] for m in fleet.models]
     return ModelTable(
         fleet=fleet,
