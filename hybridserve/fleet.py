@@ -58,11 +58,13 @@ class Action:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A ready instance the router may send requests to: its V2 base URL and its pool."""
+    """A ready instance the router may send requests to: its V2 base URL, its pool, and the
+    models it holds (None: whatever it serves, as for a single-model deployment)."""
 
     instance_id: str
     pool: str
     url: str  # e.g. http://127.0.0.1:8101 (no trailing slash); the V2 routes hang below it
+    models: frozenset[str] | None = None  # a multi-model instance's loaded models
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ def _register() -> None:
     from hybridserve.cli.bench import bench
     from hybridserve.cli.controller import controller
     from hybridserve.cli.deploy import deploy
+    from hybridserve.cli.family import family
     from hybridserve.cli.forecast import forecast
     from hybridserve.cli.iam_policy import iam_policy
     from hybridserve.cli.model_server import model_server
@@ -31,7 +32,7 @@ def _register() -> None:
     from hybridserve.cli.teardown import teardown
 
     for command in (
-        simulate, forecast, package, profile, model_server, serve, bench,
+        simulate, forecast, package, profile, model_server, serve, bench, family,
         deploy, status, scale, plan, controller, iam_policy, teardown, sweep, simulate_models,
     ):  # fmt: skip
         main.add_command(command)

@@ -6,6 +6,12 @@ even that would break the SLO budget, spills the request through the BATCH buffe
 A request whose instance dies mid-flight (connection lost) or sheds it (503) is retried once on
 Lambda. 503 with Retry-After only when the fleet and Lambda's concurrency are both exhausted.
 
+Several models (router/models.py): a request for model m goes only to instances holding m, its
+prediction counting every model's work queued there; each model spills through its own buffer
+to its own Lambda function, and one that no instance holds spills at once. An instance that
+answers 404 (m was unloaded there) is dropped for m until the next refresh and the request
+retried once elsewhere.
+
 Raw ASGI (no framework, router/asgi.py) and a lean pooled HTTP/1.1 client per instance
 (router/upstream.py): the router's own cost is a few dict reads and a list scan per request. Every second it turns its measured arrivals into the counts
 the Controller consumes, retunes the buffer from the spill rate and rescales each instance's
@@ -36,11 +42,21 @@ from hybridserve.router.asgi import (
     reply,
     reply_json,
 )
-from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer, batch_params
+from hybridserve.router.buffer import BatchParams, Overloaded, SpillBuffer
 from hybridserve.router.config import RouterConfig
 from hybridserve.router.endpoints import dispatch
 from hybridserve.router.metrics import RouterMetrics
-from hybridserve.router.policy import SPILL, choose, completion_table
+from hybridserve.router.models import (
+    Invokers,
+    ModelBook,
+    ModelState,
+    Slot,
+    as_candidate,
+    assign,
+    drain,
+    left,
+    nowhere,
+)
 from hybridserve.router.upstream import Upstream, UpstreamError, UpstreamTimeout
 from predictors.prometheus import Exposition
 
@@ -53,7 +69,9 @@ BINARY_HEADERS = {"content-type": "application/octet-stream"}
 
 class Router:
     """ASGI app. `endpoints` lists ready instances (called every `refresh_s`); `invoker` sends
-    spilled batches to Lambda (None: no Lambda); `metadata` answers model metadata without a hop."""
+    `cfg.model_name`'s spilled batches to Lambda (None: no Lambda); `invokers` gives other
+    models theirs, as a mapping or a factory called once per model the router learns of (None:
+    that model has none); `metadata` answers `cfg.model_name`'s metadata without a hop."""
 
     def __init__(
         self,
@@ -61,6 +79,7 @@ class Router:
         endpoints: Callable[[], list[Endpoint]],
         invoker: Any | None = None,
         *,
+        invokers: Invokers | None = None,
         metadata: dict | None = None,
         fleet_usd_per_s: Callable[[], float] | None = None,
         refresh_s: float = 0.1,
@@ -68,8 +87,11 @@ class Router:
     ) -> None:
         self.cfg = cfg
         self.endpoints_fn = endpoints
-        self.invoker = invoker if cfg.spill else None
-        self.metadata = metadata
+        self.book = ModelBook(cfg, invoker, invokers, self._on_lambda)
+        self.models = self.book.by_name
+        self._primary = self.book.primary
+        self._primary.metadata = metadata
+        self.invoker = self._primary.invoker
         self.fleet_usd_per_s = fleet_usd_per_s
         # a hybridserve.attribution.LiveCostMeter: cost by cause, fed each closed second
         self.cost_meter = cost_meter
@@ -80,37 +102,42 @@ class Router:
         self.ups: list[Upstream] = []
         self._by_id: dict[str, Upstream] = {}
         self._failed: dict[str, float] = {}  # instance id -> when it failed (excluded a while)
-        self._base = [
-            float(x)
-            for x in completion_table(cfg.batch_ms, cfg.max_batch, cfg.max_queue, cfg.delay_ms)
-        ]
+        self._unloaded: set[tuple[str, str]] = set()  # (instance, model) 404s until the refresh
+        self._started = False
         self._budget = cfg.budget_ms
-        self._lambda_ratio = 1.0
+        self._max_queue = cfg.max_queue
         self._key = cfg.api_key.encode() if cfg.api_key else None
         self.counts: deque[tuple[int, int]] = deque(maxlen=cfg.counts_kept_s)  # (epoch s, arrivals)
         self._second = int(time.time())
         self._second_count = 0
-        self._spill_rate = 0.0
         self._tasks: list[asyncio.Task] = []
-        self.buffer: SpillBuffer | None = None
-        self._started = False
         self._lambda_usd = 0.0
+
+    # ------------------------------------------------------------------ models
+    @property
+    def buffer(self) -> SpillBuffer | None:
+        """`cfg.model_name`'s spill buffer."""
+        return self._primary.buffer
+
+    @property
+    def metadata(self) -> dict | None:
+        return self._primary.metadata
+
+    @metadata.setter
+    def metadata(self, doc: dict | None) -> None:
+        self._primary.metadata = doc
+
+    def served(self) -> list[str]:
+        """The models a request may name now: on a ready instance or with a Lambda function
+        (and `cfg.model_name`, always)."""
+        return self.book.served()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
-        if self.invoker is not None:
-            if hasattr(self.invoker, "start"):
-                await self.invoker.start()
-            self.buffer = SpillBuffer(
-                self.invoker.invoke,
-                self._batch_params(0.0),
-                concurrency=self.cfg.lambda_concurrency,
-                max_pending=self.cfg.max_spill_pending,
-                on_result=self._on_lambda,
-            )
+        await self.book.start()
         self.refresh()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._refresher()), loop.create_task(self._ticker())]
@@ -121,10 +148,7 @@ class Router:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self.buffer is not None:
-            await self.buffer.close()
-        if self.invoker is not None and hasattr(self.invoker, "close"):
-            await self.invoker.close()
+        await self.book.close()
         for u in self.ups:
             u.pool.close()
         self._started = False
@@ -134,19 +158,22 @@ class Router:
         now = time.monotonic()
         self._failed = {k: t for k, t in self._failed.items() if now - t < 10.0}
         eps = [e for e in self.endpoints_fn() if e.instance_id not in self._failed]
-        if [u.endpoint for u in self.ups] == eps:
+        if not self._unloaded and [u.endpoint for u in self.ups] == eps:
             return
+        self._unloaded = set()
+        self.book.learn(eps)
         by_id = {}
         for e in eps:
             u = self._by_id.get(e.instance_id)
             if u is None or u.endpoint != e:
-                u = Upstream(e, self._base, self.cfg.upstream_timeout_s)
+                u = self.book.upstream(e)
             by_id[e.instance_id] = u
         for iid, old in self._by_id.items():
             if by_id.get(iid) is not old:
                 old.pool.close()
         self._by_id = by_id
         self.ups = list(by_id.values())
+        assign(self.models, self.ups, self._unloaded, self._max_queue)
         event(log, "router.fleet", instances=[e.instance_id for e in eps])
 
     async def _refresher(self) -> None:
@@ -173,6 +200,7 @@ class Router:
         meter = self.cost_meter
         while self._second < second:
             self.counts.append((self._second, self._second_count))
+            self.book.close_second(self._second)
             if meter is not None:  # the spills since the last tick count in its last second
                 last = self._second == second - 1
                 retried = self.metrics.retries - self._retries_seen if last else 0
@@ -182,25 +210,14 @@ class Router:
                 meter.second(self._second, pools, self._second_count, n, retried)
             self._second += 1
             self._second_count = 0
-        self._spill_rate += 0.3 * (spilled - self._spill_rate)
-        if self.buffer is not None:
-            self.buffer.params = self._batch_params(self._spill_rate)
+        self.book.retune()  # each model's buffer follows its own spill rate
         for u in self.ups:
             u.rescale()
 
-    def _batch_params(self, rate: float) -> BatchParams:
-        c = self.cfg
-        ms = [x * self._lambda_ratio for x in c.lambda_ms]
-        return batch_params(
-            rate,
-            self._budget * c.spill_slack_fraction,
-            ms,
-            memory_gb=c.lambda_memory_gb,
-            usd_per_gb_s=c.lambda_usd_per_gb_s,
-            usd_per_request=c.lambda_usd_per_request,
-        )
+    def _batch_params(self, rate: float, model: ModelState | None = None) -> BatchParams:
+        return (model or self._primary).batch_params(self.cfg, rate)
 
-    def _on_lambda(self, res: Any, n: int) -> None:
+    def _on_lambda(self, res: Any, n: int, model: ModelState | None = None) -> None:
         billed = getattr(res, "billed_ms", None)
         init = getattr(res, "init_ms", None)
         dur = getattr(res, "duration_ms", None)
@@ -217,24 +234,19 @@ class Router:
                     mb = c.lambda_memory_gb * 1024.0
                     cold = lambda_init_usd(dur, init, mb, c.lambda_usd_per_gb_s)
                 self.cost_meter.lambda_invoke(usd, cold)
-        if dur is not None and init is None and 0 < n < len(self.cfg.lambda_ms):
-            r = dur / max(self.cfg.lambda_ms[n], 1e-3)
-            self._lambda_ratio = min(
-                8.0, max(0.25, self._lambda_ratio + 0.1 * (r - self._lambda_ratio))
-            )
+        if dur is not None and init is None:
+            (model or self._primary).learn_lambda(dur, n)
 
     def take_counts(self) -> list[tuple[int, int]]:
-        """Per-second arrival counts closed since the last call (the Controller's input).
+        """Per-second arrival counts closed since the last call (the Controller's input), all
+        models together; safe from the control loop's thread (see `models.drain`)."""
+        return drain(self.counts)
 
-        Called from the control loop's thread while the event loop appends: each popleft is
-        atomic, so a second closed meanwhile is taken now or next time, never dropped (a copy
-        then `clear` could drop it)."""
-        out = []
-        while True:
-            try:
-                out.append(self.counts.popleft())
-            except IndexError:
-                return out
+    def take_model_counts(self) -> dict[str, list[tuple[int, int]]]:
+        """`take_counts` per model: the seconds each model closed since the last call. Over the
+        same seconds they add up to the total (a router 404 for a name it never knew is in
+        neither)."""
+        return {name: drain(ms.counts) for name, ms in list(self.models.items())}
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -242,65 +254,71 @@ class Router:
         await dispatch(self, scope, receive, send)
 
     def ready(self) -> bool:
-        return bool(self.ups) or self.invoker is not None
+        return bool(self.ups) or self.book.any_lambda
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, path: str, body: bytes, headers: list, send: Callable) -> None:
+    async def infer(
+        self, path: str, body: bytes, headers: list, send: Callable, model: ModelState | None = None
+    ) -> None:
+        """Route one request for `model` (`cfg.model_name`'s when None) and answer it."""
         t0 = time.perf_counter()
+        ms = model or self._primary
         sec = int(time.time())
         if sec != self._second:
             self.tick(sec)
         self._second_count += 1
+        ms.second_count += 1
         hl = None
         for k, v in headers:
             if k == HL:
                 try:
                     hl = header_length(v, len(body))
                 except BadRequest as e:  # refused before any instance counts it
-                    self.metrics.request("rejected", 400, time.perf_counter() - t0, 0.0)
+                    self.metrics.request("rejected", 400, time.perf_counter() - t0, 0.0, ms.name)
                     await reply_json(send, 400, {"error": str(e)})
                     return
                 break
-        u = self._pick(self._budget)
-        if u is None and self.buffer is None:  # VM-only: queue beyond the SLO, don't drop
-            u = self._pick(math.inf)
-        if u is not None:
-            status, payload, out_headers, ok = await self._forward(u, path, body, hl)
+        c = ms.pick(self._budget, self._max_queue)
+        if c is None and ms.buffer is None:  # VM-only: queue beyond the SLO, don't drop
+            c = ms.pick(math.inf, self._max_queue)
+        if c is not None:
+            u, slot = (c.up, c) if type(c) is Slot else (c, None)
+            status, payload, out_headers, ok = await self._forward(u, path, body, hl, ms, slot)
             route = "fleet"
             if not ok:
-                status, payload, out_headers = await self._retry(path, body, hl)
+                status, payload, out_headers = await self._retry(path, body, hl, ms, status == 404)
                 route = "retry"
-        elif self.buffer is not None:
+        elif ms.buffer is not None:  # over the budget everywhere, or a cold model
             route = "lambda"
-            status, payload = await self._spill(body, hl)
+            status, payload = await self._spill(body, hl, ms)
             out_headers = ()
         else:
             route = "rejected"
-            status, payload, out_headers = (
-                503,
-                b'{"error":"no instance can take the request and Lambda spill is off"}',
-                (),
-            )
+            status, payload = nowhere(ms, ms is self._primary, self.served())
+            out_headers = ()
         if status == 503:
             out_headers = (*out_headers, (b"retry-after", str(self.cfg.retry_after_s).encode()))
         # counted before the reply: a client holding its response must find it in the metrics
-        self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms)
+        self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms, ms.name)
         await reply(send, status, payload, extra=out_headers)
 
-    def _pick(self, budget_ms: float) -> Upstream | None:
-        """The instance `choose` picks within `budget_ms`, or None (spill or reject)."""
-        ups = self.ups
-        if not ups:
-            return None
-        i = choose([u.outstanding for u in ups], [u.table for u in ups], budget_ms)
-        return None if i == SPILL else ups[i]
-
     async def _forward(
-        self, u: Upstream, path: str, body: bytes, hl: bytes | None
+        self,
+        u: Upstream,
+        path: str,
+        body: bytes,
+        hl: bytes | None,
+        model: ModelState | None = None,
+        slot: Slot | None = None,
     ) -> tuple[int, bytes, tuple, bool]:
-        """Send to an instance; ok=False when the instance died or shed the request."""
-        q = u.outstanding
-        predicted = u.base[q] if q < len(u.base) else u.base[-1]
+        """Send to an instance; ok=False when the instance died, shed the request (503) or does
+        not hold the model (404: unloaded since the refresh)."""
+        if slot is None:
+            q = u.outstanding
+            predicted = u.base[q] if q < len(u.base) else u.base[-1]
+        else:
+            predicted = slot.predicted_ms()
+            slot.enter()
         u.outstanding += 1
         t0 = time.perf_counter()
         hdrs = JSON_HEADERS if hl is None else {**BINARY_HEADERS, HL_NAME: hl.decode()}
@@ -317,7 +335,12 @@ class Router:
             return 0, b"", (), False
         finally:
             u.outstanding -= 1
+            if u.slots is not None:
+                left(u, model or self._primary)
         if status == 503:  # shedding (queue full, draining): Lambda takes it
+            return status, payload, (), False
+        if status == 404 and b"no version" not in payload:  # not a version the client named
+            self._unloaded_at(u, model or self._primary)
             return status, payload, (), False
         if status == 200:
             u.learn(predicted, (time.perf_counter() - t0) * 1000.0)
@@ -330,6 +353,14 @@ class Router:
                 True,
             )
         return status, payload, (), True
+
+    def _unloaded_at(self, u: Upstream, ms: ModelState) -> None:
+        iid = u.endpoint.instance_id
+        if (iid, ms.name) not in self._unloaded:
+            self._unloaded.add((iid, ms.name))
+            self.metrics.unloaded_404s += 1
+            event(log, "router.model_unloaded", level=logging.WARNING, instance=iid, model=ms.name)
+        ms.drop(u)
 
     def _instance_failed(self, u: Upstream, e: BaseException) -> None:
         iid = u.endpoint.instance_id
@@ -345,36 +376,57 @@ class Router:
             )
         self.ups = [x for x in self.ups if x.endpoint.instance_id != iid]
         self._by_id.pop(iid, None)
+        assign(self.models, self.ups, self._unloaded, self._max_queue)
 
-    async def _retry(self, path: str, body: bytes, hl: bytes | None) -> tuple[int, bytes, tuple]:
-        """Once more, on Lambda (or, without Lambda, on another instance)."""
+    async def _retry(
+        self,
+        path: str,
+        body: bytes,
+        hl: bytes | None,
+        model: ModelState | None = None,
+        unloaded: bool = False,
+    ) -> tuple[int, bytes, tuple]:
+        """Once more: on Lambda (or, without Lambda, on another instance); after a 404 first on
+        another instance holding the model within the budget. The instance's 404 never reaches
+        the client."""
+        ms = model or self._primary
         self.metrics.retries += 1
-        if self.buffer is not None:
-            status, payload = await self._spill(body, hl, urgent=True)
+        c = ms.pick(self._budget, self._max_queue) if unloaded else None
+        if c is None and ms.buffer is not None:
+            status, payload = await self._spill(body, hl, ms, urgent=True)
             return status, payload, ()
-        u = self._pick(math.inf)
-        if u is None:
-            return 503, b'{"error":"the instance failed and no other can take the request"}', ()
-        status, payload, headers, ok = await self._forward(u, path, body, hl)
+        if c is None:
+            c = ms.pick(math.inf, self._max_queue)
+        if c is None:
+            why = f"model {ms.name!r} was unloaded there" if unloaded else "the instance failed"
+            msg = f"{why} and no other instance or Lambda function can take the request"
+            return 503, json.dumps({"error": msg}).encode(), ()
+        u, slot = as_candidate(c)
+        status, payload, headers, ok = await self._forward(u, path, body, hl, ms, slot)
         if not ok:
+            if status == 404:
+                payload = b'{"error":"the model was unloaded from two instances in a row"}'
             return 503, payload or b'{"error":"the instance failed twice"}', ()
         return status, payload, headers
 
     async def _spill(
-        self, body: bytes, hl: bytes | None, urgent: bool = False
+        self, body: bytes, hl: bytes | None, model: ModelState | None = None, urgent: bool = False
     ) -> tuple[int, bytes]:
+        ms = model or self._primary
         try:
             doc = as_json_request(body, hl)
         except ValueError as e:
             return 400, json.dumps({"error": str(e)}).encode()
-        assert self.buffer is not None
+        buffer = ms.buffer
+        assert buffer is not None
         try:
-            fut = self.buffer.submit(doc)
+            fut = buffer.submit(doc)
         except Overloaded as e:
             return 503, json.dumps({"error": f"overloaded: fleet full and {e}"}).encode()
         self.metrics.spills += 1
+        ms.spills += 1
         if urgent:
-            self.buffer.flush()
+            buffer.flush()
         res = await fut
         return res.status, res.body
 
@@ -387,11 +439,13 @@ class Router:
         fleet_usd_s = self.fleet_usd_per_s() if self.fleet_usd_per_s else 0.0
         lambda_usd_s = self.metrics.lambda_usd_rate(self._lambda_usd)
         params = self.buffer.params if self.buffer is not None else None
+        buffers = [ms.buffer for ms in self.models.values() if ms.buffer is not None]
         return self.metrics.families(
             ups=self.ups,
-            spill_pending=self.buffer.pending if self.buffer is not None else 0,
-            lambda_in_flight=self.buffer.in_flight if self.buffer is not None else 0,
+            spill_pending=sum(b.pending for b in buffers),
+            lambda_in_flight=sum(b.in_flight for b in buffers),
             usd_per_hour=(fleet_usd_s + lambda_usd_s) * 3600.0,
             batch=params,
             cost_by_cause=None if self.cost_meter is None else self.cost_meter.totals(),
+            models=list(self.models.values()),
         )

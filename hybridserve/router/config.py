@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,23 @@ class RouterConfig:
     upstream_timeout_s: float = 30.0
     max_body_bytes: int = 6 * 2**20  # Lambda's synchronous payload limit: larger cannot spill
     counts_kept_s: int = 3600
+    # several models: each one's profiled service ms by batch size, and its Lambda function's
+    # warm ms by batch size; a model not named here gets `batch_ms` and `lambda_ms`
+    model_batch_ms: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    model_lambda_ms: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def budget_ms(self) -> float:
         return self.slo_ms - self.margin_ms
+
+    def batch_ms_of(self, model: str) -> Mapping[int, float]:
+        return self.model_batch_ms.get(model, self.batch_ms)
+
+    def lambda_ms_of(self, model: str) -> tuple[float, ...]:
+        return tuple(self.model_lambda_ms.get(model, self.lambda_ms))
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models this config names: `model_name` first, then the profiled ones."""
+        extra = sorted(set(self.model_batch_ms) | set(self.model_lambda_ms))
+        return (self.model_name, *(m for m in extra if m != self.model_name))

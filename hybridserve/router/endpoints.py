@@ -26,6 +26,7 @@ from predictors.prometheus import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from hybridserve.router.app import Router
+    from hybridserve.router.models import ModelState
 
 
 async def dispatch(router: Router, scope: dict, receive: Callable, send: Callable) -> None:
@@ -59,11 +60,13 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
         await reply_json(send, 200, SERVER_METADATA)
         return
     if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
-        name = router.cfg.model_name
-        if parts[2] != name:
-            msg = f"unknown model {parts[2]!r}; this router serves {name!r}"
+        ms = router.models.get(parts[2])  # a lookup: a client's name never makes state
+        if ms is None:
+            served = ", ".join(repr(n) for n in router.served())
+            msg = f"unknown model {parts[2]!r}; this router serves {served}"
             await reply_json(send, 404, {"error": msg})
             return
+        name = ms.name
         tail, version = parts[3:], None
         if len(tail) >= 2 and tail[0] == "versions":
             tail, version = tail[2:], tail[1]
@@ -71,7 +74,7 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
             upstream = model_path(name, version)
             if tail == ["infer"] and method == "POST":
                 body = await read_body(receive, router.cfg.max_body_bytes)
-                await router.infer(upstream + "/infer", body, headers, send)
+                await router.infer(upstream + "/infer", body, headers, send, ms)
                 return
         except BodyTooLarge:
             limit = router.cfg.max_body_bytes
@@ -81,10 +84,11 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
             await reply_json(send, 400, {"error": str(e)})
             return
         if not tail and method == "GET":
-            await _metadata(router, upstream, send)
+            await _metadata(ms, upstream, send)
             return
         if tail == ["ready"] and method == "GET":
-            await reply_json(send, 200, {"name": name, "ready": router.ready()})
+            ready = router.ready() if name == router.cfg.model_name else ms.ready()
+            await reply_json(send, 200, {"name": name, "ready": ready})
             return
     await reply_json(send, 404, {"error": f"no route for {method} {path!r}"})
 
@@ -110,16 +114,18 @@ async def _health(router: Router, path: str, send: Callable) -> None:
         await reply(send, 503, b'{"ready":false}')
 
 
-async def _metadata(router: Router, path: str, send: Callable) -> None:
-    """Model metadata, fetched once from an instance (on a path built here) and kept."""
-    if router.metadata is None and router.ups:
+async def _metadata(ms: ModelState, path: str, send: Callable) -> None:
+    """Model metadata, fetched once from an instance holding the model (on a path built here)
+    and kept."""
+    ups = ms.instances()
+    if ms.metadata is None and ups:
         try:
-            status, _, body = await router.ups[0].pool.request(b"GET", path)
+            status, _, body = await ups[0].pool.request(b"GET", path)
             if status == 200:
-                router.metadata = json.loads(body)
+                ms.metadata = json.loads(body)
         except UpstreamError:
             pass
-    if router.metadata is None:
+    if ms.metadata is None:
         await reply_json(send, 503, {"error": "model metadata unavailable: no instance ready yet"})
     else:
-        await reply_json(send, 200, router.metadata)
+        await reply_json(send, 200, ms.metadata)

@@ -1,4 +1,8 @@
-"""The router's Prometheus metrics: arrivals, spills, queue depth, latency per path, fleet, cost."""
+"""The router's Prometheus metrics: arrivals, spills, queue depth, latency per path, fleet, cost.
+
+Per model (the `model` label): responses, spills, the instances holding it and its buffer's
+batch size. The label's values are the router's known models (its config's, and those its
+instances hold), never a name a client sent, so the series stay bounded."""
 
 from __future__ import annotations
 
@@ -25,26 +29,38 @@ class RouterMetrics:
         self.retries = 0
         self.instance_failures = 0
         self.upstream_timeouts = 0  # requests an instance took but did not answer in time
+        self.unloaded_404s = 0  # (instance, model) pairs dropped after the instance's 404
         self.within_slo = 0
         self.slo_counted = 0  # responses that count for attainment (not client errors)
         self.lambda_invocations = 0
         self.lambda_rows = 0
         self.cold_starts = 0
-        self.responses: dict[tuple[str, int], int] = {}
+        # (model, path, status) -> responses: one update a request, the totals summed on read
+        self.model_responses: dict[tuple[str, str, int], int] = {}
         # the control loop's cumulative counts (LiveLoop.stats), when one runs beside the router
         self.controller: dict[str, int] = {}
         self.latency = {p: Histogram() for p in PATHS}
         self._spills_seen = 0
 
-    def request(self, path: str, status: int, seconds: float, slo_ms: float) -> None:
+    def request(
+        self, path: str, status: int, seconds: float, slo_ms: float, model: str = ""
+    ) -> None:
         self.arrivals += 1
-        key = (path, status)
-        self.responses[key] = self.responses.get(key, 0) + 1
+        key = (model, path, status)
+        self.model_responses[key] = self.model_responses.get(key, 0) + 1
         self.latency[path].observe(seconds)
         if not 400 <= status < 500:
             self.slo_counted += 1
             if status == 200 and seconds * 1000.0 <= slo_ms:
                 self.within_slo += 1
+
+    @property
+    def responses(self) -> dict[tuple[str, int], int]:
+        """Responses by (path, status), every model's."""
+        out: dict[tuple[str, int], int] = {}
+        for (_, path, status), n in list(self.model_responses.items()):
+            out[(path, status)] = out.get((path, status), 0) + n
+        return out
 
     def lambda_invoke(self, rows: int, cold: bool) -> None:
         self.lambda_invocations += 1
@@ -64,6 +80,33 @@ class RouterMetrics:
     def attainment(self) -> float:
         return self.within_slo / self.slo_counted if self.slo_counted else 1.0
 
+    def _model_families(self, models: Sequence[Any]) -> Iterator[Metric]:
+        """The per-model families: one series per known model (and path and code)."""
+        yield counter(
+            "hybridserve_router_model_responses",
+            "Responses by model, path (fleet, lambda, retry, rejected) and HTTP status.",
+            [((m, p, str(c)), n) for (m, p, c), n in sorted(self.model_responses.items())],
+            labels=("model", "path", "code"),
+        )
+        yield counter(
+            "hybridserve_router_model_spills",
+            "Requests sent to the model's Lambda function (spill and retries).",
+            [((m.name,), m.spills) for m in models],
+            labels=("model",),
+        )
+        yield gauge(
+            "hybridserve_router_model_instances",
+            "Ready instances the router sends the model to.",
+            [((m.name,), len(m.solo) + len(m.shared)) for m in models],
+            labels=("model",),
+        )
+        yield gauge(
+            "hybridserve_router_model_spill_batch_size",
+            "The model's buffer's current batch size (models with a Lambda function).",
+            [((m.name,), m.buffer.params.size) for m in models if m.buffer is not None],
+            labels=("model",),
+        )
+
     def families(
         self,
         *,
@@ -73,6 +116,7 @@ class RouterMetrics:
         usd_per_hour: float,
         batch: Any | None,
         cost_by_cause: dict[str, float] | None = None,
+        models: Sequence[Any] = (),
     ) -> Iterator[Metric]:
         """The metric families at scrape time (the router's collector calls this)."""
         yield counter(
@@ -105,6 +149,13 @@ class RouterMetrics:
             [((p, str(c)), n) for (p, c), n in sorted(self.responses.items())],
             labels=("path", "code"),
         )
+        yield counter(
+            "hybridserve_router_unloaded_404s",
+            "Instance-model pairs dropped until the next refresh after the instance answered "
+            "404 (the model was unloaded there); each request was retried elsewhere.",
+            [((), self.unloaded_404s)],
+        )
+        yield from self._model_families(models)
         yield gauge(
             "hybridserve_router_slo_attainment",
             "Share of requests (client errors aside) answered 200 within the SLO.",
@@ -137,7 +188,7 @@ class RouterMetrics:
         )
         yield gauge(
             "hybridserve_spill_pending",
-            "Spilled requests buffered or in flight to Lambda.",
+            "Spilled requests buffered or in flight to Lambda (every model's).",
             [((), spill_pending)],
         )
         yield gauge(
@@ -163,12 +214,12 @@ class RouterMetrics:
         if batch is not None:
             yield gauge(
                 "hybridserve_spill_batch_size",
-                "The buffer's current batch size.",
+                "The buffer's current batch size (the router's model_name's).",
                 [((), batch.size)],
             )
             yield gauge(
                 "hybridserve_spill_batch_timeout_seconds",
-                "The buffer's current timeout.",
+                "The buffer's current timeout (the router's model_name's).",
                 [((), batch.timeout_ms / 1000.0)],
             )
         for key, help_ in (

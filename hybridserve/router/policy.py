@@ -50,6 +50,19 @@ def completion_table(
     return full * curve[max_batch] + curve[rest + 1] + delay_ms
 
 
+def drain_table(batch_ms: Mapping[int, float], max_batch: int, max_queue: int) -> np.ndarray:
+    """Predicted ms to drain q requests (0..max_queue) in batches of up to `max_batch`: the
+    work q requests of one model put ahead of any other model's on an instance holding both.
+
+    `completion_table(...)[q]` is `drain_table(...)[q + 1] + delay_ms`: a new request completes
+    when its own batch, the one that drains it, does."""
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+    curve = batch_curve(batch_ms, max_batch)
+    full, rest = np.divmod(np.arange(max_queue + 1), max_batch)
+    return full * curve[max_batch] + curve[rest]
+
+
 def choose(outstanding: Sequence[int], tables: Sequence[np.ndarray], budget_ms: float) -> int:
     """Index of the instance that completes a new request first within `budget_ms`, else SPILL.
 

@@ -67,7 +67,7 @@ class FleetFile:
         except (OSError, ValueError):  # replaced under us: the next call reads the new one
             return
         self._stamp, self.doc = stamp, doc
-        self._eps = [Endpoint(*e) for e in doc["endpoints"]]
+        self._eps = [endpoint(e) for e in doc["endpoints"]]
         # in place: the router's /metrics holds this dict
         self.controller.clear()
         self.controller.update(doc.get("controller", {}))
@@ -78,6 +78,12 @@ class FleetFile:
 
     def usd_per_s(self) -> float:
         return float(self.doc.get("usd_per_s", 0.0))
+
+
+def endpoint(row: list) -> Endpoint:
+    """An endpoint from its fleet-file row: [id, pool, url] or [id, pool, url, models]."""
+    models = row[3] if len(row) > 3 else None
+    return Endpoint(row[0], row[1], row[2], None if models is None else frozenset(models))
 
 
 async def publish_arrivals(router: Any, window: ArrivalWindow, store: DirArrivals, every_s: float):
@@ -100,25 +106,38 @@ def build_router(spec: dict[str, Any], fleet: FleetFile, replicas: int) -> Any:
     rc = spec["router"]
     rc["batch_ms"] = {int(k): v for k, v in rc["batch_ms"].items()}
     rc["lambda_ms"] = tuple(rc["lambda_ms"])
+    rc["model_batch_ms"] = {
+        m: {int(k): v for k, v in bm.items()} for m, bm in rc.get("model_batch_ms", {}).items()
+    }
+    rc["model_lambda_ms"] = {m: tuple(ms) for m, ms in rc.get("model_lambda_ms", {}).items()}
     cfg = RouterConfig(**rc)
     key = os.environ.get(spec["api_key_env"]) or None
     # the function's concurrency is shared: each replica may use its part of it
     share = max(1, cfg.lambda_concurrency // max(1, replicas))
     cfg = dataclasses.replace(cfg, api_key=key, lambda_concurrency=share)
-    invoker = None
-    lam = spec.get("lambda")
-    if lam is not None and cfg.spill:
+
+    def invoker_of(lam: dict[str, Any] | None) -> Any:
+        if lam is None or not cfg.spill:
+            return None
         from hybridserve.aws.invoke import LambdaInvoker
 
-        invoker = LambdaInvoker(
+        return LambdaInvoker(
             lam["function_name"],
             endpoint_url=lam["endpoint_url"],
             local_credentials=True,
             max_concurrency=share,
             timeout_s=lam["timeout_s"],
         )
+
+    # `lambdas`: the other models' functions, by model name (one function per model)
+    invokers = {m: invoker_of(lam) for m, lam in spec.get("lambdas", {}).items()}
     router = Router(
-        cfg, fleet.endpoints, invoker, metadata=spec["metadata"], fleet_usd_per_s=fleet.usd_per_s
+        cfg,
+        fleet.endpoints,
+        invoker_of(spec.get("lambda")),
+        invokers={m: inv for m, inv in invokers.items() if inv is not None},
+        metadata=spec["metadata"],
+        fleet_usd_per_s=fleet.usd_per_s,
     )
     router.metrics.controller = fleet.controller  # rereading the fleet file refreshes it
     return router

@@ -210,17 +210,27 @@ class UpstreamPool:
 
 
 class Upstream:
-    """Router-side state of one ready instance."""
+    """Router-side state of one ready instance.
 
-    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio")
+    `outstanding` counts its requests in flight, for every model. An instance routed for one
+    model only predicts from that and `table` (that model's); one holding several keeps a
+    `Slot` per model (router/models.py) and `busy`, the unscaled ms its queue needs to drain."""
 
-    def __init__(self, endpoint: Endpoint, base: list[float], timeout_s: float) -> None:
+    __slots__ = ("endpoint", "pool", "outstanding", "base", "table", "ratio", "model", "slots",
+                 "busy")  # fmt: skip
+
+    def __init__(
+        self, endpoint: Endpoint, base: list[float], timeout_s: float, model: str | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.pool = UpstreamPool(endpoint.url, timeout_s=timeout_s)
         self.outstanding = 0
         self.base = base
         self.table = base
         self.ratio = 1.0
+        self.model = model  # the one model `base` is for (routed solo), or None
+        self.slots: dict | None = None  # model name -> Slot, once it holds several
+        self.busy = 0.0
 
     def learn(self, predicted_ms: float, observed_ms: float) -> None:
         r = observed_ms / max(predicted_ms, 1e-3)
