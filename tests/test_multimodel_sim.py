@@ -172,3 +172,21 @@ def test_simulate_models_cli_errors_name_the_problem(tmp_path):
     bad.write_text("families: {}\nmodels: {count: 0, family: enc}\n")
     res = CliRunner().invoke(main, ["simulate-models", "--models", str(bad)])
     assert res.exit_code == 2 and "models.count: expected an integer from 1" in res.output
+
+
+def test_the_embedded_fleet_runs_with_its_measured_family():
+    import json
+
+    from click.testing import CliRunner
+
+    from hybridserve.cli import main
+
+    res = CliRunner().invoke(
+        main, ["simulate-models", "--days", "0.02", "--policy", "joint", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    (joint,) = out["policies"]
+    assert out["models"] == 50 and len(joint["models"]) == 50
+    assert joint["min_accuracy_margin"] >= 0  # every variant that served meets the 0.95 floor
+    assert set(joint["variant_choice"]["distilbert"]) <= {"fp32", "fp16", "int8"}
