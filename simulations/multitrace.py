@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridserve.units import format_duration
 from simulations.corpus import load_real
 from simulations.multitrace_files import MAX_CELLS, model_name_of, read_multi_trace, total_problem
 from simulations.synthetic import _noise, _seasonal
 from simulations.trace_errors import MAX_COUNT_PER_S, MAX_SPAN_S, TraceError
-from simulations.traces import Trace
+from simulations.traces import Trace, slice_bounds
 
 __all__ = [
     "MAX_CELLS",
@@ -152,17 +151,8 @@ class MultiTrace:
 
         A window past the end is cut at the end; a start at or past the end is an error.
         """
-        start_s = int(start_s)
-        if start_s < 0:
-            raise ValueError(f"multi-trace {self.name!r}: slice start {start_s} s is negative")
-        if start_s >= self.seconds:
-            raise ValueError(
-                f"multi-trace {self.name!r}: slice start {format_duration(start_s)} ({start_s} s) "
-                f"is at or beyond the end of the trace ({self.seconds} s)"
-            )
-        if duration_s is not None and int(duration_s) <= 0:
-            raise ValueError(f"multi-trace {self.name!r}: slice duration must be positive")
-        stop = self.seconds if duration_s is None else min(self.seconds, start_s + int(duration_s))
+        label = f"multi-trace {self.name!r}"
+        start_s, stop = slice_bounds(label, start_s, duration_s, self.seconds)
         if start_s == 0 and stop == self.seconds:
             return self
         source = f"{self.source or self.name} [{start_s}s:{stop}s]"

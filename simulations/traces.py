@@ -87,6 +87,23 @@ def _as_counts(counts: object, name: str) -> np.ndarray:
     return view
 
 
+def slice_bounds(label: str, start_s: int, duration_s: int | None, seconds: int) -> tuple[int, int]:
+    """[start, stop) of a slice of a trace `seconds` long: a window past the end is cut at the
+    end; a negative start, a start at or past the end and a non-positive duration are errors
+    naming the trace (`label`)."""
+    start_s = int(start_s)
+    if start_s < 0:
+        raise ValueError(f"{label}: slice start {start_s} s is negative")
+    if start_s >= seconds:
+        raise ValueError(
+            f"{label}: slice start {format_duration(start_s)} ({start_s} s) is "
+            f"at or beyond the end of the trace ({seconds} s)"
+        )
+    if duration_s is not None and int(duration_s) <= 0:
+        raise ValueError(f"{label}: slice duration must be positive")
+    return start_s, seconds if duration_s is None else min(seconds, start_s + int(duration_s))
+
+
 @dataclass(frozen=True, eq=False)
 class Trace:
     """Arrivals per second: ``counts[i]`` requests arrive during second ``i`` of the trace.
@@ -135,17 +152,7 @@ class Trace:
         ``seconds`` on the result when the exact length matters; a start at or past the end is
         an error because the result would be empty.
         """
-        start_s = int(start_s)
-        if start_s < 0:
-            raise ValueError(f"trace {self.name!r}: slice start {start_s} s is negative")
-        if start_s >= self.seconds:
-            raise ValueError(
-                f"trace {self.name!r}: slice start {format_duration(start_s)} ({start_s} s) is "
-                f"at or beyond the end of the trace ({self.seconds} s)"
-            )
-        if duration_s is not None and int(duration_s) <= 0:
-            raise ValueError(f"trace {self.name!r}: slice duration must be positive")
-        stop = self.seconds if duration_s is None else min(self.seconds, start_s + int(duration_s))
+        start_s, stop = slice_bounds(f"trace {self.name!r}", start_s, duration_s, self.seconds)
         if start_s == 0 and stop == self.seconds:
             return self
         return Trace(self.name, self.counts[start_s:stop], f"{self.source} [{start_s}s:{stop}s]")
