@@ -19,9 +19,11 @@ from hybridserve.multimodel.table import ModelTable
 
 @dataclass
 class SimInstance:
+    pool: str  # the pool's key, as `dataplane.ec2_bill` reads it
     launched_at: float
     ready_at: float
     ended_at: float | None = None
+    end_reason: str | None = None
 
 
 @dataclass
@@ -116,4 +118,4 @@ class SimPlacementBackend:
     def _launch(self, sh: SimShard, n: int, now: float) -> None:
         boot = self._boot_s(sh)
         for _ in range(n):
-            sh.instances.append(SimInstance(now, now + boot))
+            sh.instances.append(SimInstance(self.table.pools[sh.pool].key, now, now + boot))

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hybridserve.multimodel.table import ModelTable
-from hybridserve.pricing import ec2_billed_s
-from simulations.dataplane import fleet_seconds, lambda_bill
+from simulations.dataplane import ec2_bill, fleet_seconds, lambda_bill
 from simulations.lambda_plane import LambdaState, lambda_seconds, spill_batching
 from simulations.multi_backend import SimPlacementBackend
 
@@ -100,13 +99,10 @@ def replay_multi(
             share_spill = np.where(busy, fs.spill / np.where(busy, a_tot, 1.0), 0.0)
             share_met = np.where(busy, fs.met / np.where(busy, a_tot, 1.0), 0.0)
             work_total = max(float(work.sum()), 1e-12)
-        ec2 = 0.0
-        end_s = float(n)
-        for inst in sh.instances:
-            stop = end_s if inst.ended_at is None else min(inst.ended_at, end_s)
-            billed = ec2_billed_s(max(stop - inst.launched_at, 0.0))
-            inst_s += billed
-            ec2 += billed * pool.price_usd_s
+        # the single-model bill, so both price an instance-second the same way
+        usd, hours = ec2_bill(sh.instances, {pool.key: pool}, float(n))
+        ec2 = sum(usd.values())
+        inst_s += 3600.0 * sum(hours.values())
         ec2_total += ec2
         if not served:
             continue

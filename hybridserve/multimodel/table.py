@@ -17,7 +17,6 @@ from hybridserve.config import (
     ConfigError,
     Pool,
     Scenario,
-    lambda_service_s,
     lambda_usd_per_request,
 )
 from hybridserve.multimodel.spec import ModelFleet
@@ -40,7 +39,6 @@ class Choice:
     memory_mb: float
     load_s: float
     lambda_usd: float  # warm price of one request on Lambda
-    lambda_s: float  # its warm service time there
     scenario: Scenario  # the single-model scenario of this variant (the Lambda plane's)
 
 
@@ -81,9 +79,6 @@ class ModelTable:
         return np.array(
             [min(cs, key=lambda c: self.choices[c].lambda_usd) for cs in self.model_choices]
         )
-
-    def pool_index(self, key: str) -> int:
-        return next(i for i, p in enumerate(self.pools) if p.key == key)
 
 
 def undominated(pools: list[Pool], s: np.ndarray, lat: np.ndarray, mem: np.ndarray) -> list[int]:
@@ -146,7 +141,6 @@ def build_table(sc: Scenario, fleet: ModelFleet, *, pools: list[str] | None = No
                     memory_mb=v.memory_mb,
                     load_s=v.load_s,
                     lambda_usd=lambda_usd_per_request(vsc),
-                    lambda_s=lambda_service_s(vsc),
                     scenario=vsc,
                 )
             )
