@@ -206,6 +206,7 @@ class LocalStack(RouterStack):
                 local_credentials=True,
                 max_concurrency=cfg.lambda_.concurrency,
                 timeout_s=cfg.lambda_.timeout_s + 5,
+                throttle_wait_s=cfg.lambda_.timeout_s,  # spill waits out keep-warm pings
             )
         pool = sc.pools[0]
         if it.initial:
@@ -299,6 +300,7 @@ class LocalStack(RouterStack):
                 "function_name": cfg.lambda_.function_name,
                 "endpoint_url": self.emulator_url,
                 "timeout_s": cfg.lambda_.timeout_s + 5,
+                "throttle_wait_s": cfg.lambda_.timeout_s,
             },
             "host": r.host,
             "port": r.port,

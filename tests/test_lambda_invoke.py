@@ -123,6 +123,37 @@ def test_still_throttled_after_max_attempts_raises(tmp_path):
     assert stats["throttled"] == 1 and stats["retries"] == 0 and stats["errors"] == 1
 
 
+def test_a_throttle_is_waited_out_within_throttle_wait_s(tmp_path):
+    """The router's spill invoker waits for a busy function (a keep-warm round holding every
+    environment) past max_attempts, for throttle_wait_s; past it, it raises as before."""
+    go = tmp_path / "go"
+
+    async def run(url: str) -> tuple[InvokeResult, dict]:
+        async with (
+            invoker(url, max_attempts=1, throttle_wait_s=30, backoff_cap_s=0.05) as inv,
+            invoker(url, max_attempts=1, throttle_wait_s=0.1, backoff_cap_s=0.05) as brief,
+        ):
+            hold = json.dumps({"sleep_s": 60, "until": str(go)}).encode()
+            slow = asyncio.ensure_future(inv.invoke(hold))
+            deadline = time.monotonic() + 30
+            while emu.stats()["busy"] == 0:
+                assert time.monotonic() < deadline, "the slow invoke never started"
+                await asyncio.sleep(0.01)
+            with pytest.raises(LambdaThrottled, match=r"after \d+ attempts in 0\.\d+ s"):
+                await brief.invoke(sleep_event(0))
+            waiting = asyncio.ensure_future(inv.invoke(sleep_event(0)))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # still backing off: max_attempts=1 did not end it
+            go.touch()
+            assert (await slow).function_error is None
+            return await waiting, inv.stats()
+
+    with LambdaEmulator(None, handler=SLEEP, concurrency=1) as emu:
+        res, stats = asyncio.run(run(emu.url))
+    assert res.function_error is None and res.attempts > 1
+    assert stats["throttled"] == res.attempts - 1 and stats["errors"] == 0
+
+
 def test_an_invoke_past_its_deadline_raises_lambda_timeout():
     async def run(url: str) -> dict:
         async with invoker(url, timeout_s=0.3) as inv:

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,16 +106,17 @@ class LambdaInvoker:
         backoff_cap_s: float = 1.0,
         seed: int | None = None,
         local_credentials: bool = False,
+        throttle_wait_s: float = 0.0,
     ) -> None:
         if max_concurrency < 1 or max_attempts < 1:
             raise ValueError(
                 f"max_concurrency and max_attempts must be >= 1 "
                 f"(got {max_concurrency}, {max_attempts})"
             )
-        if timeout_s <= 0 or backoff_base_s < 0 or backoff_cap_s < 0:
+        if timeout_s <= 0 or backoff_base_s < 0 or backoff_cap_s < 0 or throttle_wait_s < 0:
             raise ValueError(
-                f"timeout_s must be > 0 and the backoff times >= 0 "
-                f"(got {timeout_s}, {backoff_base_s}, {backoff_cap_s})"
+                f"timeout_s must be > 0 and the backoff and throttle wait times >= 0 "
+                f"(got {timeout_s}, {backoff_base_s}, {backoff_cap_s}, {throttle_wait_s})"
             )
         if local_credentials and endpoint_url is None:
             raise ValueError(
@@ -129,6 +131,11 @@ class LambdaInvoker:
         self.max_attempts = max_attempts
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_cap_s = float(backoff_cap_s)
+        # a throttle is retried past max_attempts for this long after the first attempt: the
+        # function's concurrency is busy (another caller's invokes, keep-warm pings holding
+        # environments), which frees within the function's timeout; a caller whose requests
+        # have nowhere else to go (the router's spill) waits rather than fails
+        self.throttle_wait_s = float(throttle_wait_s)
         self.local_credentials = local_credentials
         self._rng = random.Random(seed)
         self._client: Any = None
@@ -239,6 +246,7 @@ class LambdaInvoker:
             kwargs["Qualifier"] = self.qualifier
         name = self.function_name
         attempt = 0
+        t0 = time.monotonic()
         while True:
             attempt += 1
             client = self._client
@@ -258,15 +266,18 @@ class LambdaInvoker:
                 if not (throttled or code in RETRYABLE_CODES or status >= 500):
                     self._counts["errors"] += 1
                     raise LambdaInvokeError(f"Lambda {name}: invoke failed: {cause}") from e
-                if attempt >= self.max_attempts:
+                delay = backoff_delay(
+                    attempt - 1, self._rng, self.backoff_base_s, self.backoff_cap_s
+                )
+                waiting = throttled and time.monotonic() + delay - t0 < self.throttle_wait_s
+                if attempt >= self.max_attempts and not waiting:
                     self._counts["errors"] += 1
+                    waited = f" in {time.monotonic() - t0:.2f} s" if throttled else ""
                     raise LambdaThrottled(
-                        f"Lambda {name}: still failing after {attempt} attempts: {cause}"
+                        f"Lambda {name}: still failing after {attempt} attempts{waited}: {cause}"
                     ) from e
                 self._counts["retries"] += 1
-                await asyncio.sleep(
-                    backoff_delay(attempt - 1, self._rng, self.backoff_base_s, self.backoff_cap_s)
-                )
+                await asyncio.sleep(delay)
                 continue
             except ReadTimeoutError as e:
                 raise LambdaTimeout(

@@ -245,6 +245,7 @@ class AwsStack(RouterStack):
                 endpoint_url=self.endpoint_url,
                 max_concurrency=concurrency,
                 timeout_s=lam.timeout_s + 5,
+                throttle_wait_s=lam.timeout_s,  # spill waits out keep-warm pings
             )
         rc = router_config(
             sc,

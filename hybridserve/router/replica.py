@@ -127,6 +127,7 @@ def build_router(spec: dict[str, Any], fleet: FleetFile, replicas: int) -> Any:
             local_credentials=True,
             max_concurrency=share,
             timeout_s=lam["timeout_s"],
+            throttle_wait_s=lam.get("throttle_wait_s", 0.0),
         )
 
     # `lambdas`: the other models' functions, by model name (one function per model)
