@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from predictors.artifact_manifest import MANIFEST, ArtifactError, read_manifest
-from predictors.memory import manifest_footprint_mb, rss_mb
+from predictors.memory import rss_mb
 from predictors.model import Model
 from predictors.prometheus import Histogram
+from predictors.repository_index import INDEX, Entry, entry_of, read_index
 from predictors.v2_types import V2Error
 
 if TYPE_CHECKING:
@@ -56,17 +57,6 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 
 class RepositoryError(ValueError):
     """A repository directory that cannot be served, or a start-up load that failed."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One artifact of the repository."""
-
-    name: str
-    version: str
-    path: Path
-    footprint_mb: float | None  # from the manifest, when profiled
-    onnx_mb: float  # uncompressed model: a lower bound of its resident size
 
 
 @dataclass(frozen=True)
@@ -130,9 +120,7 @@ def scan(root: Path) -> tuple[dict[str, Entry], list[str]]:
                 f"{entries[name].path.name} and {d.name} (keep one per model name)"
             )
             continue
-        entries[name] = Entry(
-            name, str(m["version"]), d, manifest_footprint_mb(m), m["model"]["bytes"] / MB
-        )
+        entries[name] = entry_of(name, d)
     return entries, problems
 
 
@@ -163,7 +151,8 @@ class ModelRepository:
         if not memory_mb > 0:
             raise RepositoryError(f"memory budget must be > 0 MB, got {memory_mb}")
         self.memory_mb = float(memory_mb)
-        self.entries, problems = scan(self.root)
+        self.variants: dict[str, dict[str, Entry]] = {}  # by name, with an index
+        self.entries, problems = self._scan()
         if problems:
             raise RepositoryError("; ".join(problems))
         if not self.entries:
@@ -202,14 +191,22 @@ class ModelRepository:
         if not self.root.is_dir():
             log.warning("%s: model repository directory is gone; keeping the last index", self.root)
             return
-        entries, problems = scan(self.root)
+        entries, problems = self._scan()
         for p in problems:
             log.warning("model repository: %s", p)
         self.entries = entries
 
-    def entry(self, name: str) -> Entry:
-        """The artifact named `name`; V2Error(404) listing the repository's names otherwise."""
-        if name not in self.entries:
+    def _scan(self) -> tuple[dict[str, Entry], list[str]]:
+        """The entries by name (an index's first variant of each), and the problems."""
+        if not (self.root / INDEX).is_file():
+            return scan(self.root)
+        self.variants, problems = read_index(self.root)
+        return {n: next(iter(vs.values())) for n, vs in self.variants.items()}, problems
+
+    def entry(self, name: str, variant: str | None = None) -> Entry:
+        """The artifact named `name` (in `variant`, with an index); V2Error(404) listing the
+        repository's names, or the model's variants, otherwise."""
+        if name not in self.entries or (variant and variant not in self.variants.get(name, {})):
             self.refresh()
         if name not in self.entries:
             raise V2Error(
@@ -217,7 +214,16 @@ class ModelRepository:
                 f"model '{name}' is not in the model repository {self.root}; it holds: "
                 f"{', '.join(self.names()) or 'nothing'}",
             )
-        return self.entries[name]
+        if variant is None:
+            return self.entries[name]
+        have = self.variants.get(name) or {self.entries[name].version: self.entries[name]}
+        if variant not in have:
+            raise V2Error(
+                404,
+                f"model '{name}' has no variant '{variant}' in the model repository "
+                f"{self.root}; its variants: {', '.join(have)}",
+            )
+        return have[variant]
 
     def state(self, name: str) -> tuple[str, str]:
         if name in self._busy:
@@ -272,7 +278,9 @@ class ModelRepository:
         before = rss_mb()
         t0 = time.perf_counter()
         model = self._loader(e.path)
-        if model.name != e.name:
+        if e.variant is not None:  # indexed: served under the index's name, its variant
+            model.name, model.version = e.name, e.variant
+        elif model.name != e.name:
             raise ArtifactError(f"{e.path}: loads as model {model.name!r}, indexed as {e.name!r}")
         model.predict(sample_inputs(model.inputs, 1))
         load_s = time.perf_counter() - t0
@@ -304,12 +312,25 @@ class ModelRepository:
         return None
 
     # ------------------------------------------------------------------ load and unload
-    def load_now(self, name: str) -> Model:
+    def _loaded_as(self, e: Entry) -> bool:
+        """True when `e`'s model is loaded in `e`'s variant; V2Error(409) when in another."""
+        x = self.loaded.get(e.name)
+        if x is None:
+            return False
+        if e.variant is not None and str(x.model.version) != e.variant:
+            raise V2Error(
+                REFUSED,
+                f"model '{e.name}' is loaded as variant '{x.model.version}': unload it before "
+                f"loading variant '{e.variant}'",
+            )
+        return True
+
+    def load_now(self, name: str, variant: str | None = None) -> Model:
         """Load `name` in this thread, before serving starts (``--load``); RepositoryError with
         the figures or the repository's names when it cannot be."""
         try:
-            e = self.entry(name)
-            if name in self.loaded:
+            e = self.entry(name, variant)
+            if self._loaded_as(e):
                 return self.loaded[name].model
             err = self._refusal(name, *self._estimate(e))
             if err is not None:
@@ -324,12 +345,13 @@ class ModelRepository:
             raise RepositoryError(err.message) from None
         return self.loaded[name].model
 
-    async def load(self, name: str, dataplane: DataPlane) -> None:
-        """Load `name` off the event loop and serve it; a no-op when it is loaded. V2Error: 404
-        unknown, 409 over the memory budget, 500 a damaged artifact or a failing model."""
-        e = self.entry(name)
+    async def load(self, name: str, dataplane: DataPlane, variant: str | None = None) -> None:
+        """Load `name` (in `variant`) off the event loop and serve it; a no-op when it is loaded
+        so. V2Error: 404 unknown, 409 over the memory budget or loaded as another variant, 500
+        a damaged artifact or a failing model."""
+        e = self.entry(name, variant)
         async with self._locks.setdefault(name, asyncio.Lock()):
-            if name in self.loaded:
+            if self._loaded_as(e):
                 return
             async with self._admit:
                 err = self._refusal(name, *self._estimate(e))

@@ -67,10 +67,16 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     return out
 
 
-def _load_parameters(name: str, doc: dict) -> None:
+def _load_parameters(name: str, doc: dict) -> str | None:
+    """The variant a load names (`parameters.variant`, with a repository index), or None."""
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise V2Error(400, f"load of model '{name}': parameters must be a JSON object")
+    variant = params.get("variant")
+    if variant is not None and (not isinstance(variant, str) or not variant):
+        raise V2Error(
+            400, f"load of model '{name}': parameters.variant must be a variant's name (a string)"
+        )
     override = [k for k in params if k == "config" or k.startswith("file:")]
     if override:
         raise V2Error(
@@ -78,6 +84,7 @@ def _load_parameters(name: str, doc: dict) -> None:
             f"load of model '{name}': {', '.join(override)} (a configuration override) is not "
             "supported; the artifact's manifest is the model's configuration",
         )
+    return variant
 
 
 def create_app(
@@ -177,8 +184,8 @@ def create_app(
     async def repo_load(request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            _load_parameters(name, repository_json(await request.body()))
-            await _repository().load(name, dataplane)
+            variant = _load_parameters(name, repository_json(await request.body()))
+            await _repository().load(name, dataplane, variant)
         except V2Error as e:
             return _error(e)
         return JSONResponse({})

@@ -443,3 +443,90 @@ def test_duplicate_model_names_in_a_repository_are_an_error(tmp_path, mlp_fp32_a
     _copy_as(mlp_fp32_artifact, root / "two", A)
     with pytest.raises(RepositoryError, match=f"two artifacts are named '{A}'"):
         ModelRepository(root, memory_mb=100)
+
+
+# ----------------------------------------------------------------------------- the index
+
+
+@pytest.fixture
+def indexed(tmp_path, mlp_fp32_artifact) -> Path:
+    """A repository whose repository.yaml serves the mlp as `chat` (variants fp32 and fast, two
+    artifacts of one manifest name) and as `other`: names the deployment gives, not manifests'."""
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    fp32 = _copy_as(mlp_fp32_artifact, arts / "fp32", "mlp", resident_mb=60.0)
+    fast = _copy_as(mlp_fp32_artifact, arts / "fast", "mlp", resident_mb=30.0)
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "repository.yaml").write_text(
+        f"models:\n  chat:\n    fp32: ../arts/{fp32.name}\n    fast: {fast}\n"
+        f"  other: ../arts/{fp32.name}\n"
+    )
+    return root
+
+
+def test_an_index_serves_its_names_and_loads_the_variant_asked_for(indexed):
+    repo = ModelRepository(indexed, memory_mb=1000, threads=1)
+    assert repo.names() == ["chat", "other"] and list(repo.variants["chat"]) == ["fp32", "fast"]
+    with _serve(repo) as s:
+        c = _client(s)
+        c.load_model("chat")  # no variant: the first listed
+        assert c.get_model_metadata("chat")["versions"] == ["fp32"]
+        assert _infer(c, "chat").shape[0] == 2
+        assert repo.used_mb == 60.0
+        # another variant while one is loaded: 409 saying so; unload, then load it
+        status, _, body = s.request(
+            "POST", "/v2/repository/models/chat/load", b'{"parameters": {"variant": "fast"}}'
+        )
+        assert status == 409 and "loaded as variant 'fp32'" in json.loads(body)["error"]
+        status, _, _ = s.request(  # the loaded variant, named: a no-op
+            "POST", "/v2/repository/models/chat/load", b'{"parameters": {"variant": "fp32"}}'
+        )
+        assert status == 200
+        c.unload_model("chat")
+        status, _, _ = s.request(
+            "POST", "/v2/repository/models/chat/load", b'{"parameters": {"variant": "fast"}}'
+        )
+        assert status == 200 and c.get_model_metadata("chat")["versions"] == ["fast"]
+        assert repo.used_mb == 30.0
+        c.load_model("other")  # the same artifact under a second name, beside it
+        assert {m["name"]: m["version"] for m in c.get_model_repository_index()} == {
+            "chat": "fast",
+            "other": "fp32",
+        }
+        assert _infer(c, "other").shape[0] == 2
+        for body, code, want in [
+            (b'{"parameters": {"variant": "int4"}}', 404, "its variants: fp32, fast"),
+            (b'{"parameters": {"variant": 3}}', 400, "parameters.variant must be"),
+        ]:
+            status, _, out = s.request("POST", "/v2/repository/models/chat/load", body)
+            assert status == code and want in json.loads(out)["error"], out
+        c.close()
+
+
+def test_index_errors_name_the_file_and_field(tmp_path, indexed):
+    idx = indexed / "repository.yaml"
+    for text, want in [
+        ("models: [a]\n", "expected a mapping `models:"),
+        ("models:\n  chat:\n    fp32: ../nowhere\n", "models.chat.fp32: "),
+        ("models:\n  'bad name': ../arts/fp32\n", "models.bad name: a model name is"),
+        ("models:\n  chat: 3\n", "models.chat: expected an artifact path"),
+        ("models: {a: [\n", "cannot read the index"),
+    ]:
+        idx.write_text(text)
+        with pytest.raises(RepositoryError) as e:
+            ModelRepository(indexed, memory_mb=100)
+        assert str(idx) in str(e.value) and want in str(e.value), (text, e.value)
+
+
+def test_cli_loads_an_indexed_variant(monkeypatch, indexed):
+    import predictors.server
+
+    seen: dict = {}
+    monkeypatch.setattr(predictors.server, "serve", lambda *a, **kw: seen.update(kw))
+    r = _cli("--repository", str(indexed), "--load", "chat:fast", "--load", "other")
+    assert r.exit_code == 0, r.output
+    repo = seen["repository"]
+    assert {n: x.model.version for n, x in repo.loaded.items()} == {"chat": "fast", "other": "fp32"}
+    r = _cli("--repository", str(indexed), "--load", "chat:int4")
+    assert r.exit_code == 2 and "--load chat:int4: model 'chat' has no variant 'int4'" in r.output

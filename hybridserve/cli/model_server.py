@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     "--load",
     "load_names",
     multiple=True,
-    help="With --repository: a model (manifest name) to load before serving; repeatable.",
+    help="With --repository: a model to load before serving, NAME or NAME:VARIANT (a variant "
+    "of a repository.yaml index); repeatable.",
 )
 @click.option(
     "--memory-mb",
@@ -159,19 +160,20 @@ def _repository(
     the budget first (from manifest footprints, or ONNX sizes as a floor), so an impossible set
     fails before anything loads."""
     from predictors.repository import ModelRepository, default_memory_mb
+    from predictors.v2_types import V2Error
 
     how = "--memory-mb"
     if memory_mb is None:
         memory_mb, how = default_memory_mb()
     repo = ModelRepository(path, memory_mb=memory_mb, threads=threads)
-    names = list(dict.fromkeys(load_names))
-    unknown = [n for n in names if n not in repo.entries]
-    if unknown:
-        raise ValueError(
-            f"--load {unknown[0]}: no such model in the repository {path}; it holds: "
-            f"{', '.join(repo.names())}"
-        )
-    need = {n: repo.entries[n].footprint_mb or repo.entries[n].onnx_mb for n in names}
+    wanted = dict(n.partition(":")[::2] for n in load_names)  # NAME or NAME:VARIANT
+    entries = {}
+    for n, variant in wanted.items():
+        try:
+            entries[n] = repo.entry(n, variant or None)
+        except V2Error as e:
+            raise ValueError(f"--load {n}{':' if variant else ''}{variant}: {e.message}") from None
+    need = {n: e.footprint_mb or e.onnx_mb for n, e in entries.items()}
     if sum(need.values()) > memory_mb:
         each = ", ".join(f"{n} {mb:.1f} MB" for n, mb in need.items())
         raise ValueError(
@@ -179,6 +181,6 @@ def _repository(
             f"footprints, else uncompressed ONNX sizes), more than the {memory_mb:.1f} MB memory "
             f"budget ({how})"
         )
-    for n in names:
-        repo.load_now(n)
+    for n, variant in wanted.items():
+        repo.load_now(n, variant or None)
     return repo
