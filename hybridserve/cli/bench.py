@@ -1,7 +1,7 @@
 """`hybridserve bench`: open-loop load against a V2 endpoint; latency, errors, achieved rate.
 
 Thin wrapper over :mod:`hybridserve.loadgen`: reads options, builds the schedule and the
-payload, runs, prints. Bad usage is a one-line error (exit 2); HTTP errors are results (exit 0).
+payload (one per model of a --model-mix, each request's model a seeded draw), runs, prints. Bad usage is a one-line error (exit 2); HTTP errors are results (exit 0).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from hybridserve.cli.common import UserError, trace_options, user_errors
 
@@ -29,10 +30,18 @@ DEFAULT_QPS_DURATION_S = 10.0
 @trace_options
 @click.option("--model", default="distilbert", show_default=True, help="Model to infer on.")
 @click.option(
+    "--model-mix",
+    default=None,
+    metavar="NAME=WEIGHT,...",
+    help="Spread requests over models, e.g. 'a=0.7,b=0.3' (weights normalised; each request's "
+    "model a draw seeded by --seed); instead of --model. Reports each model's figures too.",
+)
+@click.option(
     "--payload",
     "payload_path",
     type=click.Path(dir_okay=False),
-    help="V2 JSON request body sent as is (default: built from the model's metadata).",
+    help="V2 JSON request body sent as is, to every model of a mix too (default: built from "
+    "each model's metadata).",
 )
 @click.option(
     "--api-key",
@@ -60,8 +69,9 @@ def bench(**kw: Any) -> None:
     Requests leave at their scheduled times however many are outstanding. --duration is
     seconds (or 90s, 5m, ...): the length of a --qps run (default 10 s) or a cap on a replay.
     """
+    model_given = click.get_current_context().get_parameter_source("model")
     with user_errors():
-        _bench(**kw)
+        _bench(**kw, model_given=model_given is not ParameterSource.DEFAULT)
 
 
 def _seconds(value: str, option: str) -> float:
@@ -113,6 +123,28 @@ def _schedule(
     return schedule, length
 
 
+def _models(
+    url: str,
+    model: str,
+    weights: dict[str, float] | None,
+    body: bytes | None,
+    headers: dict[str, str],
+    n: int,
+    seed: int,
+) -> dict[str, Any]:
+    """bench_sync's model arguments: one model and its body, or a mix's per-request models
+    (a seeded draw) and each model's body (its own metadata's, unless --payload gave one)."""
+    from hybridserve import loadgen
+
+    def built(name: str) -> bytes:
+        return loadgen.build_payload(loadgen.fetch_metadata(url, name, headers), seed)
+
+    if weights is None:
+        return {"body": built(model) if body is None else body, "model": model}
+    bodies = {name: built(name) if body is None else body for name in weights}
+    return {"body": b"", "models": loadgen.draw_models(weights, n, seed), "bodies": bodies}
+
+
 def _bench(
     url: str,
     qps: float | None,
@@ -123,6 +155,8 @@ def _bench(
     start: str,
     duration: str | None,
     model: str,
+    model_mix: str | None,
+    model_given: bool,
     payload_path: str | None,
     api_key: str | None,
     timeout_s: float,
@@ -137,6 +171,11 @@ def _bench(
         raise UserError(f"--timeout-s must be > 0, got {timeout_s:g}")
     if connections < 1:
         raise UserError(f"--connections must be >= 1, got {connections}")
+    weights = None
+    if model_mix is not None:
+        if model_given:
+            raise UserError(f"give --model {model!r} or --model-mix {model_mix!r}, not both")
+        weights = loadgen.parse_model_mix(model_mix)  # named before any other work
     trace_kw = {
         "trace_format": trace_format,
         "timestamp_column": timestamp_column,
@@ -147,15 +186,12 @@ def _bench(
     if not (math.isfinite(warmup_s) and 0 <= warmup_s < duration_s):
         raise UserError(f"--warmup must be >= 0 and shorter than the run ({duration_s:g} s)")
     headers = loadgen.request_headers(api_key)
-    if payload_path:
-        body = loadgen.load_payload(payload_path)
-    else:
-        body = loadgen.build_payload(loadgen.fetch_metadata(url, model, headers), seed)
+    body = loadgen.load_payload(payload_path) if payload_path else None
+    routing = _models(url, model, weights, body, headers, len(schedule), seed)
     result = loadgen.bench_sync(
         url,
         schedule,
-        body,
-        model=model,
+        **routing,
         headers=headers,
         timeout_s=timeout_s,
         connections=connections,
@@ -176,8 +212,9 @@ def _fmt(x: float | None) -> str:
 
 def format_result(r: Any) -> str:
     """A short human summary of a BenchResult (the timeline is only in --json)."""
+    what = f"model {r.model}" if r.models is None else f"models {r.model.replace(',', ', ')}"
     lines = [
-        f"bench {r.url} model {r.model}: {r.sent:,} sent over {r.duration_s - r.warmup_s:g} s"
+        f"bench {r.url} {what}: {r.sent:,} sent over {r.duration_s - r.warmup_s:g} s"
         + (f" (after {r.warmup_s:g} s warm-up)" if r.warmup_s else ""),
         f"rate     offered {r.offered_rps:,.1f}/s  achieved {r.achieved_rps:,.1f}/s  "
         f"ok {r.ok:,}  errors {r.error_count:,}",
@@ -190,4 +227,21 @@ def format_result(r: Any) -> str:
     )
     if r.errors:
         lines.append("errors   " + ", ".join(f"{k} {v:,}" for k, v in r.errors.items()))
+    lines.extend(_model_lines(r))
     return "\n".join(lines)
+
+
+def _model_lines(r: Any) -> list[str]:
+    """One line per model of a mix: its share of the requests, counts and p50/p99."""
+    if not r.models:
+        return []
+    width = max(len(m["model"]) for m in r.models)
+    out = []
+    for m in r.models:
+        share = m["scheduled"] / r.scheduled if r.scheduled else 0.0
+        lat = m["latency_ms"]
+        out.append(
+            f"model {m['model']:<{width}}  {share:6.1%}  sent {m['sent']:,}  ok {m['ok']:,}  "
+            f"errors {m['error_count']:,}  p50 {_fmt(lat['p50'])}  p99 {_fmt(lat['p99'])}  ms"
+        )
+    return out

@@ -56,7 +56,7 @@ def fetch_metadata(
         detail = e.read()[:300].decode("utf-8", "replace").strip()
         raise BenchError(
             f"model metadata {target} answered HTTP {e.code}: {detail or e.reason} "
-            f"(is --model {model!r} served there?)"
+            f"(is model {model!r} served there?)"
         ) from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)

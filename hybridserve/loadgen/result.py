@@ -3,7 +3,7 @@ with latency percentiles, send lag, errors by kind and a per-second timeline."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +13,8 @@ import numpy as np
 LAG_WARN_MS = 5.0
 #: Percentiles reported for OK latencies, as (key, percentile).
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
+#: The report's figures repeated per model of a mix (plus ``model`` and ``error_count``).
+MODEL_KEYS = ("scheduled", "sent", "ok", "errors", "offered_rps", "achieved_rps", "latency_ms")
 
 
 @dataclass
@@ -40,6 +42,9 @@ class BenchResult:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     # per request, for scripts (not in the JSON): send time s, HTTP status (<= 0: no answer), ms
     samples: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    # with a model mix: per model (in the mix's order) its name and MODEL_KEYS figures; the
+    # samples then add "model", each request's index into this list
+    models: list[dict[str, Any]] | None = None
 
     @property
     def error_count(self) -> int:
@@ -59,6 +64,8 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("samples", None)
+        if self.models is None:
+            d.pop("models", None)  # the report without a mix is as it always was
         d["error_count"] = self.error_count
         return d
 
@@ -108,9 +115,7 @@ def _timeline(
     return rows
 
 
-def summarize(
-    url: str,
-    model: str,
+def _figures(
     schedule: np.ndarray,
     duration_s: float,
     warmup_s: float,
@@ -119,8 +124,9 @@ def summarize(
     lag: np.ndarray,
     done_at: np.ndarray,
     kinds: Mapping[int, str],
-) -> BenchResult:
-    """Reduce the per-request arrays to the report (vectorised)."""
+) -> dict[str, Any]:
+    """Counts, rates, errors and percentiles of a run's measured requests (vectorised); the
+    one code path for the whole run and for each model of a mix."""
     started = ~np.isnan(lag)
     measured = schedule >= warmup_s
     m_sent = started & measured
@@ -147,21 +153,71 @@ def summarize(
         if lag_m.size
         else {"p50": None, "p99": None, "max": None}
     )
+    return {
+        "scheduled": int(measured.sum()),
+        "sent": int(m_sent.sum()),
+        "ok": int(m_ok.sum()),
+        "errors": dict(sorted(errors.items())),
+        "offered_rps": round(int(measured.sum()) / window, 3),
+        "achieved_rps": round(int(m_ok.sum()) / span, 3),
+        "span_s": round(span, 6),
+        "latency_ms": _latency_summary(latency[m_ok]),
+        "send_lag_ms": lag_ms,
+        "warmup_requests": int((~measured).sum()),
+    }
+
+
+def _per_model(
+    names: Sequence[str],
+    which: np.ndarray,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    duration_s: float,
+    warmup_s: float,
+    kinds: Mapping[int, str],
+) -> list[dict[str, Any]]:
+    """:func:`_figures` on each model's requests (``which`` holds the index into ``names``),
+    under the report's keys for the same figures; a model drawn for no request reports 0."""
+    rows = []
+    for k, name in enumerate(names):
+        mask = which == k
+        schedule, status, latency, lag, done_at = (a[mask] for a in arrays)
+        f = _figures(schedule, duration_s, warmup_s, status, latency, lag, done_at, kinds)
+        row = {"model": name, **{key: f[key] for key in MODEL_KEYS}}
+        row["error_count"] = sum(f["errors"].values())
+        rows.append(row)
+    return rows
+
+
+def summarize(
+    url: str,
+    model: str,
+    schedule: np.ndarray,
+    duration_s: float,
+    warmup_s: float,
+    status: np.ndarray,
+    latency: np.ndarray,
+    lag: np.ndarray,
+    done_at: np.ndarray,
+    kinds: Mapping[int, str],
+    mix: tuple[Sequence[str], np.ndarray] | None = None,
+) -> BenchResult:
+    """Reduce the per-request arrays to the report (vectorised). ``mix`` is the model names
+    and each request's index into them, for the per-model breakdown of a model mix."""
+    figures = _figures(schedule, duration_s, warmup_s, status, latency, lag, done_at, kinds)
+    samples = {"send_s": schedule, "status": status, "latency_ms": latency * 1000.0}
+    models = None
+    if mix is not None:
+        names, which = mix
+        arrays = (schedule, status, latency, lag, done_at)
+        models = _per_model(names, which, arrays, duration_s, warmup_s, kinds)
+        samples["model"] = which
     return BenchResult(
         url=url,
         model=model,
         duration_s=round(float(duration_s), 6),
         warmup_s=float(warmup_s),
-        scheduled=int(measured.sum()),
-        sent=int(m_sent.sum()),
-        ok=int(m_ok.sum()),
-        errors=dict(sorted(errors.items())),
-        offered_rps=round(int(measured.sum()) / window, 3),
-        achieved_rps=round(int(m_ok.sum()) / span, 3),
-        span_s=round(span, 6),
-        latency_ms=_latency_summary(latency[m_ok]),
-        send_lag_ms=lag_ms,
-        warmup_requests=int((~measured).sum()),
-        timeline=_timeline(schedule, status, latency, started),
-        samples={"send_s": schedule, "status": status, "latency_ms": latency * 1000.0},
+        **figures,
+        timeline=_timeline(schedule, status, latency, ~np.isnan(lag)),
+        samples=samples,
+        models=models,
     )

@@ -1,12 +1,14 @@
-"""The open-loop run of a benchmark: one body POSTed at each scheduled time, measured into
-preallocated arrays and reduced to a BenchResult.
+"""The open-loop run of a benchmark: one body POSTed at each scheduled time (to one model, or
+to each request's model of a mix with that model's body), measured into preallocated arrays and
+reduced to a BenchResult.
 
 Open loop means every request leaves at its scheduled time however many are still outstanding,
 so a slow server shows up as latency and errors instead of silently lowering the offered rate
 (the coordinated-omission trap of closed-loop clients). The generator must keep up at 1,000+
 requests/s on a 2-core machine that also runs the server, so the hot path is lean: one event
 loop (uvloop when importable), one pooled keep-alive aiohttp session, one prebuilt body and
-header set, send times precomputed as a numpy array, one scheduler coroutine that launches
+header set, send times precomputed as a numpy array, a mix's models as small ints indexing
+prebuilt URLs and bodies, one scheduler coroutine that launches
 everything already due in one go (lag never accumulates), and results written into
 preallocated numpy arrays. Nothing is logged per request.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,8 @@ async def run_bench(
     body: bytes,
     *,
     model: str = "distilbert",
+    models: Sequence[str] | None = None,
+    bodies: Mapping[str, bytes] | None = None,
     headers: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
     connections: int = 256,
@@ -73,6 +77,11 @@ async def run_bench(
     ``duration_s`` is the schedule's nominal length (default: just past the last send); the
     run ends by ``duration_s + timeout_s`` at the latest, requests still open then counting as
     timeouts. HTTP errors and exceptions are results, never raised.
+
+    A model mix: ``models`` names the model of each scheduled request (as long as the
+    schedule); request ``i`` then goes to ``models[i]``'s route with ``bodies[models[i]]``
+    (``body`` for a model ``bodies`` lacks), ``model`` is ignored, and the result breaks the
+    figures down per model (in ``bodies``' order, then first use).
     """
     try:
         import aiohttp
@@ -95,7 +104,9 @@ async def run_bench(
     if duration_s is None:
         duration_s = float(schedule[-1]) + 1e-3 if n else 0.0
 
-    target = URL(infer_url(url, model))
+    names, which, label = _route(n, model, models, bodies)
+    targets = [URL(infer_url(url, name)) for name in names]
+    payloads = [(bodies or {}).get(name, body) for name in names]
     status = np.zeros(n, dtype=np.int32)  # 0 = no answer (yet)
     latency = np.full(n, np.nan)
     lag = np.full(n, np.nan)  # NaN = never sent
@@ -121,8 +132,9 @@ async def run_bench(
     async def one(i: int) -> None:
         start = clock()
         lag[i] = start - t0 - times[i]
+        k = which[i]
         try:
-            async with session.post(target, data=body) as resp:
+            async with session.post(targets[k], data=payloads[k]) as resp:
                 await resp.read()
                 status[i] = resp.status
         except Exception as e:  # results, not failures of the run
@@ -156,7 +168,7 @@ async def run_bench(
         await session.close()
     return summarize(
         normalize_url(url),
-        model,
+        label,
         schedule,
         duration_s,
         warmup_s,
@@ -165,6 +177,7 @@ async def run_bench(
         lag,
         done_at,
         kinds,
+        mix=None if models is None else (names, np.asarray(which, dtype=np.intp)),
     )
 
 
@@ -174,6 +187,23 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     except ModuleNotFoundError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
+
+
+def _route(
+    n: int,
+    model: str,
+    models: Sequence[str] | None,
+    bodies: Mapping[str, bytes] | None = None,
+) -> tuple[list[str], list[int], str]:
+    """The model names a run sends to, each request's index into them (ints, so the hot loop
+    does no string lookups), and the result's ``model`` label (the names, comma-joined)."""
+    if models is None:
+        return [model], [0] * n, model
+    if len(models) != n:
+        raise ValueError(f"models has {len(models)} names for a schedule of {n} requests")
+    index = {name: k for k, name in enumerate(bodies or ())}
+    which = [index.setdefault(str(m), len(index)) for m in models]
+    return list(index), which, ",".join(index)
 
 
 def _run(coro: Coroutine[Any, Any, BenchResult]) -> BenchResult:
@@ -201,6 +231,8 @@ def bench_sync(
     body: bytes,
     *,
     model: str = "distilbert",
+    models: Sequence[str] | None = None,
+    bodies: Mapping[str, bytes] | None = None,
     headers: Mapping[str, str] | None = None,
     timeout_s: float = 30.0,
     connections: int = 256,
@@ -214,6 +246,8 @@ def bench_sync(
             schedule,
             body,
             model=model,
+            models=models,
+            bodies=bodies,
             headers=headers,
             timeout_s=timeout_s,
             connections=connections,
