@@ -125,10 +125,12 @@ def local_scenario(cfg: ServeConfig, profile: dict[str, Any]) -> Scenario:
 
 
 def start_emulator(
-    cfg: ServeConfig, artifact: Path, log_dir: Path | None
+    cfg: ServeConfig, artifact: Path, log_dir: Path | None, function_name: str | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """The local Lambda emulator in its own process (its HTTP loop off the router's cores)."""
+    """The local Lambda emulator in its own process (its HTTP loop off the router's cores),
+    running `function_name` (default: the config's; a multi-model serve runs one per model)."""
     lam = cfg.lambda_
+    function_name = function_name or lam.function_name
     cmd = [
         sys.executable,
         "-m",
@@ -144,12 +146,13 @@ def start_emulator(
         "--memory-mb",
         str(lam.memory_mb),
         "--function-name",
-        lam.function_name,
+        function_name,
         "--timeout-s",
         str(lam.timeout_s),
     ]
-    err = open(log_dir / "lambda-emulator.log", "ab") if log_dir else subprocess.DEVNULL  # noqa: SIM115
-    return spawn_listening(cmd, err, "the local Lambda emulator")
+    suffix = "" if function_name == lam.function_name else f"-{function_name}"
+    err = open(log_dir / f"lambda-emulator{suffix}.log", "ab") if log_dir else subprocess.DEVNULL  # noqa: SIM115
+    return spawn_listening(cmd, err, f"the local Lambda emulator of {function_name}")
 
 
 class LocalStack(RouterStack):

@@ -43,7 +43,7 @@ def router_config(
     model servers' batching, and the spill function's memory, concurrency and batch limit."""
     from hybridserve.router import RouterConfig
 
-    lambda_ms = (0.0, *(lambda_service_s(sc, b) * 1000.0 for b in range(1, lambda_max_batch + 1)))
+    lambda_ms = lambda_ms_table(sc, lambda_max_batch)
     pricing = sc.lambda_pricing
     key = os.environ.get(options.api_key_env) or None
     return RouterConfig(
@@ -65,6 +65,11 @@ def router_config(
         max_body_bytes=options.max_body_bytes,
         api_key=key,
     )
+
+
+def lambda_ms_table(sc: Scenario, max_batch: int) -> tuple[float, ...]:
+    """Lambda's warm ms by batch size (index 0 unused), as the router predicts a spill."""
+    return (0.0, *(lambda_service_s(sc, b) * 1000.0 for b in range(1, max_batch + 1)))
 
 
 def warn_if_open(host: str, api_key: str | None) -> bool:

@@ -90,6 +90,35 @@ class RouterOptions(Strict):
         return self
 
 
+class ServedModel(Strict):
+    """One model of a multi-model serve (issue 14): the V2 name clients use and where it comes
+    from: a reference built in code (`model`, in `variant`), an artifact directory, or a family
+    directory (`hybridserve family build --profile`) whose variants the planner chooses among,
+    at or above `accuracy_floor` (top-1 agreement with the family's fp32)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model: Literal["distilbert", "resnet50", "mlp"] | None = None
+    variant: Literal["fp32", "fp16", "int8"] = "int8"  # of a `model` built in code
+    artifact: Path | None = None
+    family: Path | None = None
+    accuracy_floor: float = Field(0.0, ge=0, le=1)
+    profile: Path | None = None  # a `hybridserve profile` YAML; measured at start-up if unset
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServedModel:
+        given = [k for k in ("model", "artifact", "family") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of model, artifact or family for {self.name!r} "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if self.accuracy_floor and self.family is None:
+            raise ValueError("accuracy_floor: only for a family (a single artifact has no choice)")
+        if self.family is not None and self.profile is not None:
+            raise ValueError("profile: a family's variants carry their own profiles")
+        return self
+
+
 class ServeConfig(Strict):
     model: str = "distilbert"  # a reference model built in code (no downloads)
     artifact: Path | None = None  # or an artifact directory (`hybridserve package`)
@@ -106,6 +135,17 @@ class ServeConfig(Strict):
     profile: Path | None = None  # a `hybridserve profile` YAML; measured at start-up if unset
     cache_dir: Path | None = None
     log_dir: Path | None = None
+    # several models on one fleet, planned jointly (hybridserve.multi_stack); empty: `model`
+    models: list[ServedModel] = []
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, v: list[ServedModel]) -> list[ServedModel]:
+        names = [m.name for m in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be distinct; repeated: {', '.join(dup)}")
+        return v
 
     @field_validator("deployment", mode="before")
     @classmethod

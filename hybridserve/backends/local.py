@@ -68,8 +68,7 @@ class LocalBackend(LocalProcesses):
         start_timeout_s: float = 120.0,
     ) -> None:
         self.artifact = Path(artifact)
-        if not (self.artifact / "manifest.json").is_file():
-            raise FileNotFoundError(f"{self.artifact}: not a model artifact (no manifest.json)")
+        self._check_artifact()
         if launch_delay_s is not None and launch_delay_s < 0:
             raise ValueError(f"launch_delay_s must be >= 0, got {launch_delay_s}")
         if drain_s < 0 or probe_interval_s <= 0 or start_timeout_s <= 0:
@@ -133,7 +132,6 @@ class LocalBackend(LocalProcesses):
         retire first, then the most recently ready ones, which drain for `drain_s`. The whole
         target is checked before anything changes: every key must name a pool.
         """
-        actions: list[Action] = []
         with self._lock:
             if self._closed:
                 raise RuntimeError("LocalBackend is closed")
@@ -144,25 +142,32 @@ class LocalBackend(LocalProcesses):
                 for i in live
             ]
             # raises before any change (an unknown pool, a negative count)
-            for a in reconcile(target, observed, now, pools=self.pools):
-                if a.kind == "launch":
-                    inst = LocalInstance(
-                        f"local-{self._next_id}", a.pool, now, now + self._launch_delay(a.pool)
-                    )
-                    self._next_id += 1
-                    self._instances[inst.id] = inst
-                    self._live.setdefault(a.pool, []).append(inst)
-                    a = replace(a, instance_id=inst.id)
-                else:
-                    inst = self._instances[a.instance_id]
-                    drain = self.drain_s if inst.state == "ready" else 0.0
-                    self._end_locked(inst, "retired", now + drain)
-                    self._live[a.pool].remove(inst)
-                self._record_locked(now, a.kind, inst)
-                actions.append(a)
-            if actions:
-                self._refresh_endpoints_locked()
+            actions = self._execute_locked(reconcile(target, observed, now, pools=self.pools), now)
             self._ensure_thread_locked()
+        return actions
+
+    def _execute_locked(self, decided: list[Action], now: float) -> list[Action]:
+        """Carry out `reconcile`'s actions (a launch gets its instance id); a subclass that
+        reconciles a part of the fleet at a time executes its actions here too."""
+        actions: list[Action] = []
+        for a in decided:
+            if a.kind == "launch":
+                inst = LocalInstance(
+                    f"local-{self._next_id}", a.pool, now, now + self._launch_delay(a.pool)
+                )
+                self._next_id += 1
+                self._instances[inst.id] = inst
+                self._live.setdefault(a.pool, []).append(inst)
+                a = replace(a, instance_id=inst.id)
+            else:
+                inst = self._instances[a.instance_id]
+                drain = self.drain_s if inst.state == "ready" else 0.0
+                self._end_locked(inst, "retired", now + drain)
+                self._live[a.pool].remove(inst)
+            self._record_locked(now, a.kind, inst)
+            actions.append(a)
+        if actions:
+            self._refresh_endpoints_locked()
         return actions
 
     # --- serving --------------------------------------------------------------------------
@@ -269,6 +274,12 @@ class LocalBackend(LocalProcesses):
         self.close()
 
     # --- estimates ------------------------------------------------------------------------
+
+    def _check_artifact(self) -> None:
+        """Fail at construction, not at the first spawn, when the servers' model is missing (a
+        subclass whose `artifact` is a model repository checks that instead)."""
+        if not (self.artifact / "manifest.json").is_file():
+            raise FileNotFoundError(f"{self.artifact}: not a model artifact (no manifest.json)")
 
     def _expected_start_locked(self) -> float:
         if not self._start_times:

@@ -150,8 +150,7 @@ class LocalProcesses:
             "-m",
             "hybridserve",
             "model-server",
-            "--artifact",
-            str(self.artifact),
+            *self._model_args(inst),
             "--host",
             self.host,
             "--port",
@@ -184,6 +183,12 @@ class LocalProcesses:
                 env=self._env,
                 start_new_session=True,
             )
+
+    def _model_args(self, inst: LocalInstance) -> list[str]:
+        """What the server of `inst` serves, as model-server arguments: the one artifact here;
+        a subclass serving a model repository names it and the models to load at boot. Called
+        at spawn, without the lock held."""
+        return ["--artifact", str(self.artifact)]
 
     def _free_port(self) -> int:
         """A port the OS considers free, not handed to another live instance of ours.

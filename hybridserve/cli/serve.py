@@ -104,7 +104,12 @@ def _local_stack(config_path: str | None, router: dict[str, Any], deployment: st
     from hybridserve.serve import LocalStack, load_serve_config
 
     over = {f"router.{k}": v for k, v in router.items()}
-    return LocalStack(load_serve_config(config_path, **over, deployment=deployment))
+    cfg = load_serve_config(config_path, **over, deployment=deployment)
+    if cfg.models:  # several models on one fleet
+        from hybridserve.multi_stack import MultiLocalStack
+
+        return MultiLocalStack(cfg)
+    return LocalStack(cfg)
 
 
 def _aws_stack(
