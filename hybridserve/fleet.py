@@ -65,6 +65,8 @@ class Endpoint:
     pool: str
     url: str  # e.g. http://127.0.0.1:8101 (no trailing slash); the V2 routes hang below it
     models: frozenset[str] | None = None  # a multi-model instance's loaded models
+    # (model, variant) of each model it holds as a family's variant (model-less serving)
+    variants: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

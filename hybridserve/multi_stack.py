@@ -101,7 +101,8 @@ class MultiLocalStack(RouterStack):
             choice = table.choices[int(table.lambda_choice[m])]
             art = sf.artifacts[name][choice.variant]
             meta = artifact_metadata(art)
-            metadata[name] = {**meta, "name": name, "versions": list(sf.artifacts[name])}
+            eligible = [table.choices[c].variant for c in table.model_choices[m]]
+            metadata[name] = {**meta, "name": name, "versions": eligible}
             batch_ms[name] = dict(choice.scenario.model.reference.batch_ms)
             lambda_ms[name] = lambda_ms_table(choice.scenario, lam.max_batch)
             fn = f"{lam.function_name}-{name}"
@@ -127,7 +128,21 @@ class MultiLocalStack(RouterStack):
             lambda_concurrency=lam.concurrency,
             lambda_max_batch=lam.max_batch,
         )
-        rc = dataclasses.replace(rc, model_batch_ms=batch_ms, model_lambda_ms=lambda_ms)
+        # a request may pin any variant at the model's floor, or ask for a higher accuracy
+        variants = {
+            n: {table.choices[c].variant: table.choices[c].accuracy for c in table.model_choices[m]}
+            for m, n in enumerate(names)
+        }
+        lambda_variant = {
+            n: table.choices[int(table.lambda_choice[m])].variant for m, n in enumerate(names)
+        }
+        rc = dataclasses.replace(
+            rc,
+            model_batch_ms=batch_ms,
+            model_lambda_ms=lambda_ms,
+            model_variants=variants,
+            model_lambda_variant=lambda_variant,
+        )
         primary = invokers.pop(names[0])
         self.router = Router(
             rc,

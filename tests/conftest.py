@@ -152,3 +152,22 @@ def mlp_with_profile(tmp: Path) -> tuple[Path, Path]:
     profile = tmp / "profile.yaml"
     profile.write_text(MLP_PROFILE)
     return art, profile
+
+
+@pytest.fixture
+def started():
+    """Servers (model servers and routers) started by a test, stopped after it."""
+    from tests.model_server_helpers import ServerThread
+
+    servers: list[ServerThread] = []
+
+    def start(app_or_server):
+        s = app_or_server
+        if not isinstance(s, ServerThread):
+            s = ServerThread(s).__enter__()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in reversed(servers):
+        s.__exit__(None, None, None)

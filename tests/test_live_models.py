@@ -72,6 +72,17 @@ def test_each_model_answers_under_its_name_and_a_cold_one_spills(stack):
     r = bench_sync(stack.url, poisson_schedule(5, 1, seed=0), body, model="beta", timeout_s=30)
     assert r.ok == r.sent > 0, r.errors
     assert stack.router.metrics.model_responses.get(("beta", "lambda", 200), 0) >= r.ok
+    # a version is a variant: the one beta has (on Lambda now) serves, another is a 404
+    for version, want in (("fp32", 200), ("int8", 404)):
+        req = urllib.request.Request(
+            f"{stack.url}/v2/models/beta/versions/{version}/infer", data=body, method="POST"
+        )
+        req.add_header("content-type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert resp.status == want
+        except urllib.error.HTTPError as e:
+            assert e.code == want and "has no variant 'int8'" in e.read().decode()
 
 
 def test_the_plan_places_the_loaded_model_and_retires_it_after(stack):

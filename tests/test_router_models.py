@@ -82,23 +82,6 @@ def linear_server(*names: str) -> tuple[ServerThread, dict[str, LinearModel]]:
     return s.__enter__(), models
 
 
-@pytest.fixture
-def started():
-    """Servers (model servers and routers) started by a test, stopped after it."""
-    servers: list[ServerThread] = []
-
-    def start(app_or_server):
-        s = app_or_server
-        if not isinstance(s, ServerThread):
-            s = ServerThread(s).__enter__()
-        servers.append(s)
-        return s
-
-    yield start
-    for s in reversed(servers):
-        s.__exit__(None, None, None)
-
-
 def infer(rs: ServerThread, model: str, version: str | None = None) -> tuple[int, dict]:
     path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
     status, _, body = rs.request("POST", path, json_body(rows(1)))

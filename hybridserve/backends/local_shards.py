@@ -225,15 +225,16 @@ class ShardProcesses(LocalBackend):
         eps = []
         for e in self._endpoints:
             spec, h = self._shards.get(e.pool), self._held.get(e.instance_id)
-            models: frozenset[str] = frozenset()
+            held: dict[str, str] = {}
             if spec is not None and h is not None:
-                models = frozenset(
-                    n
+                held = {
+                    n: v
                     for n, v in h.loaded.items()
                     if spec.want.get(n) == v and h.call != ("unload", n)
-                )
+                }
             pool = spec.pool.key if spec is not None else e.pool
-            eps.append(replace(e, pool=pool, models=models))
+            variants = tuple(sorted(held.items()))
+            eps.append(replace(e, pool=pool, models=frozenset(held), variants=variants))
         self._endpoints = tuple(eps)
 
     # --- model calls ----------------------------------------------------------------------

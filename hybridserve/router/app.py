@@ -54,10 +54,12 @@ from hybridserve.router.models import (
     as_candidate,
     assign,
     drain,
+    lambda_serves,
     left,
     nowhere,
 )
 from hybridserve.router.upstream import Upstream, UpstreamError, UpstreamTimeout
+from hybridserve.router.variants import VariantRefused, allowed_variants
 from predictors.prometheus import Exposition
 
 log = logging.getLogger("hybridserve.router")
@@ -258,9 +260,16 @@ class Router:
 
     # ------------------------------------------------------------------ inference
     async def infer(
-        self, path: str, body: bytes, headers: list, send: Callable, model: ModelState | None = None
+        self,
+        path: str,
+        body: bytes,
+        headers: list,
+        send: Callable,
+        model: ModelState | None = None,
+        version: str | None = None,
     ) -> None:
-        """Route one request for `model` (`cfg.model_name`'s when None) and answer it."""
+        """Route one request for `model` (`cfg.model_name`'s when None) and answer it; of a
+        family's model, only to where a variant it allows (`version`, min_accuracy) is loaded."""
         t0 = time.perf_counter()
         ms = model or self._primary
         sec = int(time.time())
@@ -278,23 +287,33 @@ class Router:
                     await reply_json(send, 400, {"error": str(e)})
                     return
                 break
-        c = ms.pick(self._budget, self._max_queue)
+        allowed = None
+        if ms.accuracy:
+            try:
+                allowed = allowed_variants(ms.name, ms.accuracy, version, body, hl)
+            except VariantRefused as e:
+                self.metrics.request("rejected", e.status, time.perf_counter() - t0, 0.0, ms.name)
+                await reply_json(send, e.status, {"error": e.message})
+                return
+        c = ms.pick(self._budget, self._max_queue, allowed)
         if c is None and ms.buffer is None:  # VM-only: queue beyond the SLO, don't drop
-            c = ms.pick(math.inf, self._max_queue)
+            c = ms.pick(math.inf, self._max_queue, allowed)
         if c is not None:
             u, slot = (c.up, c) if type(c) is Slot else (c, None)
             status, payload, out_headers, ok = await self._forward(u, path, body, hl, ms, slot)
             route = "fleet"
             if not ok:
-                status, payload, out_headers = await self._retry(path, body, hl, ms, status == 404)
+                status, payload, out_headers = await self._retry(
+                    path, body, hl, ms, status == 404, allowed
+                )
                 route = "retry"
-        elif ms.buffer is not None:  # over the budget everywhere, or a cold model
+        elif ms.buffer is not None and lambda_serves(ms, allowed):  # over budget, or cold
             route = "lambda"
             status, payload = await self._spill(body, hl, ms)
             out_headers = ()
         else:
             route = "rejected"
-            status, payload = nowhere(ms, ms is self._primary, self.served())
+            status, payload = nowhere(ms, ms is self._primary, self.served(), allowed)
             out_headers = ()
         if status == 503:
             out_headers = (*out_headers, (b"retry-after", str(self.cfg.retry_after_s).encode()))
@@ -385,18 +404,19 @@ class Router:
         hl: bytes | None,
         model: ModelState | None = None,
         unloaded: bool = False,
+        allowed: frozenset[str] | None = None,
     ) -> tuple[int, bytes, tuple]:
         """Once more: on Lambda (or, without Lambda, on another instance); after a 404 first on
         another instance holding the model within the budget. The instance's 404 never reaches
         the client."""
         ms = model or self._primary
         self.metrics.retries += 1
-        c = ms.pick(self._budget, self._max_queue) if unloaded else None
-        if c is None and ms.buffer is not None:
+        c = ms.pick(self._budget, self._max_queue, allowed) if unloaded else None
+        if c is None and ms.buffer is not None and lambda_serves(ms, allowed):
             status, payload = await self._spill(body, hl, ms, urgent=True)
             return status, payload, ()
         if c is None:
-            c = ms.pick(math.inf, self._max_queue)
+            c = ms.pick(math.inf, self._max_queue, allowed)
         if c is None:
             why = f"model {ms.name!r} was unloaded there" if unloaded else "the instance failed"
             msg = f"{why} and no other instance or Lambda function can take the request"

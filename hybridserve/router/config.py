@@ -34,6 +34,10 @@ class RouterConfig:
     # warm ms by batch size; a model not named here gets `batch_ms` and `lambda_ms`
     model_batch_ms: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
     model_lambda_ms: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # a model served as a family: each variant's accuracy, and the variant its Lambda runs
+    # (router/variants.py: a request may pin a variant or ask for a minimum accuracy)
+    model_variants: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    model_lambda_variant: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def budget_ms(self) -> float:

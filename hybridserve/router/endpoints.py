@@ -74,7 +74,7 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
             upstream = model_path(name, version)
             if tail == ["infer"] and method == "POST":
                 body = await read_body(receive, router.cfg.max_body_bytes)
-                await router.infer(upstream + "/infer", body, headers, send, ms)
+                await router.infer(upstream + "/infer", body, headers, send, ms, version)
                 return
         except BodyTooLarge:
             limit = router.cfg.max_body_bytes

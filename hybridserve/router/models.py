@@ -25,6 +25,7 @@ from hybridserve.router.buffer import BatchParams, SpillBuffer, batch_params
 from hybridserve.router.config import RouterConfig
 from hybridserve.router.policy import SPILL, choose, completion_table, drain_table
 from hybridserve.router.upstream import Upstream
+from hybridserve.router.variants import not_loaded
 
 # a Lambda invoker per model: a mapping, or a factory called once per model the router learns of
 Invokers = Mapping[str, Any] | Callable[[str], Any]
@@ -64,7 +65,7 @@ class ModelState:
 
     __slots__ = ("name", "base", "drain", "lambda_ms", "invoker", "buffer", "metadata", "solo",
                  "shared", "second_count", "counts", "spills", "_spills_seen", "spill_rate",
-                 "lambda_ratio", "_starting", "_started")  # fmt: skip
+                 "lambda_ratio", "_starting", "_started", "accuracy", "lambda_variant")  # fmt: skip
 
     def __init__(
         self,
@@ -92,10 +93,17 @@ class ModelState:
         self.lambda_ratio = 1.0
         self._starting: asyncio.Task | None = None
         self._started = invoker is None or not hasattr(invoker, "start")
+        self.accuracy: Mapping[str, float] = {}  # a family's variants (router/variants.py)
+        self.lambda_variant: str | None = None
 
     # ------------------------------------------------------------------ routing
-    def pick(self, budget_ms: float, max_queue: int) -> Upstream | Slot | None:
-        """The candidate that completes a new request first within `budget_ms`, or None."""
+    def pick(
+        self, budget_ms: float, max_queue: int, allowed: frozenset[str] | None = None
+    ) -> Upstream | Slot | None:
+        """The candidate that completes a new request first within `budget_ms`, or None;
+        `allowed`: only instances holding this model in one of these variants."""
+        if allowed is not None:
+            return self.among(allowed).pick(budget_ms, max_queue)
         solo = self.solo
         if not self.shared:  # the single-model path: exactly `choose`, as before
             if not solo:
@@ -118,6 +126,25 @@ class ModelState:
                 if ms <= best_ms and (best is None or ms < best_ms):
                     best, best_ms = s, ms
         return best
+
+    def among(self, allowed: frozenset[str]) -> ModelState:
+        """A view of this model routed only to instances holding it in an allowed variant."""
+        view = ModelState(self.name, self.base, self.drain, self.lambda_ms, 1)
+
+        def ok(u: Upstream) -> bool:
+            return dict(u.endpoint.variants).get(self.name) in allowed
+
+        view.solo = [u for u in self.solo if ok(u)]
+        view.shared = [s for s in self.shared if ok(s.up)]
+        return view
+
+    def loaded_variants(self) -> dict[str, int]:
+        """Instances per variant of this model now (the 409's figures)."""
+        out: dict[str, int] = {}
+        for u in self.instances():
+            v = dict(u.endpoint.variants).get(self.name, "?")
+            out[v] = out.get(v, 0) + 1
+        return out
 
     def instances(self) -> list[Upstream]:
         return [*self.solo, *(s.up for s in self.shared)]
@@ -300,7 +327,10 @@ def new_model(
         d = drain_table(batch_ms, cfg.max_batch, cfg.max_queue)
         tables[key] = ([float(x) for x in t], [float(x) for x in d])
     base, drain = tables[key]
-    return ModelState(name, base, drain, cfg.lambda_ms_of(name), cfg.counts_kept_s, invoker)
+    ms = ModelState(name, base, drain, cfg.lambda_ms_of(name), cfg.counts_kept_s, invoker)
+    ms.accuracy = dict(cfg.model_variants.get(name, {}))
+    ms.lambda_variant = cfg.model_lambda_variant.get(name)
+    return ms
 
 
 def invoker_for(
@@ -317,10 +347,22 @@ def invoker_for(
     return None if invokers is None else invokers(name)
 
 
-def nowhere(ms: ModelState, primary: bool, served: Iterable[str]) -> tuple[int, bytes]:
+def lambda_serves(ms: ModelState, allowed: frozenset[str] | None) -> bool:
+    """May the model's Lambda function serve a request allowing these variants (None: any)?"""
+    return allowed is None or ms.lambda_variant in allowed
+
+
+def nowhere(
+    ms: ModelState, primary: bool, served: Iterable[str], allowed: frozenset[str] | None = None
+) -> tuple[int, bytes]:
     """No instance can take the request and the model has no Lambda function: 503 while some
     instance holds it (or for `cfg.model_name`, whose fleet may be launching, as before), 404
-    naming it and what the router serves when none does."""
+    naming it and what the router serves when none does; 409 when the request allows only
+    variants that nothing serves now."""
+    if allowed is not None and not ms.among(allowed).instances():
+        lam = ms.lambda_variant if ms.invoker is not None else None
+        msg = not_loaded(ms.name, allowed, ms.accuracy, ms.loaded_variants(), lam)
+        return 409, json.dumps({"error": msg}).encode()
     if primary:
         return 503, NO_SPILL
     if ms.solo or ms.shared:
