@@ -155,6 +155,34 @@ def start_emulator(
     return spawn_listening(cmd, err, f"the local Lambda emulator of {function_name}")
 
 
+def emulator_invoker(cfg: ServeConfig, url: str, function_name: str | None = None) -> Any:
+    """The router's invoker of a local emulator's function: bounded by the function's
+    concurrency, and waiting out a throttle (keep-warm pings) for up to its timeout."""
+    from hybridserve.aws.invoke import LambdaInvoker
+
+    lam = cfg.lambda_
+    return LambdaInvoker(
+        function_name or lam.function_name,
+        endpoint_url=url,
+        local_credentials=True,
+        max_concurrency=lam.concurrency,
+        timeout_s=lam.timeout_s + 5,
+        throttle_wait_s=lam.timeout_s,
+    )
+
+
+def stop_emulators(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each emulator still running, then SIGKILL any not gone within 10 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class LocalStack(RouterStack):
     """Everything local `hybridserve serve` runs, as one object: build, start, serve, stop."""
 
@@ -200,17 +228,8 @@ class LocalStack(RouterStack):
         )
         invoker = None
         if spill:
-            from hybridserve.aws.invoke import LambdaInvoker
-
             self.emulator, self.emulator_url = start_emulator(cfg, art, log_dir)
-            invoker = LambdaInvoker(
-                cfg.lambda_.function_name,
-                endpoint_url=self.emulator_url,
-                local_credentials=True,
-                max_concurrency=cfg.lambda_.concurrency,
-                timeout_s=cfg.lambda_.timeout_s + 5,
-                throttle_wait_s=cfg.lambda_.timeout_s,  # spill waits out keep-warm pings
-            )
+            invoker = emulator_invoker(cfg, self.emulator_url)
         pool = sc.pools[0]
         if it.initial:
             self.backend.converge({pool.key: min(it.initial, it.max_instances)})
@@ -322,9 +341,5 @@ class LocalStack(RouterStack):
 
     def close(self) -> None:
         super().close()
-        if self.emulator is not None and self.emulator.poll() is None:
-            self.emulator.send_signal(signal.SIGTERM)
-            try:
-                self.emulator.wait(10)
-            except subprocess.TimeoutExpired:
-                self.emulator.kill()
+        if self.emulator is not None:
+            stop_emulators([self.emulator])

@@ -20,14 +20,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from hybridserve.config_base import ConfigError
-from hybridserve.local_stack import start_emulator
+from hybridserve.local_stack import emulator_invoker, start_emulator, stop_emulators
 from hybridserve.logs import event
 from hybridserve.router_stack import RouterStack, fleet_usd_per_s, lambda_ms_table, router_config
 from hybridserve.serve_config import ServeConfig
@@ -50,7 +49,6 @@ class MultiLocalStack(RouterStack):
 
     def prepare(self) -> None:
         """Fleet, table, repository index, backend, emulators, router and control loop."""
-        from hybridserve.aws.invoke import LambdaInvoker
         from hybridserve.backends.local_placement import LocalPlacementBackend
         from hybridserve.multi_fleet import served_fleet
         from hybridserve.multimodel.controller import MultiController
@@ -108,14 +106,7 @@ class MultiLocalStack(RouterStack):
             fn = f"{lam.function_name}-{name}"
             proc, url = start_emulator(cfg, art, log_dir, fn)
             self.emulators.append(proc)
-            invokers[name] = LambdaInvoker(
-                fn,
-                endpoint_url=url,
-                local_credentials=True,
-                max_concurrency=lam.concurrency,
-                timeout_s=lam.timeout_s + 5,
-                throttle_wait_s=lam.timeout_s,
-            )
+            invokers[name] = emulator_invoker(cfg, url, fn)
         first = table.choices[int(table.lambda_choice[0])]
         rc = router_config(
             first.scenario,
@@ -181,14 +172,7 @@ class MultiLocalStack(RouterStack):
 
     def close(self) -> None:
         super().close()
-        for proc in self.emulators:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.emulators:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_emulators(self.emulators)
         self.emulators = []
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)

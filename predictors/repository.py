@@ -120,7 +120,7 @@ def scan(root: Path) -> tuple[dict[str, Entry], list[str]]:
                 f"{entries[name].path.name} and {d.name} (keep one per model name)"
             )
             continue
-        entries[name] = entry_of(name, d)
+        entries[name] = entry_of(name, d, manifest=m)
     return entries, problems
 
 

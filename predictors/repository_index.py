@@ -45,9 +45,12 @@ class Entry:
     variant: str | None = None
 
 
-def entry_of(name: str, path: Path, variant: str | None = None) -> Entry:
-    """The entry of the artifact at `path` (ArtifactError for a damaged manifest)."""
-    m = read_manifest(path)
+def entry_of(
+    name: str, path: Path, variant: str | None = None, manifest: dict | None = None
+) -> Entry:
+    """The entry of the artifact at `path` (ArtifactError for a damaged manifest); `manifest`:
+    its manifest when the caller has read it already."""
+    m = read_manifest(path) if manifest is None else manifest
     version = str(m["version"]) if variant is None else variant
     return Entry(name, version, path, manifest_footprint_mb(m), m["model"]["bytes"] / MB, variant)
 
@@ -86,13 +89,13 @@ def read_index(root: Path) -> tuple[dict[str, dict[str, Entry]], list[str]]:
                 problems.append(f"{vfield}: {art} is not an artifact (no {MANIFEST})")
                 continue
             try:
-                e = entry_of(name, art, None if variant is None else str(variant))
+                m = read_manifest(art)
             except ArtifactError as err:
                 problems.append(f"{vfield}: {err}")
                 continue
-            if variant is None:  # one variant: the artifact's own name for it
-                e = entry_of(name, art, str(read_manifest(art).get("variant") or e.version))
-            variants[str(e.variant)] = e
+            # one variant (a plain path): the artifact's own name for it
+            v = str(variant) if variant is not None else str(m.get("variant") or m["version"])
+            variants[v] = entry_of(name, art, v, m)
         if variants:
             out[name] = variants
     return out, problems
