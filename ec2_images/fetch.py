@@ -4,7 +4,8 @@ from anywhere else, and nothing is used before its sha256 is checked.
 `files`: objects pinned by sha256 in the user data (the project's wheel, the dependency
 bundle, the hashed requirements), saved under --dest by their key's basename; a `.tar` (the
 dependency bundle) is unpacked there, wheels only. `artifact`: every object under an S3 prefix,
-then verified by the artifact's own manifest (predictors.artifact.load_artifact).
+then verified by the artifact's own manifest (predictors.artifact.load_artifact), or, for a
+multi-model deployment's prefix (a repository.yaml at its root), every artifact it lists.
 
 Every step retries with exponential backoff, a bounded number of times: the instance role's
 policy and the objects may take seconds to be visible after a deploy. It runs before the venv
@@ -29,6 +30,7 @@ from typing import TypeVar
 T = TypeVar("T")
 WHEEL_NAME = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")
 MAX_SLEEP_S = 60.0
+REPOSITORY_INDEX = "repository.yaml"  # a multi-model deployment's prefix holds one
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -149,7 +151,17 @@ def cmd_artifact(args: argparse.Namespace) -> None:
             s3.get(bucket, key, out)
         from predictors.artifact import load_artifact  # checks every file's sha256
 
-        load_artifact(str(dest), extract_dir=args.cache)
+        if (dest / REPOSITORY_INDEX).is_file():  # several models: each the index lists
+            from predictors.repository_index import read_index
+
+            index, problems = read_index(dest)
+            if problems or not index:
+                raise ValueError("; ".join(problems) or f"{REPOSITORY_INDEX}: no models")
+            for variants in index.values():
+                for entry in variants.values():
+                    load_artifact(str(entry.path), extract_dir=args.cache)
+        else:
+            load_artifact(str(dest), extract_dir=args.cache)
 
     retry(once, args.uri, args.attempts, args.backoff_s)
 

@@ -28,6 +28,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _UNIT = re.compile(r"^[A-Za-z0-9@._\-]+\.service$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]{0,62}$")
 _PYTHON = re.compile(r"^python3\.[0-9]+$")
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 EC2_USER_DATA_LIMIT = 16384  # bytes, before base64
 ROUTER_STATE = "hybridserve-router"  # a router replica's systemd StateDirectory, in /var/lib
 
@@ -56,9 +57,14 @@ class ImageParams:
     cache_dir: str = "/opt/hybridserve/cache"
     region: str = "us-east-1"
     instance_type: str = "c5.large"
+    # several models (a repository index at artifact_uri): the server loads each at start
+    models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         errors = []
+        bad = [m for m in self.models if not _MODEL.match(m)]
+        if bad:
+            errors.append(f"models {bad}: letters, digits, '_' and '-', at most 48")
         if not _NAME.match(self.deployment):
             errors.append(f"deployment {self.deployment!r}: letters, digits and '-', at most 63")
         if not _S3_URI.match(self.artifact_uri):
@@ -127,7 +133,12 @@ def _read(name: str) -> str:
 
 
 def _values(params: ImageParams) -> dict[str, object]:
-    return asdict(params) | {"requirements_name": params.requirements_uri.rsplit("/", 1)[-1]}
+    loads = "".join(f" --load {m}" for m in params.models)
+    source = f"--{'repository' if loads else 'artifact'} {params.artifact_dir}{loads}"
+    return asdict(params) | {
+        "requirements_name": params.requirements_uri.rsplit("/", 1)[-1],
+        "serve_source": source,  # what the model server serves: one artifact or the repository
+    }
 
 
 def render_unit(params: ImageParams) -> str:

@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from hybridserve.config import (
     ConfigError,
@@ -23,6 +23,15 @@ ECR_URI_PATTERN = (
     r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9][a-z0-9._/-]*"
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$"
 )
+
+
+LAMBDA_NAME_MAX = 64  # characters in a Lambda function's name
+
+
+def spill_function_name(deployment: str, model: str | None = None) -> str:
+    """The spill function's name: the deployment's one, or one per model of a multi-model
+    deployment (each loads its own artifact, so a cold start pulls one model only)."""
+    return f"hybridserve-{deployment}-spill" + (f"-{model}" if model else "")
 
 
 # the shortest prefix `ec2.router_cidr` may have: anything wider is most of the internet
@@ -191,10 +200,22 @@ class LambdaSettings(Strict):
         return None if self.package in PACKAGE_MODES else Path(self.package)
 
 
+class DeployedModel(Strict):
+    """One model of a multi-model deployment (issue 14): the V2 name requests use, and its
+    artifact (`hybridserve package`). The name also names its Lambda function and its S3
+    prefix, so it takes only what both allow."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
+    artifact: str
+
+
 class DeploymentConfig(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
     region: str = "us-east-1"
-    artifact: str
+    artifact: str | None = None  # the model; or `models:` for several
+    # several models (issue 14): every instance serves them all from a repository index, and
+    # each model spills to its own function (`spill_function_name(name, model)`)
+    models: list[DeployedModel] = []
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
     prefix: str | None = None
     scenario: str | None = None
@@ -203,6 +224,41 @@ class DeploymentConfig(Strict):
     fleet: dict[str, int] = Field(default_factory=dict)  # initial target, pool -> count
     budget_usd_per_hour: float | None = Field(None, gt=0)  # the fleet's, at list prices
     router: RouterFleetSettings = RouterFleetSettings()  # replicas behind an NLB; 0: none
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DeploymentConfig:
+        if (self.artifact is None) == (not self.models):
+            given = "both" if self.models else "neither"
+            raise ValueError(f"give artifact (one model) or models (several), not {given}")
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"models: names must be distinct; repeated: {', '.join(dup)}")
+        if self.models and self.router.replicas:
+            raise ValueError(
+                "router.replicas: the router fleet serves one-model deployments only for now "
+                "(serve on AWS runs one model's controller); set it to 0 with models:"
+            )
+        for i, n in enumerate(names):
+            fn = spill_function_name(self.name, n)
+            if len(fn) > LAMBDA_NAME_MAX:
+                raise ValueError(
+                    f"models.{i}.name: {n!r} makes the function name {fn} ({len(fn)} "
+                    f"characters); Lambda allows {LAMBDA_NAME_MAX}: shorten the model or "
+                    "deployment name"
+                )
+        return self
+
+    @property
+    def functions(self) -> dict[str, str]:
+        """Model -> its spill function's name ('' -> the one function of a one-model one)."""
+        if not self.models:
+            return {"": spill_function_name(self.name)}
+        return {m.name: spill_function_name(self.name, m.name) for m in self.models}
+
+    def model_prefix(self, model: str) -> str:
+        """The S3 prefix of one model's artifact in a multi-model deployment."""
+        return f"{self.artifact_prefix}/{model}"
 
     def key(self, name: str) -> str:
         """The S3 key of `name` under the deployment's prefix (its name when unset)."""
@@ -220,6 +276,13 @@ def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
     for key in ("artifact", "scenario"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str((p.parent / data[key]).resolve())
+    if isinstance(data.get("models"), list):
+        data["models"] = [
+            {**m, "artifact": str((p.parent / m["artifact"]).resolve())}
+            if isinstance(m, dict) and isinstance(m.get("artifact"), str)
+            else m
+            for m in data["models"]
+        ]
     ec2 = data.get("ec2")
     if isinstance(ec2, dict):
         paths = {

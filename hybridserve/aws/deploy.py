@@ -7,11 +7,9 @@ controller killed mid-reconcile converges on its next run without duplicates.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +20,9 @@ from hybridserve.aws import tags as T
 from hybridserve.aws import wheelhouse as W
 from hybridserve.aws.ec2 import COMMAND_SETTLE_S, Ec2Fleet
 from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
+from hybridserve.aws.function_code import lambda_code
 from hybridserve.aws.images import deployment_arch, latest_al2023
+from hybridserve.aws.models import INDEX, check_fits, function_sources, upload_models
 from hybridserve.aws.network import router_cidrs
 from hybridserve.aws.routers import deploy_routers, router_plan, router_status
 from hybridserve.aws.shared import account_id, deployment_vpc, service_client
@@ -51,6 +51,19 @@ def _security_group(cfg: DeploymentConfig, ec2: Any) -> str:
     vpc = _vpc(cfg, ec2)
     cidrs = router_cidrs(ec2, vpc, cfg.ec2.router_cidr)
     return R.ensure_security_group(ec2, cfg.name, vpc_id=vpc, port=cfg.ec2.port, router_cidr=cidrs)
+
+
+def one_model(cfg: DeploymentConfig, what: str) -> None:
+    """Refuse `what` on a multi-model deployment: its controller on AWS (the joint plan over
+    EC2, loading and evicting by model) is not built yet."""
+    if cfg.models:
+        raise ConfigError(
+            f"models: {what} runs on a one-model deployment only for now; a multi-model "
+            "deployment's instances serve every model, its fleet changes with `hybridserve "
+            "scale`, and each model's function takes its spill (the joint plan on AWS is the "
+            "next step of issue 14; locally, `hybridserve serve` with a serve config's "
+            "`models:` runs it)"
+        )
 
 
 def deployment_scenario(cfg: DeploymentConfig) -> Scenario:
@@ -106,7 +119,15 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     if dry_run:
         plan = [
             f"bucket s3://{cfg.bucket} (block public access, AES256)",
-            f"upload {cfg.artifact} -> s3://{cfg.bucket}/{cfg.artifact_prefix}/",
+            *(
+                f"upload {art} -> s3://{cfg.bucket}/{prefix}/"
+                for _, art, prefix in function_sources(cfg)
+            ),
+            *(
+                [f"repository index s3://{cfg.bucket}/{cfg.artifact_prefix}/{INDEX}"]
+                if cfg.models
+                else []
+            ),
             f"wheelhouse s3://{cfg.bucket}/{W.wheelhouse_prefix(cfg)}/: wheel "
             f"{cfg.ec2.wheel or 'built from the source tree'}, dependencies for Python "
             f"{W.INSTANCE_PYTHON} {deployment_arch(cfg)} from {cfg.ec2.find_links or 'the pip index'}",
@@ -115,18 +136,26 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
             f"security group {R.security_group_name(cfg.name)}: tcp {cfg.ec2.port} from "
             f"{cfg.ec2.router_cidr or 'the VPC CIDR block(s)'}",
             f"launch template {R.template_name(cfg.name)}",
-            f"function {R.function_name(cfg.name)} ({cfg.lambda_.memory_mb} MB, package "
-            f"{cfg.lambda_.image_uri or cfg.lambda_.package}, provisioned concurrency "
-            f"{cfg.lambda_.provisioned_concurrency}, alias live)",
+            *(
+                f"function {fn}{f' (model {m})' if m else ''} ({cfg.lambda_.memory_mb} MB, "
+                f"package {cfg.lambda_.image_uri or cfg.lambda_.package}, provisioned "
+                f"concurrency {cfg.lambda_.provisioned_concurrency}, alias live)"
+                for m, fn in cfg.functions.items()
+            ),
             f"fleet {dict(cfg.fleet) or '(none)'}",
             router_plan(cfg),
         ]
         for line in plan:
             log(f"would ensure: {line}")
         return {"dry_run": True, "plan": plan}
+    check_fits(cfg, [p for p, n in cfg.fleet.items() if n > 0], deployment_scenario(cfg).catalog)
     account = account_id(c)
     created = R.ensure_bucket(c.s3, cfg.bucket, cfg.name, cfg.region)
-    uploaded = R.upload_artifact(c.s3, cfg.bucket, cfg.artifact_prefix, cfg.artifact, cfg.name)
+    if cfg.models:
+        uploaded = upload_models(cfg, c.s3)
+    else:
+        assert cfg.artifact is not None
+        uploaded = R.upload_artifact(c.s3, cfg.bucket, cfg.artifact_prefix, cfg.artifact, cfg.name)
     log(
         f"bucket {cfg.bucket} ({'created' if created else 'exists'}); {len(uploaded)} artifact files uploaded"
     )
@@ -139,20 +168,24 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         region=cfg.region,
         account=account,
         read_keys=supply.keys,
+        functions=list(cfg.functions.values()),
     )
-    fn = R.ensure_function(
-        c.lam,
-        cfg.name,
-        role_arn=roles["lambda_role_arn"],
-        **_lambda_code(cfg, c, account),
-        memory_mb=cfg.lambda_.memory_mb,
-        timeout_s=cfg.lambda_.timeout_s,
-        ephemeral_mb=cfg.lambda_.ephemeral_mb,
-        reserved_concurrency=cfg.lambda_.reserved_concurrency,
-        provisioned_concurrency=cfg.lambda_.provisioned_concurrency,
-        env={"HYBRIDSERVE_ARTIFACT": f"s3://{cfg.bucket}/{cfg.artifact_prefix}/"},
-    )
-    log(f"function {fn['function_arn']} ({fn['package_type']}) version {fn['version']}")
+    functions = {}
+    for model, artifact, prefix in function_sources(cfg):
+        fn = functions[model] = R.ensure_function(
+            c.lam,
+            cfg.name,
+            model=model or None,
+            role_arn=roles["lambda_role_arn"],
+            **lambda_code(cfg, c, account, artifact),
+            memory_mb=cfg.lambda_.memory_mb,
+            timeout_s=cfg.lambda_.timeout_s,
+            ephemeral_mb=cfg.lambda_.ephemeral_mb,
+            reserved_concurrency=cfg.lambda_.reserved_concurrency,
+            provisioned_concurrency=cfg.lambda_.provisioned_concurrency,
+            env={"HYBRIDSERVE_ARTIFACT": f"s3://{cfg.bucket}/{prefix}/"},
+        )
+        log(f"function {fn['function_arn']} ({fn['package_type']}) version {fn['version']}")
     from hybridserve.aws.spot import ensure_notice_queue
 
     ensure_notice_queue(service_client(c, "sqs"), service_client(c, "events"), cfg.name)
@@ -161,78 +194,12 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     at = {} if cfg.router.replicas == 0 else {"vpc": _vpc(cfg, c.ec2), "image": _image(cfg, c.ec2)}
     routers = deploy_routers(cfg, c, supply, **at, policy=lambda: runtime_policy(cfg, c), log=log)
     return {
-        "function": fn,
+        "function": next(iter(functions.values())),
+        "functions": functions,  # model -> its function ('' for a one-model deployment)
         "roles": roles,
         "actions": [a.kind for a in actions],
         "routers": routers,
     }
-
-
-def _lambda_code(cfg: DeploymentConfig, c: R.Clients, account: str) -> dict[str, Any]:
-    """ensure_function's code arguments: the ECR image, or the zip, uploaded to S3 under a
-    content-addressed key (a new zip is a new key, so ensure_function sees the change)."""
-    lam = cfg.lambda_
-    if lam.image_uri:
-        if R.ecr_region(lam.image_uri) != cfg.region:
-            raise ConfigError(
-                f"lambda.image_uri: the image is in {R.ecr_region(lam.image_uri)} but the "
-                f"function in {cfg.region}: Lambda pulls only from ECR in its own region"
-            )
-        return {
-            "package_type": "Image",
-            "image_uri": lam.image_uri,
-            "image_command": lam.image_command,
-        }
-    zpath = lam.prebuilt_zip
-    if zpath is None:
-        from predictors.packaging import build_lambda_package
-
-        out = Path(tempfile.mkdtemp(prefix="hybridserve-lambda-"))
-        # image: a limit of 0 makes packaging write the container build context at any size
-        force = {"limit_bytes": 0} if lam.package == "image" else {}
-        pkg = build_lambda_package(cfg.artifact, out, include_artifact=False, **force)
-        if pkg.kind != "zip":
-            if lam.package == "zip":
-                raise ConfigError(
-                    f"lambda.package: zip, but the package does not fit a zip ({pkg.reason}); "
-                    "set lambda.package to image or auto and give lambda.image_uri"
-                )
-            raise ConfigError(_image_uri_missing(cfg, account, pkg.path, pkg.reason))
-        zpath = pkg.path
-    key = cfg.key(f"lambda-{R.file_sha256(zpath)[:16]}.zip")
-    try:
-        c.s3.head_object(Bucket=cfg.bucket, Key=key)  # content-addressed: present is current
-    except ClientError as e:
-        if not R.is_missing(e):
-            raise
-        tagging = T.object_tagging(cfg.name, R.ROLE_ARTIFACT)
-        c.s3.upload_file(
-            str(zpath),
-            cfg.bucket,
-            key,
-            ExtraArgs={"ChecksumAlgorithm": "SHA256", "Tagging": tagging},
-        )
-    return {"package_type": "Zip", "bucket": cfg.bucket, "key": key}
-
-
-def _image_uri_missing(cfg: DeploymentConfig, account: str, context: Path, reason: str) -> str:
-    """The error for an image function without lambda.image_uri: how to build and push it."""
-    suffix = ".amazonaws.com.cn" if cfg.region.startswith("cn-") else ".amazonaws.com"
-    uri = (
-        f"{account}.dkr.ecr.{cfg.region}{suffix}/{R.image_repository(cfg.name)}"
-        f":{R.context_tag(context)}"
-    )
-    why = (
-        "lambda.package is image"
-        if cfg.lambda_.package == "image"
-        else f"lambda.package is auto and {reason}"
-    )
-    steps = "\n".join(f"  {cmd}" for cmd in R.image_build_commands(context, uri, region=cfg.region))
-    return (
-        f"lambda.image_uri: required for a container-image function ({why}). hybridserve does "
-        f"not run Docker: build and push the image from the context written to {context}:\n"
-        f"{steps}\nthen set `lambda.image_uri: {uri}` in the deployment config and deploy again"
-    )
 
 
 def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
@@ -240,15 +207,17 @@ def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
 
     fleet = Ec2Fleet(cfg.name, c.ec2, image_id="")
     insts = fleet.observe()
-    try:
-        fn = c.lam.get_function(FunctionName=R.function_name(cfg.name))["Configuration"]
-        function = {
-            "name": fn["FunctionName"],
-            "memory_mb": fn["MemorySize"],
-            "state": fn.get("State"),
-        }
-    except c.lam.exceptions.ResourceNotFoundException:
-        function = None
+    functions: dict[str, dict | None] = {}
+    for model, name in cfg.functions.items():
+        try:
+            fn = c.lam.get_function(FunctionName=name)["Configuration"]
+            functions[model] = {
+                "name": fn["FunctionName"],
+                "memory_mb": fn["MemorySize"],
+                "state": fn.get("State"),
+            }
+        except c.lam.exceptions.ResourceNotFoundException:
+            functions[model] = None
     pools: dict[str, int] = {}
     for i in insts:
         if i.live:
@@ -258,7 +227,8 @@ def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
         "deployment": cfg.name,
         "instances": [{"id": i.instance_id, "pool": i.pool, "state": i.state} for i in insts],
         "fleet": pools,
-        "function": function,
+        "function": next(iter(functions.values())),
+        **({"functions": functions} if cfg.models else {}),  # model -> its function
         **({"routers": routers} if routers is not None else {}),
     }
 
@@ -278,6 +248,7 @@ def parse_instances(specs: tuple[str, ...]) -> dict[str, int]:
 def scale(cfg: DeploymentConfig, c: R.Clients, target: dict[str, int], *, dry_run: bool = False):
     """Converge the fleet to `target` (deploy, `hybridserve scale`): a new template version
     rolls it; what retires drains first, and the command returns once the drain is over."""
+    check_fits(cfg, [p for p, n in target.items() if n > 0], deployment_scenario(cfg).catalog)
     backend = fleet_backend(cfg, c, manage=True)
     try:
         if not dry_run:
@@ -341,6 +312,7 @@ def controller_run(
     from hybridserve.aws.spot import await_notices, find_notice_queue
     from hybridserve.aws.state import save_state
 
+    one_model(cfg, "controller run")
     sc = deployment_scenario(cfg)
     backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
     cw = service_client(c, "cloudwatch")
@@ -402,6 +374,7 @@ def plan_next(cfg: DeploymentConfig, c: R.Clients, counts: Callable[[int], np.nd
     """`hybridserve plan`: the decision the controller would take on its next interval
     (`counts(n)`, n being the steps its saved state reached) against the fleet on AWS now,
     through `decide` alone: nothing is launched, retired or saved."""
+    one_model(cfg, "plan")
     sc = deployment_scenario(cfg)
     backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
     try:
@@ -452,9 +425,9 @@ def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
         bucket=cfg.bucket,
         state_key=state_key(cfg),
         lease_key=lease_key(cfg),
-        function=R.function_name(cfg.name),
+        function=list(cfg.functions.values()),
         instance_role=R.instance_role_name(cfg.name),
         template_id=template_id,
-        manifest_key=R.artifact_key(cfg.artifact_prefix, "manifest.json"),
+        manifest_key=None if cfg.models else R.artifact_key(cfg.artifact_prefix, "manifest.json"),
         arrivals_prefix=cfg.key("arrivals/"),
     )

@@ -152,8 +152,10 @@ def ensure_function(
     provisioned_concurrency: int = 0,
     role_retry_delays: Sequence[float] = (2, 4, 8, 8, 8),
     wait_s: float = 120,
+    model: str | None = None,
 ) -> dict[str, str]:
-    """The spill function, at `live` alias -> a published version of the desired config.
+    """The spill function (`model`'s, in a multi-model deployment), at `live` alias -> a
+    published version of the desired config.
 
     Zip: code from `s3://bucket/key`, compared through the `HYBRIDSERVE_CODE_KEY` env var (the
     artifact key, which is content-addressed by the caller), not CodeSha256: a new zip under the
@@ -173,7 +175,7 @@ def ensure_function(
         raise ValueError("an Image function needs image_uri (an ECR image URI)")
     if not image and not (bucket and key):
         raise ValueError("a Zip function needs bucket and key (its code in S3)")
-    name = function_name(deployment)
+    name = function_name(deployment, model)
     variables = {k: str(v) for k, v in env.items()}
     if not image:
         variables[CODE_KEY_ENV] = str(key)

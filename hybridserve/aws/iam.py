@@ -7,6 +7,7 @@ grants on `*` only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from hybridserve.aws import tags as T
@@ -63,11 +64,25 @@ def _artifact_read(bucket: str, prefix: str, partition: str) -> list[dict[str, A
     ]
 
 
+def _names(function: str | Sequence[str]) -> list[str]:
+    return [function] if isinstance(function, str) else list(function)
+
+
 def lambda_role_policy(
-    *, function: str, bucket: str, prefix: str, region: str, account: str, partition: str = "aws"
+    *,
+    function: str | Sequence[str],
+    bucket: str,
+    prefix: str,
+    region: str,
+    account: str,
+    partition: str = "aws",
 ) -> dict[str, Any]:
-    """The spill function: its own log group, and reading its artifact."""
-    group = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{function}"
+    """The spill function(s, one per model of a multi-model deployment): their own log
+    groups, and reading the artifact."""
+    groups = [
+        f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/{fn}"
+        for fn in _names(function)
+    ]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -75,13 +90,13 @@ def lambda_role_policy(
                 "Sid": "OwnLogGroup",
                 "Effect": "Allow",
                 "Action": ["logs:CreateLogGroup"],
-                "Resource": [group],
+                "Resource": groups,
             },
             {
                 "Sid": "OwnLogStreams",
                 "Effect": "Allow",
                 "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": [f"{group}:*"],
+                "Resource": [f"{g}:*" for g in groups],
             },
             *_artifact_read(bucket, prefix, partition),
         ],
@@ -104,7 +119,7 @@ def runtime_policy(
     bucket: str,
     state_key: str,
     lease_key: str,
-    function: str,
+    function: str | Sequence[str],
     instance_role: str,
     template_id: str = "*",
     partition: str = "aws",
@@ -123,6 +138,7 @@ def runtime_policy(
     `deploy` does that once, on its own credentials."""
     arn = f"arn:{partition}"
     ec2 = f"{arn}:ec2:{region}:{account}"
+    fns = f"{arn}:lambda:{region}:{account}:function"
     notice_queue = notice_queue or queue_name(deployment)
     tag = "aws:RequestTag/hybridserve:deployment"
     return {
@@ -201,15 +217,14 @@ def runtime_policy(
                 "Sid": "InvokeSpill",
                 "Effect": "Allow",
                 "Action": ["lambda:InvokeFunction"],
-                "Resource": [f"{arn}:lambda:{region}:{account}:function:{function}:live"],
+                "Resource": [f"{fns}:{fn}:live" for fn in _names(function)],
             },
             {
                 "Sid": "FindSpill",  # serve checks the alias is deployed before it starts
                 "Effect": "Allow",
                 "Action": ["lambda:GetAlias"],
                 "Resource": [
-                    f"{arn}:lambda:{region}:{account}:function:{function}",
-                    f"{arn}:lambda:{region}:{account}:function:{function}:live",
+                    r for fn in _names(function) for r in (f"{fns}:{fn}", f"{fns}:{fn}:live")
                 ],
             },
             {

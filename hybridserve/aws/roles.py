@@ -90,15 +90,17 @@ def ensure_roles(
     region: str,
     account: str,
     read_keys: Sequence[str] = (),
+    functions: Sequence[str] = (),
 ) -> dict[str, str]:
     """The Lambda role and the instance role (+ instance profile) of the deployment; the
-    instance role also reads exactly `read_keys` (the wheelhouse the instances install)."""
+    instance role also reads exactly `read_keys` (the wheelhouse the instances install).
+    `functions`: the spill functions sharing the Lambda role (default: the deployment's one)."""
     lambda_arn = _ensure_role(
         iam,
         lambda_role_name(deployment),
         "lambda",
         I.lambda_role_policy(
-            function=function_name(deployment),
+            function=list(functions) or function_name(deployment),
             bucket=bucket,
             prefix=prefix,
             region=region,

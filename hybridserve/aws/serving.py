@@ -175,6 +175,7 @@ def deployment_metadata(cfg: DeploymentConfig, s3: Any) -> dict[str, Any]:
 
     from predictors.artifact import artifact_metadata
 
+    assert cfg.artifact is not None, "a one-model deployment"
     local = Path(cfg.artifact)
     if (local / MANIFEST).is_file():
         return artifact_metadata(local)
@@ -219,6 +220,7 @@ class AwsStack(RouterStack):
             deployment_scenario,
             fleet_backend,
             launch_delays,
+            one_model,
             service_client,
         )
         from hybridserve.aws.invoke import LambdaInvoker
@@ -226,6 +228,7 @@ class AwsStack(RouterStack):
         from hybridserve.router import Router
 
         cfg = self.cfg
+        one_model(cfg, "serve")
         c = self.clients = self.clients or R.clients(cfg.region, endpoint_url=self.endpoint_url)
         function = R.function_name(cfg.name)
         self._check_deployed(c, function)

@@ -11,6 +11,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from hybridserve.aws import tags as T
+from hybridserve.deployment import spill_function_name
 
 ROLE_BUCKET = "artifact-bucket"
 ROLE_ARTIFACT = "artifact"
@@ -78,8 +79,7 @@ def security_group_name(deployment: str) -> str:
     return f"hybridserve-{deployment}"
 
 
-def function_name(deployment: str) -> str:
-    return f"hybridserve-{deployment}-spill"
+function_name = spill_function_name
 
 
 template_name = T.launch_template_name

@@ -32,6 +32,7 @@ def _params(cfg: DeploymentConfig, supply: Supply) -> Any:
         max_batch=cfg.ec2.max_batch,
         max_delay_ms=cfg.ec2.max_delay_ms,
         region=cfg.region,
+        models=tuple(m.name for m in cfg.models),
     )
 
 

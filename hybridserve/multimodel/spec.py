@@ -80,6 +80,10 @@ class ModelSpec(Strict):
         return v
 
 
+# an instance's OS, model server and runtime before any model (measured: `predictors.memory`)
+INSTANCE_OVERHEAD_MB = 768.0
+
+
 class ModelFleet(Strict):
     """The models one fleet serves. `instance_overhead_mb`: what an instance's OS, model server
     and runtime hold before any model (measured: `predictors.memory`); `max_models_per_instance`
@@ -87,7 +91,7 @@ class ModelFleet(Strict):
 
     families: dict[str, FamilySpec]
     models: list[ModelSpec]
-    instance_overhead_mb: float = Field(768.0, ge=0)
+    instance_overhead_mb: float = Field(INSTANCE_OVERHEAD_MB, ge=0)
     max_models_per_instance: int = Field(16, ge=1, le=1000)
 
     @model_validator(mode="after")

@@ -1,0 +1,221 @@
+"""A multi-model deployment on moto (issue 14): each model's artifact under its own prefix with
+a repository index, one spill function per model, instances serving the whole repository, and
+teardown taking all of it away; the config's and the fit check's errors name the field."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+moto = pytest.importorskip("moto")
+pytest.importorskip("torch")  # to build the artifacts
+
+from hybridserve.aws import resources as R  # noqa: E402
+from hybridserve.aws.roles import INLINE_POLICY  # noqa: E402
+from hybridserve.config_base import ConfigError  # noqa: E402
+from hybridserve.deployment import DeploymentConfig, load_deployment  # noqa: E402
+from tests.aws_lambda_helpers import BUCKET, DEP, REGION, URI  # noqa: E402
+from tests.wheel_helpers import offline_wheelhouse  # noqa: E402
+
+MODELS = ("small", "tiny")
+
+
+def _cfg(built: dict[str, Path], links: Path, **over: Any) -> DeploymentConfig:
+    doc = {
+        "name": DEP,
+        "bucket": BUCKET,
+        "models": [
+            {"name": "small", "artifact": str(built["fp32"])},
+            {"name": "tiny", "artifact": str(built["int8"])},
+        ],
+        "lambda": {"image_uri": URI, "reserved_concurrency": 4},
+        "ec2": {"find_links": str(links), "drain_s": 0},
+        "fleet": {"c5.large/on_demand": 1},
+        **over,
+    }
+    return DeploymentConfig.model_validate(doc)
+
+
+@pytest.fixture
+def deployed(aws, built, monkeypatch):
+    from hybridserve.aws.deploy import deploy
+
+    cache, _, links = offline_wheelhouse()
+    monkeypatch.setenv("HYBRIDSERVE_CACHE_DIR", str(cache))
+    cfg = _cfg(built, links)
+    return cfg, deploy(cfg, aws, log=lambda *_: None)
+
+
+def _keys(c: R.Clients, prefix: str) -> list[str]:
+    out = c.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"] for o in out)
+
+
+def _server_unit(c: R.Clients) -> str:
+    """The model server's systemd unit inside the launch template's cloud-init."""
+    v = c.ec2.describe_launch_template_versions(
+        LaunchTemplateName=f"hybridserve-{DEP}", Versions=["$Latest"]
+    )["LaunchTemplateVersions"][0]
+    doc = yaml.safe_load(base64.b64decode(v["LaunchTemplateData"]["UserData"]))
+    (unit,) = [f for f in doc["write_files"] if f["path"].endswith("hybridserve-model.service")]
+    return base64.b64decode(unit["content"]).decode()
+
+
+def test_each_model_gets_its_prefix_its_function_and_the_instances_serve_them_all(deployed, aws):
+    cfg, out = deployed
+    c = aws
+    art = f"{DEP}/artifact"
+    keys = _keys(c, art)
+    index = yaml.safe_load(
+        c.s3.get_object(Bucket=BUCKET, Key=f"{art}/repository.yaml")["Body"].read()
+    )
+    assert index == {"models": {"small": "small", "tiny": "tiny"}}
+    for m in MODELS:
+        assert f"{art}/{m}/manifest.json" in keys
+    # one function per model, each reading its own artifact, all tagged for teardown
+    assert set(out["functions"]) == set(MODELS)
+    for m in MODELS:
+        fn = c.lam.get_function(FunctionName=f"hybridserve-{DEP}-spill-{m}")
+        env = fn["Configuration"]["Environment"]["Variables"]
+        assert env["HYBRIDSERVE_ARTIFACT"] == f"s3://{BUCKET}/{art}/{m}/"
+        assert (
+            c.lam.list_tags(Resource=fn["Configuration"]["FunctionArn"])["Tags"][
+                "hybridserve:deployment"
+            ]
+            == DEP
+        )
+    # the shared Lambda role writes exactly the two functions' log groups
+    doc = c.iam.get_role_policy(RoleName=R.lambda_role_name(DEP), PolicyName=INLINE_POLICY)
+    doc = doc["PolicyDocument"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    groups = {
+        r for s in doc["Statement"] if "logs:CreateLogGroup" in s["Action"] for r in s["Resource"]
+    }
+    assert {g.rsplit("/", 1)[-1] for g in groups} == {
+        f"hybridserve-{DEP}-spill-{m}" for m in MODELS
+    }
+    # every instance fetches the repository and loads both models at start
+    unit = _server_unit(c)
+    assert "--repository /opt/hybridserve/artifact --load small --load tiny" in unit
+    assert "--artifact" not in unit
+    from hybridserve.aws.deploy import runtime_policy, status
+
+    st = status(cfg, c)
+    assert st["fleet"] == {"c5.large/on_demand": 1}
+    assert {m: f["name"] for m, f in st["functions"].items()} == {
+        m: f"hybridserve-{DEP}-spill-{m}" for m in MODELS
+    }
+    invoke = [s for s in runtime_policy(cfg, c)["Statement"] if s["Sid"] == "InvokeSpill"][0]
+    assert sorted(r.split(":function:")[1] for r in invoke["Resource"]) == [
+        f"hybridserve-{DEP}-spill-{m}:live" for m in MODELS
+    ]
+
+
+def test_a_second_deploy_changes_nothing_and_teardown_removes_every_model(deployed, aws):
+    from hybridserve.aws.deploy import deploy
+
+    cfg, first = deployed
+    logs: list[str] = []
+    again = deploy(cfg, aws, log=logs.append)
+    assert any("0 artifact files uploaded" in line for line in logs), logs
+    assert {m: f["version"] for m, f in again["functions"].items()} == {
+        m: f["version"] for m, f in first["functions"].items()
+    }
+    removed = R.teardown(aws, DEP, region=REGION, wait_s=5, settle_s=0)
+    assert removed["functions"] == [f"hybridserve-{DEP}-spill-{m}" for m in MODELS]
+    assert aws.lam.list_functions()["Functions"] == []
+    index = f"{BUCKET}/{DEP}/artifact/repository.yaml"
+    assert index in removed["objects"] and removed["buckets"] == [BUCKET]
+    assert aws.s3.list_buckets()["Buckets"] == []
+
+
+def test_serve_controller_and_plan_refuse_a_multi_model_deployment(deployed, aws):
+    from hybridserve.aws.deploy import controller_run, plan_next
+    from hybridserve.aws.serving import AwsStack
+
+    cfg, _ = deployed
+    for run in (
+        lambda: controller_run(cfg, aws, lambda n: None, interval_s=1, max_steps=1),
+        lambda: plan_next(cfg, aws, lambda n: None),
+        lambda: AwsStack(cfg, clients=aws).prepare(),
+    ):
+        with pytest.raises(ConfigError, match="models: .* one-model deployment only"):
+            run()
+
+
+def test_an_instance_fetches_and_verifies_every_model_of_the_index(deployed, aws, tmp_path):
+    from ec2_images import fetch
+
+    cfg, _ = deployed
+    uri = f"s3://{BUCKET}/{cfg.artifact_prefix}/"
+    dest, cache = tmp_path / "artifact", tmp_path / "cache"
+    fetch.main(["--region", REGION, "artifact", "--dest", str(dest), "--cache", str(cache), uri])
+    assert (dest / "repository.yaml").is_file()
+    assert len(list(cache.glob("*.onnx"))) == 2  # both models decompressed and checked
+    # a damaged model of the index fails the fetch (and the server's start with it)
+    key = f"{cfg.artifact_prefix}/tiny/manifest.json"
+    m = json.loads(aws.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    m["model"]["sha256"] = "0" * 64
+    aws.s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(m).encode())
+    shutil.rmtree(dest)
+    argv = ["--region", REGION, "--attempts", "1", "artifact", "--dest", str(dest)]
+    with pytest.raises(SystemExit, match="failed 1 times"):
+        fetch.main([*argv, "--cache", str(tmp_path / "cache2"), uri])
+
+
+# --- the config and the fit check, without AWS --------------------------------------------
+
+
+def test_the_config_takes_artifact_or_models_and_names_what_is_wrong(built, tmp_path):
+    _, _, links = offline_wheelhouse()
+    with pytest.raises(ValueError, match="give artifact .* not both"):
+        _cfg(built, links, artifact=str(built["fp32"]))
+    with pytest.raises(ValueError, match="not neither"):
+        _cfg(built, links, models=[])
+    with pytest.raises(ValueError, match="repeated: small"):
+        _cfg(built, links, models=[{"name": "small", "artifact": "a"}] * 2)
+    with pytest.raises(ValueError, match=r"models.0.name: .* \(68 characters\); Lambda allows 64"):
+        _cfg(built, links, models=[{"name": "m" * 45, "artifact": "a"}])
+    with pytest.raises(ValueError, match="router.replicas"):
+        _cfg(built, links, router={"replicas": 2})
+    # relative artifact paths resolve against the file, as `artifact:` does
+    (tmp_path / "arts").mkdir()
+    f = tmp_path / "deploy.yaml"
+    f.write_text(f"name: {DEP}\nbucket: {BUCKET}\nmodels:\n  - {{name: a, artifact: arts/a}}\n")
+    assert load_deployment(f).models[0].artifact == str((tmp_path / "arts" / "a").resolve())
+
+
+def test_a_pool_too_small_for_every_model_is_refused_with_the_figures(built, tmp_path):
+    from hybridserve.aws.models import check_fits
+    from hybridserve.config import load_scenario
+
+    big = tmp_path / "big"
+    shutil.copytree(built["fp32"], big)
+    m = json.loads((big / "manifest.json").read_text())
+    m["footprint"] = {**(m.get("footprint") or {}), "resident_mb": 3500.0}
+    (big / "manifest.json").write_text(json.dumps(m))
+    _, _, links = offline_wheelhouse()
+    cfg = _cfg(
+        built,
+        links,
+        models=[
+            {"name": "big", "artifact": str(big)},
+            {"name": "tiny", "artifact": str(built["int8"])},
+        ],
+    )
+    catalog = load_scenario(None).catalog
+    with pytest.raises(
+        ConfigError, match=r"fleet: c5.large/on_demand has 3328 MB .*big 3500.0 MB, tiny 0.[0-9] MB"
+    ):
+        check_fits(cfg, ["c5.large/on_demand"], catalog)
+    check_fits(cfg, ["c5.xlarge/on_demand"], catalog)  # 8 GiB holds both
+    with pytest.raises(ConfigError, match=r"models.0.artifact: .* \(no manifest.json\)"):
+        check_fits(
+            _cfg(built, links, models=[{"name": "x", "artifact": str(tmp_path)}]), [], catalog
+        )
