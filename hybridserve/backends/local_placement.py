@@ -18,7 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-from hybridserve.backends.local_shards import CallFailure, ShardProcesses
+from hybridserve.backends.local_shards import ShardProcesses
+from hybridserve.backends.model_calls import CallFailure
 from hybridserve.fleet import Endpoint
 from hybridserve.multimodel.packing import Shard
 from hybridserve.multimodel.placement import PlacementAction
