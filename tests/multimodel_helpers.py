@@ -4,6 +4,7 @@ ratio on AVX-512 VNNI; the tests assert behaviour, not these numbers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,3 +61,38 @@ def zipf_counts(n_models: int, seconds: int, total_rps: float, seed: int = 1) ->
     phase = rng.uniform(0, 2 * np.pi, n_models)
     rate = w[:, None] * (1 + 0.5 * np.sin(2 * np.pi * t[None, :] / 86400 + phase[:, None]))
     return rng.poisson(rate)
+
+
+def placement_table() -> Any:
+    """Models alpha and beta, each of the family above (choices fp32, int8), on the default
+    scenario's pools: the placement backends' tests (local processes, EC2)."""
+    from hybridserve.config import load_scenario
+    from hybridserve.multimodel.table import build_table
+
+    fl = model_fleet(
+        {
+            "families": {"enc": family()},
+            "models": [{"name": "alpha", "family": "enc"}, {"name": "beta", "family": "enc"}],
+        }
+    )
+    t = build_table(load_scenario(), fl)
+    assert [c.variant for c in t.choices] == ["fp32", "int8"]
+    return t
+
+
+def placement_repository(base: Path, mlp_fp32_artifact: Path) -> Path:
+    """alpha and beta, each in variants fp32 (60 MB by its manifest) and int8 (30 MB): two
+    copies of the mlp, indexed under the deployment's names."""
+    import shutil
+
+    from predictors.memory import LoadFootprint, write_footprint
+
+    for variant, mb in (("fp32", 60.0), ("int8", 30.0)):
+        dst = base / "arts" / variant
+        shutil.copytree(mlp_fp32_artifact, dst)
+        write_footprint(dst, LoadFootprint(mb, 0.5, "test"), threads=1, repeats=1)
+    root = base / "repo"
+    root.mkdir()
+    arts = "{fp32: ../arts/fp32, int8: ../arts/int8}"
+    (root / "repository.yaml").write_text(f"models:\n  alpha: {arts}\n  beta: {arts}\n")
+    return root

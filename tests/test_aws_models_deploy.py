@@ -111,7 +111,11 @@ def test_each_model_gets_its_prefix_its_function_and_the_instances_serve_them_al
     assert {m: f["name"] for m, f in st["functions"].items()} == {
         m: f"hybridserve-{DEP}-spill-{m}" for m in MODELS
     }
-    invoke = [s for s in runtime_policy(cfg, c)["Statement"] if s["Sid"] == "InvokeSpill"][0]
+    statements = {s["Sid"]: s for s in runtime_policy(cfg, c)["Statement"]}
+    place = statements["PlaceModels"]  # the placement's model tags on its own instances only
+    assert place["Action"] == ["ec2:CreateTags", "ec2:DeleteTags"]
+    assert place["Condition"]["ForAllValues:StringLike"] == {"aws:TagKeys": ["hybridserve:model:*"]}
+    invoke = statements["InvokeSpill"]
     assert sorted(r.split(":function:")[1] for r in invoke["Resource"]) == [
         f"hybridserve-{DEP}-spill-{m}:live" for m in MODELS
     ]

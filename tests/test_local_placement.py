@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,15 +16,12 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 from hybridserve.backends.local_placement import LocalPlacementBackend  # noqa: E402
-from hybridserve.config import load_scenario  # noqa: E402
 from hybridserve.fleet import Endpoint  # noqa: E402
 from hybridserve.multimodel.packing import Shard  # noqa: E402
 from hybridserve.multimodel.placement import PlacementAction as A  # noqa: E402
-from hybridserve.multimodel.spec import model_fleet  # noqa: E402
-from hybridserve.multimodel.table import ModelTable, build_table  # noqa: E402
-from predictors.memory import LoadFootprint, write_footprint  # noqa: E402
+from hybridserve.multimodel.table import ModelTable  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
-from tests.multimodel_helpers import family  # noqa: E402
+from tests.multimodel_helpers import placement_repository, placement_table  # noqa: E402
 
 ALPHA, BETA = 0, 1  # model indices
 FP32, INT8 = 0, 1  # choice indices (the family's variants, in its order)
@@ -34,31 +30,12 @@ READY_S = 30.0  # generous: a server's start is ~1 s here, more on a busy machin
 
 @pytest.fixture(scope="module")
 def table() -> ModelTable:
-    fl = model_fleet(
-        {
-            "families": {"enc": family()},
-            "models": [{"name": "alpha", "family": "enc"}, {"name": "beta", "family": "enc"}],
-        }
-    )
-    t = build_table(load_scenario(), fl)
-    assert [c.variant for c in t.choices] == ["fp32", "int8"]
-    return t
+    return placement_table()
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, mlp_fp32_artifact) -> Path:
-    """alpha and beta, each in variants fp32 (60 MB by its manifest) and int8 (30 MB): two
-    copies of the mlp, indexed under the deployment's names."""
-    base = tmp_path_factory.mktemp("placement")
-    for variant, mb in (("fp32", 60.0), ("int8", 30.0)):
-        dst = base / "arts" / variant
-        shutil.copytree(mlp_fp32_artifact, dst)
-        write_footprint(dst, LoadFootprint(mb, 0.5, "test"), threads=1, repeats=1)
-    root = base / "repo"
-    root.mkdir()
-    arts = "{fp32: ../arts/fp32, int8: ../arts/int8}"
-    (root / "repository.yaml").write_text(f"models:\n  alpha: {arts}\n  beta: {arts}\n")
-    return root
+    return placement_repository(tmp_path_factory.mktemp("placement"), mlp_fp32_artifact)
 
 
 @pytest.fixture

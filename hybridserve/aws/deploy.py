@@ -430,4 +430,5 @@ def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
         template_id=template_id,
         manifest_key=None if cfg.models else R.artifact_key(cfg.artifact_prefix, "manifest.json"),
         arrivals_prefix=cfg.key("arrivals/"),
+        place_models=bool(cfg.models),
     )

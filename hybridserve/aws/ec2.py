@@ -19,6 +19,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ class Ec2Instance:
     private_ip: str | None = None
     draining_since: float | None = None  # out of routing since (epoch s): retiring
     template: str | None = None  # the launch template content hash it was launched from
+    models: tuple[tuple[str, str], ...] = ()  # (name, variant) its shard should hold, by tags
 
     @property
     def live(self) -> bool:
@@ -93,6 +95,8 @@ class Ec2Fleet:
     # merged into what describe returns until it shows them
     launched: dict[str, tuple[str, str, float]] = field(default_factory=dict)
     terminated: dict[str, float] = field(default_factory=dict)
+    # pool -> extra tags its launches carry (the placement backend's models of a shard)
+    launch_tags: Callable[[str], Mapping[str, str]] | None = None
 
     @property
     def template_name(self) -> str:
@@ -252,15 +256,18 @@ class Ec2Fleet:
                             private_ip=inst.get("PrivateIpAddress"),
                             draining_since=_float(tags.get(T.DRAINING)),
                             template=tags.get(T.TEMPLATE),
+                            models=model_tags(tags),
                         )
                     )
         return out
 
     def launch(self, pool: str, count: int, token: str) -> list[str]:
-        """Launch `count` instances of `pool` (type/market); spot falls back to on-demand."""
-        itype, _, market = pool.partition("/")
+        """Launch `count` instances of `pool` (type/market, or a shard of one:
+        type/market#s<id>); spot falls back to on-demand."""
+        itype, _, market = pool.split("#", 1)[0].partition("/")
         template, version, digest = self.current_template()
-        tags = {"pool": pool, T.TEMPLATE: digest}
+        extra = dict(self.launch_tags(pool)) if self.launch_tags is not None else {}
+        tags = {**extra, "pool": pool, T.TEMPLATE: digest}
         args: dict[str, Any] = {
             "LaunchTemplate": {"LaunchTemplateId": template, "Version": version},
             "InstanceType": itype,
@@ -326,6 +333,12 @@ class Ec2Fleet:
             self.client.create_tags(
                 Resources=list(instance_ids), Tags=[{"Key": key, "Value": value}]
             )
+
+
+def model_tags(tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """(name, variant) of each `T.MODEL_PREFIX` tag, by name."""
+    n = len(T.MODEL_PREFIX)
+    return tuple(sorted((k[n:], v) for k, v in tags.items() if k.startswith(T.MODEL_PREFIX)))
 
 
 def _young_profile(e: ClientError) -> bool:

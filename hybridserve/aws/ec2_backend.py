@@ -100,6 +100,7 @@ class AwsBackend:
         clock: Callable[[], float] = time.time,
         max_instances: int | None = None,
         drain_s: float = DRAIN_S,
+        on_refresh: Callable[[list[Endpoint]], None] | None = None,
     ) -> None:
         if health_ttl_s < 0 or refresh_s <= 0 or max_probes < 1 or drain_s < 0:
             raise ValueError(
@@ -115,6 +116,9 @@ class AwsBackend:
         self.max_probes = max_probes
         self.clock = clock
         self.max_instances = max_instances  # the fleet cap, enforced again at reconcile
+        # called with the ready endpoints after each refresh, off the lock (the placement
+        # backend takes its servers toward their models from there)
+        self.on_refresh = on_refresh
         self.drain = Drain(fleet, drain_s, self.now)
         self.replaced: dict[str, int] = {}  # reason (unhealthy, interrupted, outdated) -> count
         self._condemned: set[str] = set()  # ids already counted in `replaced`
@@ -208,6 +212,10 @@ class AwsBackend:
                 eta = max(0.0, inst.launch_time + self.launch_delay_s.get(inst.pool, 90.0) - now)
                 pools[inst.pool] = PoolState(st.ready, (*st.pending_ready_in_s, eta))
         return FleetView(pools)
+
+    def instances(self) -> list[Ec2Instance]:
+        """The deployment's tagged instances (I/O), spot notices taken in marked interrupted."""
+        return self._observe()
 
     def _observe(self) -> list[Ec2Instance]:
         """The tagged instances, with the notices this process has taken in marked interrupted
@@ -367,6 +375,8 @@ class AwsBackend:
                 eps.append(Endpoint(inst.instance_id, inst.pool, url))
         with self._lock:
             self._endpoints, self._totals = tuple(eps), totals
+        if self.on_refresh is not None:
+            self.on_refresh(eps)
         return eps
 
     def endpoints(self) -> list[Endpoint]:

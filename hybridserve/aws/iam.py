@@ -126,6 +126,7 @@ def runtime_policy(
     notice_queue: str | None = None,
     manifest_key: str | None = None,
     arrivals_prefix: str | None = None,
+    place_models: bool = False,
 ) -> dict[str, Any]:
     """What the router and the controller need at run time, and no more: describe the fleet;
     launch only tagged instances from the deployment's launch template and terminate only
@@ -134,7 +135,8 @@ def runtime_policy(
     notices from the deployment's queue; publish metrics in the deployment's namespace. With
     `manifest_key`, read the model's manifest (a router without the artifact at hand); with
     `arrivals_prefix` (`<prefix>/arrivals/`), write, read and list the router replicas'
-    per-second arrival counts there. Nothing rewrites security groups, roles or the function:
+    per-second arrival counts there. With `place_models` (a multi-model deployment), write
+    and remove the model tags of its own instances (aws/placement.py). Nothing rewrites security groups, roles or the function:
     `deploy` does that once, on its own credentials."""
     arn = f"arn:{partition}"
     ec2 = f"{arn}:ec2:{region}:{account}"
@@ -200,6 +202,22 @@ def runtime_policy(
                     "ForAllValues:StringEquals": {"aws:TagKeys": list(FLEET_STATE_TAGS)},
                 },
             },
+            *(
+                [
+                    {
+                        "Sid": "PlaceModels",  # each shard's models, in its instances' tags
+                        "Effect": "Allow",
+                        "Action": ["ec2:CreateTags", "ec2:DeleteTags"],
+                        "Resource": [f"{ec2}:instance/*"],
+                        "Condition": {
+                            "StringEquals": {"aws:ResourceTag/hybridserve:deployment": deployment},
+                            "ForAllValues:StringLike": {"aws:TagKeys": [f"{T.MODEL_PREFIX}*"]},
+                        },
+                    }
+                ]
+                if place_models
+                else []
+            ),
             {
                 "Sid": "SpotNotices",
                 "Effect": "Allow",

@@ -13,6 +13,10 @@ MANAGED_BY = "hybridserve:managed-by"
 INTERRUPTED = "hybridserve:interrupted"  # "true": a spot notice came; out of routing, replaced
 DRAINING = "hybridserve:draining"  # epoch seconds: out of routing since, terminated at its end
 TEMPLATE = "hybridserve:template"  # the launch template content it was launched from (a hash)
+# a multi-model deployment's placement (aws/placement.py): the pool tag names the shard
+# ("<type>/<market>#s<id>") and each model the shard should hold is a tag of its own, name ->
+# variant (EC2's 50 tags per instance bound it, as the planner's models per instance do)
+MODEL_PREFIX = "hybridserve:model:"
 
 ROLE_INSTANCE = "model-server"
 ROLE_TEMPLATE = "launch-template"
