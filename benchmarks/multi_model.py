@@ -95,7 +95,7 @@ def _one(args):
     trace = _traces(days, seed, fleet.names)[trace_idx]
     fl = pinned(fleet, "fp32") if pin else fleet
     pools = [_fixed_pool(sc, fleet)] if fixed else None
-    r = run_multi(align(trace, fleet), fleet.names, sc, fl, policy, pools=pools)
+    r = run_multi(align(trace, fleet.names), fleet.names, sc, fl, policy, pools=pools)
     return {
         "trace": trace.name,
         "label": label,

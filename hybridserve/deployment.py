@@ -207,6 +207,9 @@ class DeployedModel(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
     artifact: str
+    # a `hybridserve profile` YAML measured on the instance type, for the joint plan (unset:
+    # the deployment scenario's profile, as a one-model deployment plans with)
+    profile: str | None = None
 
 
 class DeploymentConfig(Strict):
@@ -278,8 +281,15 @@ def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
             data[key] = str((p.parent / data[key]).resolve())
     if isinstance(data.get("models"), list):
         data["models"] = [
-            {**m, "artifact": str((p.parent / m["artifact"]).resolve())}
-            if isinstance(m, dict) and isinstance(m.get("artifact"), str)
+            {
+                **m,
+                **{
+                    k: str((p.parent / m[k]).resolve())
+                    for k in ("artifact", "profile")
+                    if isinstance(m.get(k), str)
+                },
+            }
+            if isinstance(m, dict)
             else m
             for m in data["models"]
         ]

@@ -3,6 +3,8 @@ policy, the per-model breakdown, and what model-less choice picked per family.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from hybridserve.multimodel.spec import ModelFleet
@@ -10,10 +12,10 @@ from simulations.multitrace import MultiTrace
 from simulations.trace_errors import TraceError
 
 
-def align(trace: MultiTrace, fleet: ModelFleet) -> np.ndarray:
-    """The trace's counts in the fleet's model order (a fleet model the trace lacks has no
-    traffic); a trace model the fleet does not serve is an error naming it."""
-    names = fleet.names
+def align(trace: MultiTrace, names: Sequence[str]) -> np.ndarray:
+    """The trace's counts in the fleet's model order (`names`; a fleet model the trace lacks
+    has no traffic); a trace model the fleet does not serve is an error naming it."""
+    names = list(names)
     unknown = [m for m in trace.models if m not in set(names)]
     if unknown:
         shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")

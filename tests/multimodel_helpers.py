@@ -4,6 +4,8 @@ ratio on AVX-512 VNNI; the tests assert behaviour, not these numbers)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,62 @@ def placement_repository(base: Path, mlp_fp32_artifact: Path) -> Path:
     arts = "{fp32: ../arts/fp32, int8: ../arts/int8}"
     (root / "repository.yaml").write_text(f"models:\n  alpha: {arts}\n  beta: {arts}\n")
     return root
+
+
+@contextlib.contextmanager
+def model_servers(root: Path, n: int) -> Iterator[list[str]]:
+    """`n` model servers over the repository at `root`, nothing loaded (each 1000 MB for
+    models, one thread): what a placement backend's instances run. Yields their base URLs."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_until
+    from tests.test_local_placement import call
+
+    def ready(url: str) -> bool:
+        try:
+            return call(url, "GET", "/v2/health/ready")[0] == 200
+        except OSError:
+            return False
+
+    procs, urls = [], []
+    try:
+        for _ in range(n):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            cmd = [sys.executable, "-m", "hybridserve.cli", "model-server", "--repository",
+                   str(root), "--port", str(port), "--memory-mb", "1000", "--threads", "1"]  # fmt: skip
+            procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+            urls.append(f"http://127.0.0.1:{port}")
+        for u in urls:
+            wait_until(lambda u=u: ready(u), 60, f"the model server at {u}")
+        yield urls
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+
+
+def loaded(url: str) -> dict[str, str]:
+    """name -> version of the models a server has loaded (its repository index)."""
+    from tests.test_local_placement import call
+
+    rows = call(url, "POST", "/v2/repository/index", {"ready": True})[1]
+    return {r["name"]: r["version"] for r in rows}
+
+
+def server_for(urls: list[str]) -> Callable[[Any], str | None]:
+    """AwsBackend's `url_of`: each instance, when first seen, gets the next free server."""
+    given: dict[str, str] = {}
+
+    def url_of(inst: Any) -> str | None:
+        if inst.instance_id not in given and len(given) < len(urls):
+            given[inst.instance_id] = urls[len(given)]
+        return given.get(inst.instance_id)
+
+    url_of.given = given  # type: ignore[attr-defined]
+    return url_of

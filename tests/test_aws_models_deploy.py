@@ -223,3 +223,70 @@ def test_a_pool_too_small_for_every_model_is_refused_with_the_figures(built, tmp
         check_fits(
             _cfg(built, links, models=[{"name": "x", "artifact": str(tmp_path)}]), [], catalog
         )
+
+
+# --- the joint plan on AWS: controller run of a multi-model deployment ---------------------
+
+
+def test_controller_run_places_the_models_and_the_servers_load_them(deployed, aws, built, tmp_path):
+    """A multi-model trace through `controller run`: the step retires the deploy's stray
+    instance, creates a shard for the busy model (its instances tagged with it), leaves the
+    idle one on its function; a restarted placement takes the servers to the tags."""
+    import numpy as np
+
+    from hybridserve.aws.deploy import deployment_scenario
+    from hybridserve.aws.ec2_backend import http_ready_probe
+    from hybridserve.aws.multi_control import build, controller_run_models
+    from tests.conftest import wait_until
+    from tests.multimodel_helpers import loaded, model_servers, server_for
+
+    cfg, _ = deployed
+    (stray,) = _live(aws)  # the deploy's fleet: in no shard
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "repository.yaml").write_text(
+        f"models:\n  small: {built['fp32']}\n  tiny: {built['int8']}\n"
+    )
+    dt = deployment_scenario(cfg).control_interval_s
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    np.savetxt(trace / "small.txt", np.full(dt * 6, 40), fmt="%d")
+    np.savetxt(trace / "tiny.txt", np.zeros(dt * 6), fmt="%d")
+    with model_servers(root, 2) as urls:
+        url_of = server_for(urls)
+        lines: list[str] = []
+        kw = {"probe": http_ready_probe(), "url_of": url_of}
+        steps = controller_run_models(
+            cfg, aws, str(trace), interval_s=0.2, max_steps=3, log=lines.append, **kw
+        )
+        assert steps == 3, lines
+        assert any("create" in line for line in lines), lines
+        live = _live(aws)
+        assert live and stray["InstanceId"] not in {i["InstanceId"] for i in live}
+        for inst in live:
+            tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+            assert "#s" in tags["hybridserve:pool"]
+            assert {k: v for k, v in tags.items() if k.startswith("hybridserve:model:")} == {
+                "hybridserve:model:small": "fp32"
+            }
+        _, _, again = build(cfg, aws, **kw)
+        try:
+            wait_until(
+                lambda: {frozenset(e.models or ()) for e in again.endpoints()} == {frozenset({"small"})},
+                60,
+                "the adopted shard serving small",
+            )
+            for iid in {e.instance_id for e in again.endpoints()}:
+                assert loaded(url_of.given[iid]) == {"small": "fp32"}
+        finally:
+            again.close()
+
+
+def _live(c: R.Clients) -> list[dict]:
+    res = c.ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:hybridserve:deployment", "Values": [DEP]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return [i for r in res for i in r["Instances"]]

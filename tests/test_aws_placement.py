@@ -5,10 +5,6 @@ and the router's view are the servers' own answers."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-
 import pytest
 
 pytest.importorskip("moto")
@@ -22,7 +18,13 @@ from hybridserve.aws.placement import Ec2PlacementBackend  # noqa: E402
 from hybridserve.multimodel.packing import Shard  # noqa: E402
 from hybridserve.multimodel.placement import PlacementAction as A  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
-from tests.multimodel_helpers import placement_repository, placement_table  # noqa: E402
+from tests.multimodel_helpers import (  # noqa: E402
+    loaded,
+    model_servers,
+    placement_repository,
+    placement_table,
+    server_for,
+)
 from tests.test_local_placement import call  # noqa: E402
 
 DEP = "place"
@@ -40,48 +42,16 @@ def table():
 def servers(tmp_path_factory, mlp_fp32_artifact):
     """Two model servers over the repository, nothing loaded: the instances' servers."""
     root = placement_repository(tmp_path_factory.mktemp("ec2-placement"), mlp_fp32_artifact)
-    procs, urls = [], []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "hybridserve.cli", "model-server", "--repository",
-               str(root), "--port", str(port), "--memory-mb", "1000", "--threads", "1"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        urls.append(f"http://127.0.0.1:{port}")
-    try:
-        for u in urls:
-            wait_until(lambda u=u: _ready(u), 60, f"the model server at {u}")
+    with model_servers(root, 2) as urls:
         yield urls
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return call(url, "GET", "/v2/health/ready")[0] == 200
-    except OSError:
-        return False
-
-
-def _loaded(url: str) -> dict[str, str]:
-    rows = call(url, "POST", "/v2/repository/index", {"ready": True})[1]
-    return {r["name"]: r["version"] for r in rows}
 
 
 @pytest.fixture
 def make(aws, table, servers):
     """Placement backends on one moto fleet; each instance is given the next free server."""
     ami = aws.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    given: dict[str, str] = {}
+    url_of = server_for(servers)
     made: list[Ec2PlacementBackend] = []
-
-    def url_of(inst) -> str | None:
-        if inst.instance_id not in given and len(given) < len(servers):
-            given[inst.instance_id] = servers[len(given)]
-        return given.get(inst.instance_id)
 
     def _make() -> Ec2PlacementBackend:
         fleet = Ec2Fleet(DEP, aws.ec2, ami, user_data="#cloud-config\n")
@@ -90,11 +60,11 @@ def make(aws, table, servers):
         made.append(b)
         return b
 
-    yield _make, given
+    yield _make, url_of.given
     for b in made:
         b.close()
     for u in servers:  # leave the servers empty for the next test
-        for name in _loaded(u):
+        for name in loaded(u):
             call(u, "POST", f"/v2/repository/models/{name}/unload", {})
 
 
@@ -135,7 +105,7 @@ def test_a_shard_launches_loads_evicts_and_retires_as_the_plan_says(make, aws, t
     # the server is taken to its shard's models, and the router sees alpha once it answered
     wait_until(lambda: _served(b).get(iid) == {"alpha"}, SETTLE_S, "alpha served")
     url = given[iid]
-    assert _loaded(url) == {"alpha": "fp32"}
+    assert loaded(url) == {"alpha": "fp32"}
     (ep,) = b.endpoints()
     assert ep.pool == pool and ep.variants == (("alpha", "fp32"),)
     assert b.totals() == {pool: 1}
@@ -146,7 +116,7 @@ def test_a_shard_launches_loads_evicts_and_retires_as_the_plan_says(make, aws, t
 
     b.apply([A("unload", 0, 0, model=ALPHA, choice=FP32, reason="evict")], now=3.0)
     assert _served(b)[iid] == {"beta"}  # out of routing at once, before the server unloads
-    wait_until(lambda: _loaded(url) == {"beta": "int8"}, SETTLE_S, "alpha evicted")
+    wait_until(lambda: loaded(url) == {"beta": "int8"}, SETTLE_S, "alpha evicted")
     assert _models(_instances(aws)[0]) == {"beta": "int8"}
     assert (b.loads, b.evictions) == (2, 1)
     kinds = [(e.kind, e.model) for e in b.model_events()]

@@ -54,15 +54,13 @@ def _security_group(cfg: DeploymentConfig, ec2: Any) -> str:
 
 
 def one_model(cfg: DeploymentConfig, what: str) -> None:
-    """Refuse `what` on a multi-model deployment: its controller on AWS (the joint plan over
-    EC2, loading and evicting by model) is not built yet."""
+    """Refuse `what` on a multi-model deployment (not built for several models yet)."""
     if cfg.models:
         raise ConfigError(
             f"models: {what} runs on a one-model deployment only for now; a multi-model "
-            "deployment's instances serve every model, its fleet changes with `hybridserve "
-            "scale`, and each model's function takes its spill (the joint plan on AWS is the "
-            "next step of issue 14; locally, `hybridserve serve` with a serve config's "
-            "`models:` runs it)"
+            "deployment runs its joint plan with `hybridserve controller run --trace` (a "
+            "multi-model trace), and locally `hybridserve serve` with a serve config's "
+            "`models:` serves it"
         )
 
 

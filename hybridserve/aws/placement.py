@@ -90,6 +90,7 @@ class Ec2PlacementBackend:
     def observe(self) -> tuple[Shard, ...]:
         """Each shard with a live instance: its pool, the members it should hold (as this
         process set them, else as its instances' tags say) and its live instances."""
+        self.backend.start()  # the refresher drives the model calls
         return self._shards(self._live())[0]
 
     def apply(self, actions: list[PlacementAction], now: float) -> None:
@@ -274,7 +275,16 @@ class Ec2PlacementBackend:
                 client.delete_tags(Resources=[inst.instance_id], Tags=drop)
 
     def _refreshed(self, eps: list[Endpoint]) -> None:
-        """After each fleet refresh: calls toward each ready server's models, new endpoints."""
+        """After each fleet refresh: calls toward each ready server's models, new endpoints.
+        A shard not known yet (a restarted controller's, before its first step) is adopted
+        from its instances' tags first."""
+        with self._lock:
+            unknown = any(
+                e.pool not in self._want and (parse_shard(e.pool) or ("", 0))[0] in self._keys
+                for e in eps
+            )
+        if unknown:
+            self._shards(self._live())
         with self._lock:
             wants = {k: dict(v) for k, v in self._want.items()}
             whys = {k: dict(v) for k, v in self._why.items()}

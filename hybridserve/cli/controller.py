@@ -47,11 +47,28 @@ def controller_run(
     The controller's state is saved with the deployment after every step; a restarted one
     resumes from it, at the trace interval after the last one it decided. Only the holder of
     the deployment's lease acts: a second controller waits, passive, and takes over (from the
-    saved state) once the holder's lease expires."""
+    saved state) once the holder's lease expires.
+
+    A multi-model deployment (`models:`) runs the joint plan instead, on a multi-model trace
+    (a per-request CSV with a model column, or a folder of one counts file per model): shards
+    of instances load and evict models as it says."""
     with user_errors(), aws_errors():
         from hybridserve.aws.deploy import controller_run as run
 
         cfg, c = setup(config_path, region, endpoint_url)
+        if cfg.models:  # the joint plan of several models (aws/multi_control.py)
+            from hybridserve.aws.multi_control import controller_run_models
+
+            controller_run_models(
+                cfg,
+                c,
+                trace_path,
+                interval_s=interval_s,
+                max_steps=steps,
+                log=lambda m: click.echo(m, err=True),
+                dry_run=dry_run,
+            )
+            return
         dt, counts_at = trace_intervals(cfg.scenario, trace_path)
         run(
             cfg,

@@ -98,7 +98,7 @@ def _run(
         if not 0 < days <= 60:
             raise ValueError(f"--days must be in (0, 60], got {days}")
         trace = synthetic_multi(len(fleet.models), days, seed=seed)
-    counts = align(trace, fleet)
+    counts = align(trace, fleet.names)
     names = fleet.names
     chosen = list(policies) or ["joint", "per-model", "hybrid-per-model", "lambda-only"]
     results = [

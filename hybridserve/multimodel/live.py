@@ -89,25 +89,13 @@ class MultiLiveLoop:
         del self.decisions[:-100]
         self.stats["forecaster_fallbacks"] = self.controller.forecaster_fallbacks
         self.stats["planner_fallbacks"] = self.controller.planner_fallbacks
-        table = self.controller.table
         event(
             log,
             "controller.multi_step",
             arrivals_rps={
                 n: round(float(c.mean()), 3) for n, c in zip(self.names, counts, strict=True)
             },
-            plan_by=d.plan.source,
-            solved=d.solved,
-            plan_ms=round(d.plan_s * 1000.0, 2),
-            shards=[
-                {
-                    "pool": table.pools[sh.pool].key,
-                    "replicas": sh.replicas,
-                    "models": {self.names[m]: table.choices[c].variant for m, c in sh.members},
-                }
-                for sh in d.plan.shards
-            ],
-            actions=[_describe(a, self.names, table) for a in d.actions],
+            **step_summary(d, self.names, self.controller.table),
         )
         return d
 
@@ -129,6 +117,24 @@ class MultiLiveLoop:
             now = time.time()
             await asyncio.sleep(next_step_at(now, self.controller.interval_s) - now)
             await asyncio.to_thread(self.safe_step)
+
+
+def step_summary(d: MultiDecision, names: list[str], table) -> dict:
+    """What a step planned and did, for its log line (live, and `controller run` on AWS)."""
+    return {
+        "plan_by": d.plan.source,
+        "solved": d.solved,
+        "plan_ms": round(d.plan_s * 1000.0, 2),
+        "shards": [
+            {
+                "pool": table.pools[sh.pool].key,
+                "replicas": sh.replicas,
+                "models": {names[m]: table.choices[c].variant for m, c in sh.members},
+            }
+            for sh in d.plan.shards
+        ],
+        "actions": [_describe(a, names, table) for a in d.actions],
+    }
 
 
 def _describe(a: PlacementAction, names: list[str], table) -> str:
