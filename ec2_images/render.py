@@ -57,7 +57,8 @@ class ImageParams:
     cache_dir: str = "/opt/hybridserve/cache"
     region: str = "us-east-1"
     instance_type: str = "c5.large"
-    # several models (a repository index at artifact_uri): the server loads each at start
+    # several models (a repository index at artifact_uri): the server loads at start those its
+    # instance's model tags name (a shard's, from the metadata service), else each of these
     models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -133,7 +134,9 @@ def _read(name: str) -> str:
 
 
 def _values(params: ImageParams) -> dict[str, object]:
+    # several models: the shard's (the instance's model tags), else every one
     loads = "".join(f" --load {m}" for m in params.models)
+    loads += " --load-tagged" if loads else ""
     source = f"--{'repository' if loads else 'artifact'} {params.artifact_dir}{loads}"
     return asdict(params) | {
         "requirements_name": params.requirements_uri.rsplit("/", 1)[-1],

@@ -17,7 +17,6 @@ router's per-model arrivals.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import subprocess
@@ -28,7 +27,8 @@ from typing import Any
 from hybridserve.config_base import ConfigError
 from hybridserve.local_stack import emulator_invoker, start_emulator, stop_emulators
 from hybridserve.logs import event
-from hybridserve.router_stack import RouterStack, fleet_usd_per_s, lambda_ms_table, router_config
+from hybridserve.multi_router import multi_router, served_metadata
+from hybridserve.router_stack import RouterStack
 from hybridserve.serve_config import ServeConfig
 
 log = logging.getLogger("hybridserve.serve")
@@ -54,7 +54,6 @@ class MultiLocalStack(RouterStack):
         from hybridserve.multimodel.controller import MultiController
         from hybridserve.multimodel.live import CappedPlacement, MultiLiveLoop
         from hybridserve.multimodel.table import build_table
-        from hybridserve.router import Router
         from predictors.artifact import artifact_metadata
 
         cfg = self.cfg
@@ -93,25 +92,21 @@ class MultiLocalStack(RouterStack):
         names = sf.fleet.names
         invokers: dict[str, Any] = {}
         metadata: dict[str, dict] = {}
-        batch_ms: dict[str, dict[int, float]] = {}
-        lambda_ms: dict[str, tuple[float, ...]] = {}
         for m, name in enumerate(names):
             choice = table.choices[int(table.lambda_choice[m])]
             art = sf.artifacts[name][choice.variant]
-            meta = artifact_metadata(art)
-            eligible = [table.choices[c].variant for c in table.model_choices[m]]
-            metadata[name] = {**meta, "name": name, "versions": eligible}
-            batch_ms[name] = dict(choice.scenario.model.reference.batch_ms)
-            lambda_ms[name] = lambda_ms_table(choice.scenario, lam.max_batch)
+            metadata[name] = served_metadata(table, m, artifact_metadata(art))
             fn = f"{lam.function_name}-{name}"
             proc, url = start_emulator(cfg, art, log_dir, fn)
             self.emulators.append(proc)
             invokers[name] = emulator_invoker(cfg, url, fn)
-        first = table.choices[int(table.lambda_choice[0])]
-        rc = router_config(
-            first.scenario,
-            names[0],
-            spill=True,
+        self.router = multi_router(
+            table,
+            metadata,
+            invokers,
+            endpoints=self.backend.endpoints,
+            totals=self.backend.totals,
+            scenario=sc,
             options=cfg.router,
             max_batch=it.max_batch,
             delay_ms=it.max_delay_ms,
@@ -119,32 +114,6 @@ class MultiLocalStack(RouterStack):
             lambda_concurrency=lam.concurrency,
             lambda_max_batch=lam.max_batch,
         )
-        # a request may pin any variant at the model's floor, or ask for a higher accuracy
-        variants = {
-            n: {table.choices[c].variant: table.choices[c].accuracy for c in table.model_choices[m]}
-            for m, n in enumerate(names)
-        }
-        lambda_variant = {
-            n: table.choices[int(table.lambda_choice[m])].variant for m, n in enumerate(names)
-        }
-        rc = dataclasses.replace(
-            rc,
-            model_batch_ms=batch_ms,
-            model_lambda_ms=lambda_ms,
-            model_variants=variants,
-            model_lambda_variant=lambda_variant,
-        )
-        primary = invokers.pop(names[0])
-        self.router = Router(
-            rc,
-            self.backend.endpoints,
-            primary,
-            invokers=invokers,
-            metadata=metadata[names[0]],
-            fleet_usd_per_s=fleet_usd_per_s(self.backend.totals, sc),
-        )
-        for name in names[1:]:
-            self.router.models[name].metadata = metadata[name]
         controller = MultiController(
             table,
             CappedPlacement(self.backend, it.max_instances),

@@ -13,12 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
+
+from predictors.imds import Imds
 
 PATH = "/latest/meta-data/spot/instance-action"
-TOKEN_PATH = "/latest/api/token"
-TOKEN_TTL_S = 21600  # IMDSv2's longest: one token for the watcher's life, renewed on 401
 log = logging.getLogger("hybridserve.spot_watch")
 
 
@@ -32,11 +30,9 @@ class SpotWatch:
         self.every_s = every_s
         self.timeout_s = timeout_s
         self.noticed: dict | None = None
-        self._token: str | None = None
+        self.imds = Imds(base_url, timeout_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # the metadata service is link-local: never through a proxy
-        self._open = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
 
     def start(self) -> None:
         if self._thread is None:
@@ -58,25 +54,8 @@ class SpotWatch:
 
     def poll(self) -> dict | None:
         """The announced action, or None (404: nothing announced)."""
-        if self._token is None:
-            req = urllib.request.Request(
-                self.base_url + TOKEN_PATH,
-                method="PUT",
-                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)},
-            )
-            with self._open(req, timeout=self.timeout_s) as r:
-                self._token = r.read().decode()
-        req = urllib.request.Request(
-            self.base_url + PATH, headers={"X-aws-ec2-metadata-token": self._token}
-        )
-        try:
-            with self._open(req, timeout=self.timeout_s) as r:
-                body = r.read().decode()
-        except urllib.error.HTTPError as e:
-            if e.code == 404:
-                return None
-            if e.code == 401:  # the token expired: a new one next poll
-                self._token = None
-            raise
+        body = self.imds.get(PATH)
+        if body is None:
+            return None
         doc = json.loads(body)
         return doc if isinstance(doc, dict) else {"action": str(doc)}

@@ -58,10 +58,12 @@ def _keys(c: R.Clients, prefix: str) -> list[str]:
 
 
 def _server_unit(c: R.Clients) -> str:
-    """The model server's systemd unit inside the launch template's cloud-init."""
+    """The model server's systemd unit inside the launch template's cloud-init (whose
+    instances read their own tags: a shard's models at boot)."""
     v = c.ec2.describe_launch_template_versions(
         LaunchTemplateName=f"hybridserve-{DEP}", Versions=["$Latest"]
     )["LaunchTemplateVersions"][0]
+    assert v["LaunchTemplateData"]["MetadataOptions"]["InstanceMetadataTags"] == "enabled"
     doc = yaml.safe_load(base64.b64decode(v["LaunchTemplateData"]["UserData"]))
     (unit,) = [f for f in doc["write_files"] if f["path"].endswith("hybridserve-model.service")]
     return base64.b64decode(unit["content"]).decode()
@@ -102,7 +104,7 @@ def test_each_model_gets_its_prefix_its_function_and_the_instances_serve_them_al
     }
     # every instance fetches the repository and loads both models at start
     unit = _server_unit(c)
-    assert "--repository /opt/hybridserve/artifact --load small --load tiny" in unit
+    assert "--repository /opt/hybridserve/artifact --load small --load tiny --load-tagged" in unit
     assert "--artifact" not in unit
     from hybridserve.aws.deploy import runtime_policy, status
 
@@ -272,7 +274,9 @@ def test_controller_run_places_the_models_and_the_servers_load_them(deployed, aw
         _, _, again = build(cfg, aws, **kw)
         try:
             wait_until(
-                lambda: {frozenset(e.models or ()) for e in again.endpoints()} == {frozenset({"small"})},
+                lambda: (
+                    {frozenset(e.models or ()) for e in again.endpoints()} == {frozenset({"small"})}
+                ),
                 60,
                 "the adopted shard serving small",
             )
@@ -290,3 +294,61 @@ def _live(c: R.Clients) -> list[dict]:
         ]
     )["Reservations"]
     return [i for r in res for i in r["Instances"]]
+
+
+def test_serve_routes_each_model_to_the_shards_that_load_it(deployed, aws, built, tmp_path):
+    """`serve` of a multi-model deployment: the router's metadata is each model's, a step of
+    the joint plan places the busy model on a shard, the router sends it there once loaded;
+    a router that does not hold the lease plans nothing."""
+    import time
+
+    import numpy as np
+
+    from hybridserve.aws.ec2_backend import http_ready_probe
+    from hybridserve.aws.lease import Lease
+    from hybridserve.aws.multi_serving import MultiAwsStack
+    from hybridserve.serve_config import RouterOptions
+    from tests.conftest import wait_until
+    from tests.multimodel_helpers import model_servers, server_for
+    from tests.test_local_placement import call, infer
+
+    cfg, _ = deployed
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "repository.yaml").write_text(
+        f"models:\n  small: {built['fp32']}\n  tiny: {built['int8']}\n"
+    )
+    with model_servers(root, 2) as urls:
+        stack = MultiAwsStack(
+            cfg,
+            clients=aws,
+            router=RouterOptions(port=0),
+            replica="r1",
+            probe=http_ready_probe(),
+            url_of=server_for(urls),
+        )
+        try:
+            stack.prepare()
+            loop, stack.loop_ = stack.loop_, None  # this test steps the plan itself
+            url = stack.start_background()
+            code, meta = call(url, "GET", "/v2/models/tiny")
+            assert code == 200 and meta["name"] == "tiny" and meta["versions"] == ["int8"]
+            dt = loop.controller.interval_s
+            busy = np.stack([np.full(dt, 40), np.zeros(dt)])  # small, tiny (the table's order)
+            assert loop.names == ["small", "tiny"]
+            loop.controller.step(busy, time.time())
+            wait_until(  # as the router sees the fleet (it refreshes every 0.1 s)
+                lambda: any("small" in (u.endpoint.models or ()) for u in stack.router.ups),
+                60,
+                "small loaded on a shard",
+            )
+            assert infer(url, "small") == 200
+            assert all("tiny" not in (e.models or ()) for e in stack.backend.endpoints())
+            # another router holds the lease: this one's loop plans nothing
+            other = Lease(aws.s3, cfg, 600.0, holder="r2")
+            loop.lease.release()
+            assert other.hold()
+            assert loop.safe_step() is None and loop.stats["passive_steps"] == 1
+            assert loop.controller.steps == 1
+        finally:
+            stack.stop_background()

@@ -530,3 +530,32 @@ def test_cli_loads_an_indexed_variant(monkeypatch, indexed):
     assert {n: x.model.version for n, x in repo.loaded.items()} == {"chat": "fast", "other": "fp32"}
     r = _cli("--repository", str(indexed), "--load", "chat:int4")
     assert r.exit_code == 2 and "--load chat:int4: model 'chat' has no variant 'int4'" in r.output
+
+
+def test_cli_loads_the_models_its_instance_is_tagged_with(monkeypatch, indexed):
+    """`--load-tagged`: a shard's instance boots with the models its tags name (read from the
+    metadata service, IMDSv2); without model tags, or without tags in the metadata, --load."""
+    import predictors.server
+    from tests.imds_double import imds_server
+
+    seen: dict = {}
+    monkeypatch.setattr(predictors.server, "serve", lambda *a, **kw: seen.update(kw))
+    tags = "/latest/meta-data/tags/instance"
+    paths: dict[str, str | None] = {
+        tags: "hybridserve:deployment\nhybridserve:model:chat\nName",
+        f"{tags}/hybridserve:model:chat": "fast",
+    }
+    with imds_server(paths) as imds:
+        args = ["--repository", str(indexed), "--load", "other", "--load-tagged"]
+        r = _cli(*args, "--imds-url", imds.url)
+        assert r.exit_code == 0, r.output
+        loaded = {n: x.model.version for n, x in seen["repository"].loaded.items()}
+        assert loaded == {"chat": "fast"} and "shard holds chat:fast" in r.output
+        paths[tags] = "hybridserve:deployment\nName"  # a static fleet's instance: --load
+        r = _cli(*args, "--imds-url", imds.url)
+        assert list(seen["repository"].loaded) == ["other"], r.output
+        paths[tags] = None  # tags not enabled in the metadata: --load
+        r = _cli(*args, "--imds-url", imds.url)
+        assert list(seen["repository"].loaded) == ["other"], r.output
+    r = _cli(*args)
+    assert r.exit_code == 2 and "--load-tagged needs --repository and --imds-url" in r.output

@@ -58,9 +58,8 @@ def one_model(cfg: DeploymentConfig, what: str) -> None:
     if cfg.models:
         raise ConfigError(
             f"models: {what} runs on a one-model deployment only for now; a multi-model "
-            "deployment runs its joint plan with `hybridserve controller run --trace` (a "
-            "multi-model trace), and locally `hybridserve serve` with a serve config's "
-            "`models:` serves it"
+            "deployment runs its joint plan with `hybridserve serve` (the router in front of "
+            "it, on its arrivals) or `hybridserve controller run --trace` (a multi-model trace)"
         )
 
 
@@ -108,6 +107,7 @@ def fleet_backend(
         security_group_ids=(sg,),
         instance_profile_arn=profile["InstanceProfile"]["Arn"],
         subnet_id=cfg.ec2.subnet_id,
+        metadata_tags=bool(cfg.models),
     )
     return AwsBackend(fleet, **kw)
 

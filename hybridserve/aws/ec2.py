@@ -97,6 +97,9 @@ class Ec2Fleet:
     terminated: dict[str, float] = field(default_factory=dict)
     # pool -> extra tags its launches carry (the placement backend's models of a shard)
     launch_tags: Callable[[str], Mapping[str, str]] | None = None
+    # the instances read their own tags from the metadata service (a multi-model deployment's
+    # servers load their shard's models at boot: `model-server --load-tagged`)
+    metadata_tags: bool = False
 
     @property
     def template_name(self) -> str:
@@ -112,7 +115,10 @@ class Ec2Fleet:
                     "Tags": T.tag_list(T.tags_for(self.deployment, T.ROLE_INSTANCE)),
                 }
             ],
-            "MetadataOptions": {"HttpTokens": "required"},  # IMDSv2 only
+            "MetadataOptions": {  # IMDSv2 only
+                "HttpTokens": "required",
+                **({"InstanceMetadataTags": "enabled"} if self.metadata_tags else {}),
+            },
         }
         if self.security_group_ids:
             data["SecurityGroupIds"] = list(self.security_group_ids)

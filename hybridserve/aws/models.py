@@ -9,7 +9,9 @@ already, so no policy grows per model)::
     <prefix>/artifact/mlp/...
 
 An instance fetches the whole prefix and verifies every artifact the index lists
-(ec2_images/fetch.py), then runs ``model-server --repository`` loading every model. Each model's
+(ec2_images/fetch.py), then runs ``model-server --repository --load-tagged``: it loads the
+models its shard's tags name (aws/placement.py), or every model when it is in no shard. Each
+model's
 spill function reads its own prefix only (`HYBRIDSERVE_ARTIFACT`), so a cold start downloads
 one model, and the package limit applies per model: one function per model, not one holding
 them all.
@@ -63,8 +65,9 @@ def resident_mb(cfg: DeploymentConfig) -> dict[str, float]:
 
 
 def check_fits(cfg: DeploymentConfig, pools: Iterable[str], catalog: Catalog) -> None:
-    """Every instance loads every model: refuse a pool too small for all of them, with the
-    figures, before an instance boots into a server that cannot start."""
+    """An instance outside the plan's shards (deploy's `fleet:`, `scale`) loads every model:
+    refuse a pool too small for all of them, with the figures, before an instance boots into
+    a server that cannot start (a shard's instances load only its models)."""
     if not cfg.models:
         return
     need = resident_mb(cfg)
@@ -80,8 +83,9 @@ def check_fits(cfg: DeploymentConfig, pools: Iterable[str], catalog: Catalog) ->
             raise ConfigError(
                 f"fleet: {pool} has {room:.0f} MB for models ({spec.memory_gib:g} GiB less "
                 f"{INSTANCE_OVERHEAD_MB:.0f} MB for the OS and server) but the models take "
-                f"{total:.0f} MB ({each}); every instance loads every model: choose a larger "
-                "instance type or fewer models"
+                f"{total:.0f} MB ({each}); an instance outside the plan's shards loads every "
+                "model: choose a larger instance type, or leave the fleet to the plan (`serve` "
+                "or `controller run`, whose shards load only their models)"
             )
 
 

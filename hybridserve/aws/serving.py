@@ -171,21 +171,26 @@ class LeasedLoop(PublishingLoop):
 def deployment_metadata(cfg: DeploymentConfig, s3: Any) -> dict[str, Any]:
     """The model's V2 metadata, from the local artifact's manifest when the config's artifact
     directory is here, else from the manifest `deploy` uploaded to S3."""
+    assert cfg.artifact is not None, "a one-model deployment"
+    return artifact_metadata_at(Path(cfg.artifact), cfg.bucket, cfg.artifact_prefix, s3)
+
+
+def artifact_metadata_at(local: Path, bucket: str, prefix: str, s3: Any) -> dict[str, Any]:
+    """An artifact's V2 metadata: from `local`'s manifest when that directory is here, else
+    from the manifest under `s3://bucket/prefix/` (a router without the artifact at hand)."""
     from botocore.exceptions import ClientError
 
     from predictors.artifact import artifact_metadata
 
-    assert cfg.artifact is not None, "a one-model deployment"
-    local = Path(cfg.artifact)
     if (local / MANIFEST).is_file():
         return artifact_metadata(local)
-    key = R.artifact_key(cfg.artifact_prefix, MANIFEST)
+    key = R.artifact_key(prefix, MANIFEST)
     try:
-        body = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "error")
         raise ConfigError(
-            f"artifact: no {MANIFEST} in {local} nor at s3://{cfg.bucket}/{key} ({code}); "
+            f"artifact: no {MANIFEST} in {local} nor at s3://{bucket}/{key} ({code}); "
             "package the artifact or deploy first"
         ) from None
     with tempfile.TemporaryDirectory(prefix="hybridserve-manifest-") as d:
@@ -355,11 +360,15 @@ class AwsStack(RouterStack):
         return LiveCostMeter(pools, sc.control_interval_s, forecasts=forecasts)
 
     def _check_deployed(self, c: R.Clients, function: str) -> None:
-        """A clear error, not a traceback mid-start, when `deploy` has not run (here)."""
-        try:
-            c.lam.get_alias(FunctionName=function, Name=R.ALIAS)
-        except c.lam.exceptions.ResourceNotFoundException:
-            raise ConfigError(
-                f"deployment {self.cfg.name!r} is not deployed in {self.cfg.region}: "
-                f"no function {function} with alias {R.ALIAS}; run `hybridserve deploy` first"
-            ) from None
+        check_deployed(self.cfg, c, function)
+
+
+def check_deployed(cfg: DeploymentConfig, c: R.Clients, function: str) -> None:
+    """A clear error, not a traceback mid-start, when `deploy` has not run (here)."""
+    try:
+        c.lam.get_alias(FunctionName=function, Name=R.ALIAS)
+    except c.lam.exceptions.ResourceNotFoundException:
+        raise ConfigError(
+            f"deployment {cfg.name!r} is not deployed in {cfg.region}: "
+            f"no function {function} with alias {R.ALIAS}; run `hybridserve deploy` first"
+        ) from None

@@ -42,6 +42,14 @@ if TYPE_CHECKING:
     "of a repository.yaml index); repeatable.",
 )
 @click.option(
+    "--load-tagged",
+    is_flag=True,
+    help="With --repository and --imds-url: load the models this EC2 instance's "
+    "hybridserve:model:NAME tags name (the value is the variant), as the multi-model "
+    "controller tags a shard's instances; without such tags (or tags in the metadata), the "
+    "--load models.",
+)
+@click.option(
     "--memory-mb",
     type=float,
     default=None,
@@ -92,6 +100,7 @@ def _model_server(
     artifact_path: str | None,
     repository_path: str | None,
     load_names: tuple[str, ...],
+    load_tagged: bool,
     memory_mb: float | None,
     host: str,
     port: int,
@@ -116,6 +125,10 @@ def _model_server(
         raise ValueError("--load and --memory-mb need --repository")
     if memory_mb is not None and not memory_mb > 0:
         raise ValueError(f"--memory-mb: expected a number of MB > 0, got {memory_mb}")
+    if load_tagged:
+        if repository_path is None or imds_url is None:
+            raise ValueError("--load-tagged needs --repository and --imds-url")
+        load_names = tagged_models(imds_url) or load_names
     try:
         from predictors.server import serve
     except ModuleNotFoundError as e:
@@ -184,3 +197,21 @@ def _repository(
     for n, variant in wanted.items():
         repo.load_now(n, variant or None)
     return repo
+
+
+def tagged_models(imds_url: str) -> tuple[str, ...]:
+    """NAME:VARIANT of each `hybridserve:model:NAME` tag of this instance (its shard's models),
+    from the metadata service; () when it has none or offers no tags (then --load applies)."""
+    from hybridserve.aws.tags import MODEL_PREFIX
+    from predictors.imds import Imds
+
+    try:
+        tags = Imds(imds_url, timeout_s=2.0).instance_tags(MODEL_PREFIX)
+    except OSError as e:
+        click.echo(f"--load-tagged: the metadata service did not answer ({e}); --load", err=True)
+        return ()
+    if not tags:
+        return ()
+    names = tuple(f"{k[len(MODEL_PREFIX) :]}:{v}" for k, v in sorted(tags.items()))
+    click.echo(f"--load-tagged: this instance's shard holds {', '.join(names)}", err=True)
+    return names

@@ -127,6 +127,10 @@ def _aws_stack(
         options = RouterOptions(**router)
     except ValidationError as e:  # the flags are the router's config in AWS mode
         raise UserError(format_validation_error(e, "the --host/--port/--tls-* flags")) from e
+    if cfg.models:  # several models: the joint plan over EC2 shards
+        from hybridserve.aws.multi_serving import MultiAwsStack
+
+        return MultiAwsStack(cfg, endpoint_url=url, router=options)
     return AwsStack(cfg, endpoint_url=url, router=options)
 
 
