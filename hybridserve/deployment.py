@@ -202,14 +202,29 @@ class LambdaSettings(Strict):
 
 class DeployedModel(Strict):
     """One model of a multi-model deployment (issue 14): the V2 name requests use, and its
-    artifact (`hybridserve package`). The name also names its Lambda function and its S3
-    prefix, so it takes only what both allow."""
+    artifact (`hybridserve package`) or a family directory (`hybridserve family build
+    --profile`) whose variants the plan chooses among at or above `accuracy_floor`. The name
+    also names its Lambda function and its S3 prefix, so it takes only what both allow."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
-    artifact: str
+    artifact: str | None = None
+    family: str | None = None
+    accuracy_floor: float = Field(0.0, ge=0, le=1)
     # a `hybridserve profile` YAML measured on the instance type, for the joint plan (unset:
-    # the deployment scenario's profile, as a one-model deployment plans with)
+    # the deployment scenario's profile, as a one-model deployment plans with); a family's
+    # variants carry their own
     profile: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DeployedModel:
+        if (self.artifact is None) == (self.family is None):
+            given = "both" if self.artifact else "neither"
+            raise ValueError(f"give artifact or family for {self.name!r}, not {given}")
+        if self.accuracy_floor and self.family is None:
+            raise ValueError("accuracy_floor: only for a family (a single artifact has no choice)")
+        if self.family is not None and self.profile is not None:
+            raise ValueError("profile: a family's variants carry their own profiles")
+        return self
 
 
 class DeploymentConfig(Strict):
@@ -285,7 +300,7 @@ def load_deployment(path: str | Path, **overrides: Any) -> DeploymentConfig:
                 **m,
                 **{
                     k: str((p.parent / m[k]).resolve())
-                    for k in ("artifact", "profile")
+                    for k in ("artifact", "family", "profile")
                     if isinstance(m.get(k), str)
                 },
             }

@@ -120,18 +120,19 @@ def _single(cfg: ServeConfig, m: ServedModel) -> tuple[dict[str, Any], dict[str,
     return fam, {variant: art}, profile
 
 
-def _family(m: ServedModel) -> tuple[dict[str, Any], dict[str, Path]]:
-    """A family directory's variants (their profiles and footprints recorded at build)."""
+def family_source(
+    path: Path, accuracy_floor: float, where: str
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A family directory's variants (their profiles and footprints recorded at build) and
+    each variant's artifact; errors name `where` (the config field)."""
     from predictors.family import FAMILY_FILE, load_family
 
-    assert m.family is not None
-    root = m.family if m.family.is_dir() else m.family.parent
-    where = f"models.{m.name}.family"
+    root = path if path.is_dir() else path.parent
     if not (root / FAMILY_FILE).is_file():
         raise ConfigError(f"{where}: {root} has no {FAMILY_FILE} (`hybridserve family build`)")
     try:
         report = load_family(root)
-        fam = family_from_file(root / FAMILY_FILE, accuracy_floor=m.accuracy_floor)
+        fam = family_from_file(root / FAMILY_FILE, accuracy_floor=accuracy_floor)
     except (ValueError, ConfigError) as e:
         raise ConfigError(f"{where}: {e}") from None
     arts = {v: root / rep.artifact for v, rep in report.variants.items() if v in fam["variants"]}
@@ -150,7 +151,8 @@ def served_fleet(cfg: ServeConfig) -> ServedFleet:
     base: dict | None = None
     for m in cfg.models:
         if m.family is not None:
-            fam, arts = _family(m)
+            where = f"models.{m.name}.family"
+            fam, arts = family_source(m.family, m.accuracy_floor, where)
         else:
             fam, arts, profile = _single(cfg, m)
             base = base or profile

@@ -352,3 +352,70 @@ def test_serve_routes_each_model_to_the_shards_that_load_it(deployed, aws, built
             assert loop.controller.steps == 1
         finally:
             stack.stop_background()
+
+
+# --- a model family in a deployment --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlp_family(tmp_path_factory) -> Path:
+    """The mlp in fp32 and int8, with accuracy, profiles and footprints (family build)."""
+    from predictors.family import build_family
+
+    out = tmp_path_factory.mktemp("family")
+    build_family(
+        "mlp", out, ("fp32", "int8"), seed=0, eval_inputs=64, profile=True,
+        batch_sizes=(1, 4), repeats=2, footprint_repeats=1,
+    )  # fmt: skip
+    return out
+
+
+def test_a_family_deploys_every_eligible_variant_and_its_function_runs_lambdas(
+    aws, built, mlp_family, monkeypatch
+):
+    from hybridserve.aws.deploy import deploy
+    from hybridserve.aws.multi_control import deployment_table, lambda_variants
+
+    cache, _, links = offline_wheelhouse()
+    monkeypatch.setenv("HYBRIDSERVE_CACHE_DIR", str(cache))
+    models = [
+        {"name": "chat", "family": str(mlp_family), "accuracy_floor": 0.5},
+        {"name": "small", "artifact": str(built["fp32"])},
+    ]
+    cfg = _cfg(built, links, models=models)
+    out = deploy(cfg, aws, log=lambda *_: None)
+    art = f"{DEP}/artifact"
+    index = yaml.safe_load(
+        aws.s3.get_object(Bucket=BUCKET, Key=f"{art}/repository.yaml")["Body"].read()
+    )
+    assert index == {
+        "models": {"chat": {"fp32": "chat/fp32", "int8": "chat/int8"}, "small": "small"}
+    }
+    keys = _keys(aws, art)
+    assert f"{art}/chat/fp32/manifest.json" in keys and f"{art}/chat/int8/manifest.json" in keys
+    # the family's function runs the variant the plan gives Lambda, as the router expects
+    table = deployment_table(cfg)
+    assert [len(cs) for cs in table.model_choices] == [2, 1]
+    lv = lambda_variants(cfg)["chat"]
+    assert lv in ("fp32", "int8")
+    fn = aws.lam.get_function(FunctionName=out["functions"]["chat"]["function_arn"])
+    env = fn["Configuration"]["Environment"]["Variables"]
+    assert env["HYBRIDSERVE_ARTIFACT"] == f"s3://{BUCKET}/{art}/chat/{lv}/"
+
+
+def test_a_family_model_takes_a_floor_and_no_profile(built, mlp_family):
+    _, _, links = offline_wheelhouse()
+    bad = [
+        (
+            {"name": "a", "artifact": "x", "accuracy_floor": 0.9},
+            "accuracy_floor: only for a family",
+        ),
+        ({"name": "a", "family": "x", "profile": "p.yaml"}, "a family's variants carry their own"),
+        (
+            {"name": "a", "artifact": "x", "family": "y"},
+            "give artifact or family for 'a', not both",
+        ),
+    ]
+    for model, want in bad:
+        with pytest.raises(ValueError, match=want):
+            _cfg(built, links, models=[model])

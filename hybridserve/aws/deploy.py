@@ -22,7 +22,8 @@ from hybridserve.aws.ec2 import COMMAND_SETTLE_S, Ec2Fleet
 from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
 from hybridserve.aws.function_code import lambda_code
 from hybridserve.aws.images import deployment_arch, latest_al2023
-from hybridserve.aws.models import INDEX, check_fits, function_sources, upload_models
+from hybridserve.aws.models import INDEX, check_fits, function_sources, upload_models, uploads
+from hybridserve.aws.multi_control import lambda_variants
 from hybridserve.aws.network import router_cidrs
 from hybridserve.aws.routers import deploy_routers, router_plan, router_status
 from hybridserve.aws.shared import account_id, deployment_vpc, service_client
@@ -117,10 +118,7 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     if dry_run:
         plan = [
             f"bucket s3://{cfg.bucket} (block public access, AES256)",
-            *(
-                f"upload {art} -> s3://{cfg.bucket}/{prefix}/"
-                for _, art, prefix in function_sources(cfg)
-            ),
+            *(f"upload {art} -> s3://{cfg.bucket}/{prefix}/" for _, art, prefix in uploads(cfg)),
             *(
                 [f"repository index s3://{cfg.bucket}/{cfg.artifact_prefix}/{INDEX}"]
                 if cfg.models
@@ -169,7 +167,7 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         functions=list(cfg.functions.values()),
     )
     functions = {}
-    for model, artifact, prefix in function_sources(cfg):
+    for model, artifact, prefix in function_sources(cfg, lambda_variants(cfg)):
         fn = functions[model] = R.ensure_function(
             c.lam,
             cfg.name,

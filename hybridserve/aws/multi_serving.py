@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hybridserve.aws import resources as R
@@ -75,6 +74,7 @@ class MultiAwsStack(RouterStack):
         """Check every model's function is deployed, then build the stack."""
         from hybridserve.aws.invoke import LambdaInvoker
         from hybridserve.aws.lease import Lease, lease_ttl_s
+        from hybridserve.aws.models import model_variants
         from hybridserve.aws.multi_control import FORECASTER, build
         from hybridserve.aws.serving import artifact_metadata_at, check_deployed
         from hybridserve.multi_router import multi_router, served_metadata
@@ -91,11 +91,12 @@ class MultiAwsStack(RouterStack):
         lam = cfg.lambda_
         spill = lam.reserved_concurrency > 0  # 0 reserved: the functions may not run at all
         concurrency = max(1, lam.reserved_concurrency)
-        by_name = {m.name: m for m in cfg.models}
+        variants = model_variants(cfg)
         metadata, invokers = {}, {}
         for m, name in enumerate(names):
-            local = Path(by_name[name].artifact)
-            meta = artifact_metadata_at(local, cfg.bucket, cfg.model_prefix(name), c.s3)
+            lv = table.choices[int(table.lambda_choice[m])].variant  # what its function runs
+            v = next((x for x in variants[name] if x.variant == lv), variants[name][0])
+            meta = artifact_metadata_at(v.artifact, cfg.bucket, v.prefix, c.s3)
             metadata[name] = served_metadata(table, m, meta)
             invokers[name] = (
                 LambdaInvoker(
