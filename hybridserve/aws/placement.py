@@ -201,9 +201,11 @@ class Ec2PlacementBackend:
         shards, keys = [], {}
         for key, insts in groups.items():
             base, sid = key.rsplit("#s", 1)[0], int(key.rsplit("#s", 1)[1])
-            if key not in self._want:
+            if key not in self._want:  # adopted: its models and its pool's launch delay
                 newest = max(insts, key=lambda i: (i.launch_time, i.instance_id))
                 self._want[key], self._why[key] = dict(newest.models), {}
+                delay = self.table.pools[self._keys[base]].launch_delay_s
+                self.backend.launch_delay_s.setdefault(key, delay)
             members = self._members(self._want[key])
             shards.append(Shard(self._keys[base], members, len(insts), sid))
             keys[sid] = key
