@@ -374,7 +374,7 @@ def test_a_family_deploys_every_eligible_variant_and_its_function_runs_lambdas(
     aws, built, mlp_family, monkeypatch
 ):
     from hybridserve.aws.deploy import deploy
-    from hybridserve.aws.multi_control import deployment_table, lambda_variants
+    from hybridserve.aws.model_table import deployment_table, lambda_variants
 
     cache, _, links = offline_wheelhouse()
     monkeypatch.setenv("HYBRIDSERVE_CACHE_DIR", str(cache))

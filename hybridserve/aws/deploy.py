@@ -22,10 +22,11 @@ from hybridserve.aws.ec2 import COMMAND_SETTLE_S, Ec2Fleet
 from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
 from hybridserve.aws.function_code import lambda_code
 from hybridserve.aws.images import deployment_arch, latest_al2023
+from hybridserve.aws.model_table import lambda_variants
 from hybridserve.aws.models import INDEX, check_fits, function_sources, upload_models, uploads
-from hybridserve.aws.multi_control import lambda_variants
 from hybridserve.aws.network import router_cidrs
 from hybridserve.aws.routers import deploy_routers, router_plan, router_status
+from hybridserve.aws.scenario import deployment_scenario
 from hybridserve.aws.shared import account_id, deployment_vpc, service_client
 from hybridserve.aws.user_data import deployed_user_data
 from hybridserve.config_base import ConfigError
@@ -62,22 +63,6 @@ def one_model(cfg: DeploymentConfig, what: str) -> None:
             "deployment runs its joint plan with `hybridserve serve` (the router in front of "
             "it, on its arrivals) or `hybridserve controller run --trace` (a multi-model trace)"
         )
-
-
-def deployment_scenario(cfg: DeploymentConfig) -> Scenario:
-    """The deployment's scenario, with its fleet cap, budget and the function's reserved
-    concurrency as the planner's limits."""
-    from hybridserve.config import load_scenario
-
-    return load_scenario(
-        cfg.scenario,
-        **{
-            "planner.max_instances": cfg.ec2.max_instances,
-            "planner.budget_usd_per_hour": cfg.budget_usd_per_hour,
-            # the reserved concurrency caps the function: spill and keep-warm plan within it
-            "lambda.concurrency_limit": max(1, cfg.lambda_.reserved_concurrency),
-        },
-    )
 
 
 def fleet_backend(

@@ -3,99 +3,30 @@ with `Ec2PlacementBackend` acting on the deployment's instances, so the joint pl
 offline is the one that runs.
 
 Each step forecasts every model, plans the shards (pools x instances x models x variants) and
-converges the fleet and each instance's models to them. The models are the deployment's: a family
-directory brings its variants with their measured profiles, accuracy and footprints, and the
-plan chooses among those at or above its floor; an artifact is a family of one variant,
-planned with its `profile` (a `hybridserve profile` YAML measured on the instance type) or,
-without one, the deployment scenario's profile, as a one-model deployment plans, its resident
-memory and load time from its manifest's footprint (measured once here when it has none). Only the holder of the deployment's
-lease acts (aws/lease.py). The placement lives in AWS (aws/placement.py), so a restarted
-controller adopts it; its forecasters start again from the next interval.
+converges the fleet and each instance's models to them, on the deployment's table of models
+(`aws/model_table.py`). Only the holder of the deployment's lease acts (aws/lease.py). The
+placement lives in AWS (aws/placement.py), so a restarted controller adopts it; its
+forecasters start again from the next interval.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hybridserve.aws import resources as R
-from hybridserve.config_base import ConfigError
 from hybridserve.deployment import DeploymentConfig
 
 if TYPE_CHECKING:
     from hybridserve.config import Scenario
     from hybridserve.multimodel.controller import MultiDecision
     from hybridserve.multimodel.placement import PlacementAction
-    from hybridserve.multimodel.spec import ModelFleet
     from hybridserve.multimodel.table import ModelTable
 
 FORECASTER = "linear"  # each model's, as `serve` with models: uses by default
-FOOTPRINT_THREADS = 2  # the instances' model-server threads (ec2_images ImageParams.threads)
-
-
-def deployment_fleet(cfg: DeploymentConfig, sc: Scenario) -> ModelFleet:
-    """The deployment's models as the planner sees them (a family of one variant each)."""
-    from hybridserve.config import build_scenario
-    from hybridserve.local_stack import load_profile
-    from hybridserve.multi_fleet import family_source, footprint
-    from hybridserve.multimodel.spec import model_fleet
-    from predictors.artifact_manifest import read_manifest
-
-    families: dict[str, Any] = {}
-    for i, m in enumerate(cfg.models):
-        if m.family is not None:  # its variants with their measured profiles and accuracy
-            where = f"models.{i}.family"
-            families[m.name] = family_source(Path(m.family), m.accuracy_floor, where)[0]
-            continue
-        art = Path(str(m.artifact))
-        if not (art / "manifest.json").is_file():
-            raise ConfigError(f"models.{i}.artifact: {art} is not a model artifact")
-        if m.profile is None:
-            profile = sc.model
-        else:
-            try:
-                profile = build_scenario({"model": load_profile(Path(m.profile))}).model
-            except ConfigError as e:
-                raise ConfigError(f"models.{i}.profile: {e}") from None
-        variant = str(read_manifest(art).get("variant") or "fp32")
-        mb, load_s = footprint(art, FOOTPRINT_THREADS)
-        families[m.name] = {
-            "reference": variant,
-            "provenance": f"deployed artifact {art}",
-            "variants": {
-                variant: {
-                    "accuracy": 1.0,
-                    "profile": profile.model_dump(by_alias=True),
-                    "memory_mb": mb,
-                    "load_s": load_s,
-                }
-            },
-        }
-    models = [{"name": m.name, "family": m.name} for m in cfg.models]
-    return model_fleet({"families": families, "models": models}, "models")
-
-
-def deployment_table(cfg: DeploymentConfig) -> ModelTable:
-    """The planner's table of the deployment's models on its scenario's pools."""
-    from hybridserve.aws.deploy import deployment_scenario
-    from hybridserve.multimodel.table import build_table
-
-    sc = deployment_scenario(cfg)
-    return build_table(sc, deployment_fleet(cfg, sc))
-
-
-def lambda_variants(cfg: DeploymentConfig) -> dict[str, str]:
-    """Model -> the variant its spill function runs: the table's Lambda choice (the cheapest
-    per request among the eligible), so deploy and the router agree; {} without a family
-    (each model has one variant)."""
-    if not any(m.family is not None for m in cfg.models):
-        return {}
-    t = deployment_table(cfg)
-    return {n: t.choices[int(t.lambda_choice[m])].variant for m, n in enumerate(t.fleet.names)}
 
 
 def trace_counts(trace_path: str | None, names: list[str], dt: int) -> Callable[[int], Any]:
@@ -134,6 +65,7 @@ def build(
     """(scenario, table, Ec2PlacementBackend) of the deployment: `backend_kw` goes to its
     AwsBackend (tests point `url_of` at local servers)."""
     from hybridserve.aws.deploy import deployment_scenario, fleet_backend, launch_delays
+    from hybridserve.aws.model_table import deployment_table
     from hybridserve.aws.placement import Ec2PlacementBackend
 
     sc = deployment_scenario(cfg)
