@@ -25,13 +25,17 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),  # of `bytes` elements (predictors.v2_bytes)
 }
 NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
 
 def v2_datatype(dtype: np.dtype | type) -> str:
-    """V2 datatype name of a numpy dtype; ValueError for one the protocol lacks."""
+    """V2 datatype name of a numpy dtype (bytes, str and object arrays are BYTES); ValueError
+    for one the protocol lacks."""
     dt = np.dtype(dtype)
+    if dt.kind in "SUO":
+        return "BYTES"
     if dt not in NUMPY_TO_V2:
         raise ValueError(f"numpy dtype {dt} has no V2 datatype; supported: {sorted(V2_TO_NUMPY)}")
     return NUMPY_TO_V2[dt]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from predictors.model import V2_TO_NUMPY, v2_datatype
+from predictors.v2_bytes import BYTES, from_json, pack, to_json, unpack
 from predictors.v2_decode import _as_bytes, _parse_header_length, _parse_json
 from predictors.v2_encode import _le_bytes
 from predictors.v2_types import (
@@ -39,17 +40,14 @@ def encode_request(
     ins = []
     for name, value in inputs.items():
         arr = np.asarray(value)
-        t: dict[str, Any] = {
-            "name": name,
-            "datatype": v2_datatype(arr.dtype),
-            "shape": list(arr.shape),
-        }
+        datatype = v2_datatype(arr.dtype)
+        t: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if binary_inputs:
-            raw = _le_bytes(arr)
+            raw = pack(arr) if datatype == BYTES else _le_bytes(arr)
             t["parameters"] = {"binary_data_size": len(raw)}
             tails.append(raw)
         else:
-            t["data"] = arr.ravel().tolist()
+            t["data"] = to_json(arr) if datatype == BYTES else arr.ravel().tolist()
         ins.append(t)
     doc["inputs"] = ins
     if outputs:
@@ -94,7 +92,14 @@ def decode_response(
             dtype = V2_TO_NUMPY[o["datatype"]]
             shape = tuple(int(d) for d in o["shape"])
             size = (o.get("parameters") or {}).get("binary_data_size")
-            if size is not None:
+            if o["datatype"] == BYTES:
+                where = f"output '{o['name']}'"
+                if size is not None:
+                    arr = unpack(tail, offset, int(size), shape, where)
+                    offset += int(size)
+                else:
+                    arr = from_json(o["name"], shape, o["data"])
+            elif size is not None:
                 if offset + size > len(tail):
                     raise ValueError(f"binary data of output '{o['name']}' is short")
                 arr = np.frombuffer(
@@ -105,6 +110,8 @@ def decode_response(
             else:
                 arr = np.array(o["data"], dtype=dtype).reshape(shape)
             outputs.append(Tensor(o["name"], o["datatype"], shape, arr))
+    except V2Error as e:  # a malformed BYTES output: the server's fault, not the caller's
+        raise V2Error(500, f"malformed response: {e.message}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise V2Error(500, f"malformed response: {e}") from None
     return InferResponse(

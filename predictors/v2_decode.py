@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from predictors.model import V2_TO_NUMPY
+from predictors.v2_bytes import BYTES, from_json, unpack
 from predictors.v2_types import (
     HEADER_LENGTH,
     InferRequest,
@@ -22,7 +23,7 @@ from predictors.v2_types import (
     bad_request,
 )
 
-UNSUPPORTED_DATATYPES = ("BYTES", "BF16")
+UNSUPPORTED_DATATYPES = ("BF16",)
 
 
 def _parse_json(raw: bytes | str, what: str) -> Any:
@@ -215,17 +216,22 @@ def decode_request(
                 raise bad_request(
                     f"input '{name}': binary_data_size must be a non-negative integer"
                 )
+            if offset + size > len(tail):
+                raise bad_request(
+                    f"input '{name}': binary data is short: needs {size} bytes at offset "
+                    f"{offset}, the body has {len(tail)} bytes after the header"
+                )
+            if datatype == BYTES:
+                arr = unpack(tail, offset, size, shape, f"input '{name}'")
+                offset += size
+                inputs.append(Tensor(name, datatype, shape, arr))
+                continue
             dtype = V2_TO_NUMPY[datatype]
             want = math.prod(shape) * dtype.itemsize
             if size != want:
                 raise bad_request(
                     f"input '{name}': binary_data_size is {size} bytes but {datatype} shape "
                     f"{list(shape)} needs {want}"
-                )
-            if offset + size > len(tail):
-                raise bad_request(
-                    f"input '{name}': binary data is short: needs {size} bytes at offset "
-                    f"{offset}, the body has {len(tail)} bytes after the header"
                 )
             arr = np.frombuffer(
                 tail, dtype=dtype.newbyteorder("<"), count=math.prod(shape), offset=offset
@@ -235,7 +241,12 @@ def decode_request(
         else:
             if "data" not in t:
                 raise bad_request(f"input '{name}' has neither 'data' nor binary_data_size")
-            arr = _json_data(name, datatype, shape, t["data"])
+            data = t["data"]
+            arr = (
+                from_json(name, shape, data)
+                if datatype == BYTES
+                else _json_data(name, datatype, shape, data)
+            )
         inputs.append(Tensor(name, datatype, shape, arr))
     if offset != len(tail):
         raise bad_request(

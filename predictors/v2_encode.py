@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from predictors.model import v2_datatype
+from predictors.v2_bytes import BYTES, as_bytes_array, pack, to_json
 from predictors.v2_types import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH,
@@ -44,11 +45,11 @@ def encode_response(
     for t in resp.outputs:
         o: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
         if t.name in binary:
-            raw = _le_bytes(t.data)
+            raw = pack(t.data) if t.datatype == BYTES else _le_bytes(t.data)
             o["parameters"] = {"binary_data_size": len(raw)}
             tails.append(raw)
         else:
-            o["data"] = t.data.ravel().tolist()
+            o["data"] = to_json(t.data) if t.datatype == BYTES else t.data.ravel().tolist()
         outs.append(o)
     doc["outputs"] = outs
     header = json.dumps(doc, separators=(",", ":")).encode()
@@ -62,4 +63,7 @@ def encode_response(
 
 def response_tensor(name: str, arr: np.ndarray) -> Tensor:
     arr = np.asarray(arr)
-    return Tensor(name, v2_datatype(arr.dtype), tuple(int(d) for d in arr.shape), arr)
+    datatype = v2_datatype(arr.dtype)
+    if datatype == BYTES:
+        arr = as_bytes_array(arr)
+    return Tensor(name, datatype, tuple(int(d) for d in arr.shape), arr)

@@ -17,6 +17,7 @@ from predictors.v2 import (
     decode_response,
     encode_request,
     encode_response,
+    response_tensor,
 )
 from tests.model_server_helpers import binary_body
 
@@ -129,7 +130,14 @@ BAD_REQUESTS = [
         "input 'x' has no 'shape'",
     ),
     ("unknown datatype", json.dumps(_input(datatype="FP8")), None, "unknown datatype 'FP8'"),
-    ("bytes datatype", json.dumps(_input(datatype="BYTES")), None, "BYTES is not supported"),
+    ("bf16 datatype", json.dumps(_input(datatype="BF16")), None, "BF16 is not supported"),
+    ("bytes not strings", json.dumps(_input(datatype="BYTES")), None, "BYTES needs strings"),
+    (
+        "bytes element count",
+        json.dumps(_input(datatype="BYTES", shape=[3], data=["a", "b"])),
+        None,
+        "shape [3] needs 3 elements, 'data' has 2",
+    ),
     ("shape not ints", json.dumps(_input(shape=[1, "2"])), None, "list of integers"),
     ("negative shape", json.dumps(_input(shape=[-1, 2])), None, "negative dimension"),
     (
@@ -186,3 +194,96 @@ def test_decode_rejects_malformed_requests_with_400(body, header_length, message
     assert e.value.status == 400
     assert message in e.value.message
     assert e.value.as_json() == {"error": e.value.message}
+
+
+# --------------------------------------------------------------------------- BYTES
+
+
+def test_bytes_round_trip_json_and_binary_as_tritonclient_sends_them():
+    """BYTES (text in, labels out): JSON strings, and binary length-prefixed elements exactly
+    as tritonclient.http serializes them; strings and non-UTF-8 bytes both come back."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    text = np.array([["héllo", "a"], ["", "zz"]], dtype=object)
+    raw = np.array([b"\x00\xff", b"ok"], dtype=object)
+    for binary in (False, True):
+        inp = httpclient.InferInput("text", [2, 2], "BYTES")
+        inp.set_data_from_numpy(text, binary_data=binary)
+        body, n = httpclient.InferenceServerClient.generate_request_body([inp])
+        req = decode_request(body, n)
+        (t,) = req.inputs
+        assert t.datatype == "BYTES" and t.shape == (2, 2)
+        assert t.data.tolist() == [[s.encode() for s in row] for row in text.tolist()]
+    body, headers = encode_request({"raw": raw, "text": text}, binary_inputs=True)
+    back = decode_request(body, headers.get(HEADER_LENGTH))
+    assert back.inputs[0].data.tolist() == [b"\x00\xff", b"ok"]
+    resp = InferResponse("m", [response_tensor("label", np.array(["cat", "dög"]))])
+    for binary in (False, True):
+        out, h = encode_response(resp, binary)
+        got = decode_response(out, h.get(HEADER_LENGTH)).outputs[0]
+        assert got.datatype == "BYTES" and got.data.tolist() == [b"cat", "dög".encode()]
+    # a JSON response can only carry text: bytes that are not UTF-8 are replaced there
+    out, _ = encode_response(InferResponse("m", [response_tensor("b", raw)]))
+    assert json.loads(out)["outputs"][0]["data"] == ["\x00\ufffd", "ok"]
+
+
+@pytest.mark.parametrize(
+    "tail, size, message",
+    [
+        (b"\x05\x00\x00\x00ab", 6, "element 0 claims 5 bytes, 2 remain"),
+        (b"\x01\x00\x00\x00a", 5, "ends after 1 of 2 elements"),
+        (b"\x01\x00\x00\x00a\x01\x00\x00\x00bX", 11, "take 10"),
+        (b"\x01\x00", 9, "binary data is short"),
+    ],
+)
+def test_malformed_binary_bytes_are_400_naming_the_input(tail, size, message):
+    head = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2],
+                        "parameters": {"binary_data_size": size}}]}  # fmt: skip
+    header = json.dumps(head).encode()
+    with pytest.raises(V2Error) as e:
+        decode_request(header + tail, len(header))
+    assert e.value.status == 400 and "input 't'" in e.value.message
+    assert message in e.value.message, e.value.message
+
+
+class _Upper:
+    """A model taking text and answering it upper-cased, with its length (BYTES in and out)."""
+
+    name, version, max_batch, ready = "upper", "1", 8, True
+
+    def __init__(self) -> None:
+        from predictors.model import TensorSpec
+
+        self.inputs = [TensorSpec("text", "BYTES", (-1,))]
+        self.outputs = [TensorSpec("upper", "BYTES", (-1,)), TensorSpec("n", "INT64", (-1,))]
+        self.batches: list[int] = []
+
+    def predict(self, inputs):
+        text = inputs["text"]
+        self.batches.append(len(text))
+        up = np.array([t.upper() for t in text], dtype=object)
+        return {"upper": up, "n": np.array([len(t) for t in text], dtype=np.int64)}
+
+
+def test_the_data_plane_batches_bytes_requests_together():
+    import asyncio
+
+    from predictors.dataplane import DataPlane
+
+    model = _Upper()
+    plane = DataPlane([model], max_delay_ms=20)
+
+    def request(*words: str) -> bytes:
+        body, headers = encode_request({"text": np.array(words, dtype=object)})
+        return body, headers[HEADER_LENGTH]
+
+    async def main():
+        calls = [plane.infer_bytes("upper", *request(*w)) for w in (["ab", "c"], ["déf"])]
+        return await asyncio.gather(*calls)
+
+    outs = asyncio.run(main())
+    got = [decode_response(body, h.get(HEADER_LENGTH)).outputs for body, h in outs]
+    assert [o[0].data.tolist() for o in got] == [[b"AB", b"C"], ["DéF".encode()]]  # ASCII upper-cased
+    assert [o[1].data.tolist() for o in got] == [[2, 1], [4]]  # bytes, not characters
+    assert model.batches == [3]  # one predict for both requests
+    sync = plane.infer_sync("upper", decode_request(*request("x")))
+    assert sync.outputs[0].data.tolist() == [b"X"]
