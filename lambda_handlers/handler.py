@@ -65,15 +65,15 @@ def _artifact_dir() -> Path:
 def get_plane():
     """The container's data plane and model, loaded on first use (the cold start)."""
     if "plane" not in _CACHE:
-        from predictors.artifact import load_artifact
         from predictors.dataplane import DataPlane
-        from predictors.onnx_model import OnnxModel
+        from predictors.transformer import load_served
 
         t0 = time.perf_counter()
-        art = load_artifact(
-            _artifact_dir(), extract_dir=os.environ.get("HYBRIDSERVE_EXTRACT_DIR", EXTRACT_DIR)
+        model = load_served(
+            _artifact_dir(),
+            threads=_threads(),
+            extract_dir=os.environ.get("HYBRIDSERVE_EXTRACT_DIR", EXTRACT_DIR),
         )
-        model = OnnxModel(art, intra_op_num_threads=_threads())
         _CACHE["plane"] = DataPlane([model], max_delay_ms=0.0)
         _CACHE["model"] = model
         _CACHE["load_s"] = time.perf_counter() - t0
@@ -97,7 +97,7 @@ def _log_cold_start(model, load_s: float) -> None:
         "logger": "hybridserve.lambda",
         "event": "lambda.cold_start",
         "model": model.name,
-        "variant": model.artifact.variant,
+        "variant": getattr(model, "model", model).artifact.variant,  # behind a transformer
         "isa": isa.isa,
         "int8_path": isa.int8_path,
         "cpu_model": isa.cpu_model,
@@ -123,7 +123,7 @@ def _infer_batch(plane, model, requests: list) -> list[dict]:
     for i, r in enumerate(requests):
         try:
             req = decode_request(r)
-            inputs, rows = plane.validate(model, req)
+            inputs, rows = plane.prepare(model, req)
             decoded.append((i, req, inputs, rows))
         except V2Error as e:
             out[i] = _error(e.status, e.message)
@@ -133,7 +133,11 @@ def _infer_batch(plane, model, requests: list) -> list[dict]:
         results = model.predict(batch)
         bounds = np.cumsum([0, *(rows for *_, rows in decoded)])
         for (i, req, _, _), lo, hi in zip(decoded, bounds[:-1], bounds[1:], strict=True):
-            resp = plane.respond(model, req, {k: v[lo:hi] for k, v in results.items()})
+            try:
+                resp = plane.finish(model, req, {k: v[lo:hi] for k, v in results.items()})
+            except V2Error as e:  # its transformer's postprocess: this request alone
+                out[i] = _error(e.status, e.message)
+                continue
             out[i] = json.loads(encode_response(resp)[0])
     return out  # type: ignore[return-value]
 

@@ -56,9 +56,11 @@ def artifact_metadata(path: str | Path) -> dict[str, Any]:
     from predictors.v2_metadata import model_metadata
 
     m = read_manifest(path)
+    # behind a transformer, clients send and get its tensors, not the model's
+    seen = m.get("transformer") or m
 
     def specs(key: str) -> list[TensorSpec]:
-        return [TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in m[key]]
+        return [TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in seen[key]]
 
     return model_metadata(
         m["name"], [str(m["version"])], "onnxruntime_onnx", specs("inputs"), specs("outputs")
@@ -110,3 +112,23 @@ def _check_manifest(mpath: Path, m: dict[str, Any]) -> None:
                 TensorSpec.from_json(s)
             except (KeyError, TypeError, ValueError) as e:
                 raise ArtifactError(f"{mpath}: field {key}[{i}]: bad tensor spec ({e})") from None
+
+
+def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Replace the artifact's manifest atomically (a reader sees the old one or the new)."""
+    import os
+    import tempfile
+
+    adir = _artifact_dir(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=adir)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the artifact is read by other users
+        os.replace(tmp, adir / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

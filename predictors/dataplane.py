@@ -18,6 +18,7 @@ import numpy as np
 
 from predictors.batching import BatcherStats, DynamicBatcher
 from predictors.model import Model, TensorSpec, v2_datatype
+from predictors.transformer import TransformedModel
 from predictors.v2_decode import decode_request
 from predictors.v2_encode import encode_response
 from predictors.v2_metadata import model_metadata, server_metadata
@@ -203,6 +204,24 @@ class DataPlane:
                 )
         return {n: got[n].data for n in specs}, rows
 
+    def prepare(self, model: Model, request: InferRequest) -> tuple[dict[str, np.ndarray], int]:
+        """The model's input arrays for `request` and its rows: checked against what clients
+        send, then through the model's transformer when it has one (per request, so a bad one
+        fails alone)."""
+        inputs, rows = self.validate(model, request)
+        if isinstance(model, TransformedModel):
+            inputs, rows = model.preprocess(inputs)
+        return inputs, rows
+
+    def finish(
+        self, model: Model, request: InferRequest, outputs: Mapping[str, np.ndarray]
+    ) -> InferResponse:
+        """The response to `request` from the model's outputs for it (through the transformer's
+        postprocess when it has one)."""
+        if isinstance(model, TransformedModel):
+            outputs = model.postprocess(dict(outputs))
+        return self.respond(model, request, outputs)
+
     def respond(
         self, model: Model, request: InferRequest, outputs: Mapping[str, np.ndarray]
     ) -> InferResponse:
@@ -230,7 +249,7 @@ class DataPlane:
         model = self.get_model(name, version)
         if not model.ready:
             raise V2Error(503, f"model '{name}' is not ready")
-        inputs, rows = self.validate(model, request)
+        inputs, rows = self.prepare(model, request)
         batcher = self.batchers[name]
         # counted from here (no await since get_model), so remove_model waits for this request
         self._inflight[name] = self._inflight.get(name, 0) + 1
@@ -245,7 +264,7 @@ class DataPlane:
             left = self._inflight[name] = self._inflight[name] - 1
             if left == 0 and name in self._drained:
                 self._drained[name].set()
-        return self.respond(model, request, outputs)
+        return self.finish(model, request, outputs)
 
     def infer_sync(
         self, name: str, request: InferRequest, version: str | None = None
@@ -254,7 +273,7 @@ class DataPlane:
         model = self.get_model(name, version)
         if not model.ready:
             raise V2Error(503, f"model '{name}' is not ready")
-        inputs, rows = self.validate(model, request)
+        inputs, rows = self.prepare(model, request)
         size = self.batchers[name].max_batch_size
         parts = []
         for chunk in self._chunks(inputs, rows, size):
@@ -263,7 +282,7 @@ class DataPlane:
             except Exception as e:
                 raise V2Error(500, f"model '{name}' failed: {type(e).__name__}: {e}") from None
         outputs = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
-        return self.respond(model, request, outputs)
+        return self.finish(model, request, outputs)
 
     async def infer_bytes(
         self,

@@ -32,7 +32,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from predictors.artifact_manifest import MANIFEST, ArtifactError, _artifact_dir, read_manifest
+from predictors.artifact_manifest import (
+    ArtifactError,
+    _artifact_dir,
+    read_manifest,
+    write_manifest,
+)
 
 CHILD_TIMEOUT_S = 900.0  # one load of a large fp32 model on a slow host stays far below this
 
@@ -121,18 +126,7 @@ def write_footprint(
         "onnxruntime": onnxruntime_version() or "?",
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=adir)
-    try:
-        with open(fd, "w", encoding="utf-8") as f:
-            json.dump(m, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the artifact is read by other users
-        os.replace(tmp, adir / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_manifest(adir, m)
     return m
 
 

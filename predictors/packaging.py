@@ -32,6 +32,9 @@ RUNTIME_MODULES = (
     "v2_encode.py",
     "v2_client.py",
     "v2_metadata.py",
+    "v2_bytes.py",
+    "transformer.py",  # an artifact's transformer runs in the handler too
+    "text.py",  # the example text transformer's tokenizer
     "dataplane.py",
     "batching.py",
     "artifact.py",

@@ -92,10 +92,9 @@ def onnx_loader(threads: int = 2, extract_dir: str | Path | None = None) -> Call
     """How the server loads an artifact: verified, decompressed, on onnxruntime."""
 
     def load(path: Path) -> Model:
-        from predictors.artifact import load_artifact
-        from predictors.onnx_model import OnnxModel
+        from predictors.transformer import load_served
 
-        return OnnxModel(load_artifact(path, extract_dir=extract_dir), intra_op_num_threads=threads)
+        return load_served(path, threads=threads, extract_dir=extract_dir)  # type: ignore[return-value]
 
     return load
 

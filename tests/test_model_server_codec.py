@@ -282,7 +282,10 @@ def test_the_data_plane_batches_bytes_requests_together():
 
     outs = asyncio.run(main())
     got = [decode_response(body, h.get(HEADER_LENGTH)).outputs for body, h in outs]
-    assert [o[0].data.tolist() for o in got] == [[b"AB", b"C"], ["DéF".encode()]]  # ASCII upper-cased
+    assert [o[0].data.tolist() for o in got] == [
+        [b"AB", b"C"],
+        ["DéF".encode()],
+    ]  # ASCII upper-cased
     assert [o[1].data.tolist() for o in got] == [[2, 1], [4]]  # bytes, not characters
     assert model.batches == [3]  # one predict for both requests
     sync = plane.infer_sync("upper", decode_request(*request("x")))

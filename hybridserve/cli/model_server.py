@@ -139,6 +139,7 @@ def _model_server(
     try:
         from predictors.artifact import load_artifact
         from predictors.onnx_model import OnnxModel
+        from predictors.transformer import served
     except ImportError as e:
         raise RuntimeError(
             f"model-server cannot load artifacts here ({e}); it needs predictors.artifact, "
@@ -157,7 +158,8 @@ def _model_server(
         serve(host=host, port=port, imds_url=imds_url, repository=repo, **batching)
         return
     assert artifact_path is not None
-    model = OnnxModel(load_artifact(artifact_path), intra_op_num_threads=threads)
+    art = load_artifact(artifact_path)
+    model = served(OnnxModel(art, intra_op_num_threads=threads), art.path, art.manifest)
     click.echo(
         f"serving model {model.name!r} version {model.version} on http://{host}:{port}/v2 "
         f"(max batch {max_batch}, max delay {max_delay_ms} ms)",

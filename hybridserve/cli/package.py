@@ -108,6 +108,15 @@ def _lambda_packager() -> Any:
     metavar="NAME:DATATYPE:DIMS",
     help="Input of a TorchScript model, e.g. images:FP32:-1,3,224,224 (-1 = dynamic); repeatable.",
 )
+@click.option(
+    "--transformer",
+    "transformer_spec",
+    default=None,
+    metavar="FILE:CLASS",
+    help="Pre/post-processing packaged with the artifact (a predictors.transformer.Transformer "
+    "subclass), run by the model server and the Lambda handler alike; `text` is the shipped "
+    "example (raw text in, label and score out, for distilbert).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def package(
     model: str,
@@ -124,6 +133,7 @@ def package(
     model_version: str,
     max_batch: int,
     input_specs: tuple[str, ...],
+    transformer_spec: str | None,
     as_json: bool,
 ) -> None:
     """Build a model artifact (compressed ONNX + manifest), guarded against accuracy loss."""
@@ -134,6 +144,11 @@ def package(
         from predictors.sources import parse_tensor_spec
 
         specs = [parse_tensor_spec(s) for s in input_specs] or None
+        source = None
+        if transformer_spec is not None:
+            from predictors.transformer import attach_transformer, parse_source
+
+            source = parse_source(transformer_spec)
         packager = _lambda_packager() if target == "lambda" else None
         art_dir = build_artifact(
             model,
@@ -150,6 +165,8 @@ def package(
             level=compression_level,
             int8_format=int8_format,
         )
+        if source is not None:  # before the Lambda package, which ships the artifact
+            attach_transformer(art_dir, *source)
         manifest = read_manifest(art_dir)
         sizes = size_report(art_dir)
         lambda_result: Any = None

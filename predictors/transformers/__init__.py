@@ -1,0 +1,1 @@
+"""Example transformers (`hybridserve package --transformer text`)."""
