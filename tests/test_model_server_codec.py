@@ -290,3 +290,12 @@ def test_the_data_plane_batches_bytes_requests_together():
     assert model.batches == [3]  # one predict for both requests
     sync = plane.infer_sync("upper", decode_request(*request("x")))
     assert sync.outputs[0].data.tolist() == [b"X"]
+
+
+def test_the_router_reencodes_a_binary_bytes_request_as_json_for_lambda():
+    from hybridserve.router.asgi import as_json_request
+
+    body, h = encode_request({"text": np.array(["héllo", b"\xff"], dtype=object)})
+    doc = json.loads(as_json_request(body, h[HEADER_LENGTH].encode()))
+    want = {"name": "text", "datatype": "BYTES", "shape": [2], "data": ["héllo", "\ufffd"]}
+    assert doc["inputs"] == [want]

@@ -9,8 +9,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 JSON = b"application/json"
 HL = b"inference-header-content-length"
 SERVER_METADATA = {
@@ -77,6 +75,7 @@ def as_json_request(body: bytes, hl: bytes | None) -> bytes:
             )
         return body
     from predictors.v2 import V2Error, decode_request
+    from predictors.v2_bytes import BYTES, to_json
 
     try:
         req = decode_request(body, hl.decode())
@@ -84,7 +83,12 @@ def as_json_request(body: bytes, hl: bytes | None) -> bytes:
         raise ValueError(e.message) from None
     out: dict[str, Any] = {
         "inputs": [
-            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "data": _plain(t.data)}
+            {
+                "name": t.name,
+                "datatype": t.datatype,
+                "shape": list(t.shape),
+                "data": to_json(t.data) if t.datatype == BYTES else t.data.ravel().tolist(),
+            }
             for t in req.inputs
         ]
     }
@@ -93,12 +97,6 @@ def as_json_request(body: bytes, hl: bytes | None) -> bytes:
     if req.outputs:
         out["outputs"] = [{"name": o.name} for o in req.outputs]
     return json.dumps(out, separators=(",", ":")).encode()
-
-
-def _plain(arr: np.ndarray) -> list:
-    if arr.dtype == object:
-        return [x.decode() if isinstance(x, bytes) else x for x in arr.ravel().tolist()]
-    return arr.ravel().tolist()
 
 
 async def read_body(receive: Callable, limit: int) -> bytes:
