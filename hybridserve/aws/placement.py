@@ -200,10 +200,13 @@ class Ec2PlacementBackend:
                 self._next_sid = max(self._next_sid, parsed[1] + 1)
         shards, keys = [], {}
         for key, insts in groups.items():
-            base, sid = key.rsplit("#s", 1)[0], int(key.rsplit("#s", 1)[1])
+            base, sid = parse_shard(key)  # type: ignore[misc]  # grouped by it above
             if key not in self._want:  # adopted: its models and its pool's launch delay
                 newest = max(insts, key=lambda i: (i.launch_time, i.instance_id))
-                self._want[key], self._why[key] = dict(newest.models), {}
+                # a model or variant the table lacks (no longer deployed) is dropped: its tag
+                # goes at the next apply and the servers unload it
+                self._want[key] = self._names(dict(self._members(dict(newest.models))))
+                self._why[key] = {}
                 delay = self.table.pools[self._keys[base]].launch_delay_s
                 self.backend.launch_delay_s.setdefault(key, delay)
             members = self._members(self._want[key])
