@@ -25,10 +25,17 @@ def test_cli_model_server_wires_the_artifact_into_the_server(monkeypatch, tmp_pa
             super().__init__(name=artifact["name"])
             seen["threads"] = intra_op_num_threads
 
+    class Art(dict):  # what load_artifact returns: the manifest (no transformer), the path
+        manifest: dict = {}
+
+        @property
+        def path(self):
+            return self["path"]
+
     monkeypatch.setitem(
         sys.modules,
         "predictors.artifact",
-        types.SimpleNamespace(load_artifact=lambda p: {"name": "distil", "path": p}),
+        types.SimpleNamespace(load_artifact=lambda p: Art(name="distil", path=p)),
     )
     monkeypatch.setitem(
         sys.modules, "predictors.onnx_model", types.SimpleNamespace(OnnxModel=FakeOnnx)

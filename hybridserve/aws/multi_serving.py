@@ -72,11 +72,10 @@ class MultiAwsStack(RouterStack):
 
     def prepare(self) -> None:
         """Check every model's function is deployed, then build the stack."""
-        from hybridserve.aws.invoke import LambdaInvoker
         from hybridserve.aws.lease import Lease, lease_ttl_s
         from hybridserve.aws.models import model_variants
         from hybridserve.aws.multi_control import FORECASTER, build
-        from hybridserve.aws.serving import artifact_metadata_at, check_deployed
+        from hybridserve.aws.serving import artifact_metadata_at, check_deployed, spill_invoker
         from hybridserve.multi_router import multi_router, served_metadata
         from hybridserve.multimodel.controller import MultiController
         from hybridserve.multimodel.live import CappedPlacement
@@ -98,18 +97,9 @@ class MultiAwsStack(RouterStack):
             v = next((x for x in variants[name] if x.variant == lv), variants[name][0])
             meta = artifact_metadata_at(v.artifact, cfg.bucket, v.prefix, c.s3)
             metadata[name] = served_metadata(table, m, meta)
+            fn = cfg.functions[name]
             invokers[name] = (
-                LambdaInvoker(
-                    cfg.functions[name],
-                    qualifier=R.ALIAS,
-                    region=cfg.region,
-                    endpoint_url=self.endpoint_url,
-                    max_concurrency=concurrency,
-                    timeout_s=lam.timeout_s + 5,
-                    throttle_wait_s=lam.timeout_s,
-                )
-                if spill
-                else None
+                spill_invoker(cfg, fn, self.endpoint_url, concurrency) if spill else None
             )
         self.router = multi_router(
             table,

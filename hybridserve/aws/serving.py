@@ -228,7 +228,6 @@ class AwsStack(RouterStack):
             one_model,
             service_client,
         )
-        from hybridserve.aws.invoke import LambdaInvoker
         from hybridserve.aws.metrics import publish
         from hybridserve.router import Router
 
@@ -246,15 +245,7 @@ class AwsStack(RouterStack):
         self.backend = fleet_backend(cfg, c, launch_delay_s=launch_delays(sc))
         invoker = None
         if spill:
-            invoker = LambdaInvoker(
-                function,
-                qualifier=R.ALIAS,
-                region=cfg.region,
-                endpoint_url=self.endpoint_url,
-                max_concurrency=concurrency,
-                timeout_s=lam.timeout_s + 5,
-                throttle_wait_s=lam.timeout_s,  # spill waits out keep-warm pings
-            )
+            invoker = spill_invoker(cfg, function, self.endpoint_url, concurrency)
         rc = router_config(
             sc,
             name,
@@ -361,6 +352,24 @@ class AwsStack(RouterStack):
 
     def _check_deployed(self, c: R.Clients, function: str) -> None:
         check_deployed(self.cfg, c, function)
+
+
+def spill_invoker(
+    cfg: DeploymentConfig, function: str, endpoint_url: str | None, concurrency: int
+) -> Any:
+    """The router's invoker of a spill function's `live` alias; a spill waits out throttles
+    (keep-warm pings hold the function's concurrency) for up to the function's timeout."""
+    from hybridserve.aws.invoke import LambdaInvoker
+
+    return LambdaInvoker(
+        function,
+        qualifier=R.ALIAS,
+        region=cfg.region,
+        endpoint_url=endpoint_url,
+        max_concurrency=concurrency,
+        timeout_s=cfg.lambda_.timeout_s + 5,
+        throttle_wait_s=cfg.lambda_.timeout_s,
+    )
 
 
 def check_deployed(cfg: DeploymentConfig, c: R.Clients, function: str) -> None:
