@@ -16,7 +16,11 @@ def controller() -> None:
 @controller.command("run")
 @aws_options
 @click.option(
-    "--trace", "trace_path", type=click.Path(dir_okay=False), help="Replay this trace's arrivals."
+    "--trace",
+    "trace_path",
+    type=click.Path(),
+    help="Replay this trace's arrivals (a multi-model deployment: a per-request CSV with a "
+    "model column, or a folder of one counts file per model).",
 )
 @click.option(
     "--interval-s",

@@ -15,7 +15,7 @@ from hybridserve.cli.common import user_errors
 @click.option(
     "--trace",
     "trace_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Arrivals to replay: the next interval is the one after the saved state's last step.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as one JSON object.")
@@ -29,10 +29,11 @@ def plan(
     """Print the next decision: the controller resumed from its saved state decides on the
     next interval against the fleet on AWS now. Nothing is launched, retired or saved."""
     with user_errors(), aws_errors():
-        from hybridserve.aws.deploy import plan_next
+        from hybridserve.aws.deploy import one_model, plan_next
         from hybridserve.cli.controller import trace_intervals
 
         cfg, c = setup(config_path, region, endpoint_url)
+        one_model(cfg, "plan")  # before the trace: a multi-model one is a folder
         _, counts_at = trace_intervals(cfg.scenario, trace_path)
 
         def counts(n: int):
