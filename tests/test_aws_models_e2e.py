@@ -1,13 +1,16 @@
 """A multi-model deployment end to end against a moto server over https, the CLI as a user runs
-it in subprocesses: deploy -> status -> controller run (dry, then real) -> plan refused ->
-teardown, and at the end nothing tagged for the deployment remains."""
+it in subprocesses: deploy -> status -> controller run (dry, then real) -> serve -> plan
+refused -> teardown, and at the end nothing tagged for the deployment remains."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import pytest
 pytest.importorskip("moto")
 pytest.importorskip("torch")  # to build the artifacts the deployment ships
 boto3 = pytest.importorskip("boto3")
+from hybridserve.spawn import spawn_listening  # noqa: E402
 from predictors.artifact_build import build_artifact  # noqa: E402
 from tests.moto_tls import moto_server  # noqa: E402
 from tests.wheel_helpers import offline_wheelhouse  # noqa: E402
@@ -90,6 +94,22 @@ def test_deploy_control_and_tear_down_several_models(moto_url, config):
     tags = [{t["Key"]: t["Value"] for t in i["Tags"]} for i in insts]
     assert insts and all("#s" in t["hybridserve:pool"] for t in tags)  # the plan's shards only
     assert all(t.get("hybridserve:model:small") for t in tags)
+    # `serve`: the router in front of the deployment answers each model's metadata
+    args = [sys.executable, "-m", "hybridserve.cli", "serve", "--config", cfg, "--endpoint-url",
+            moto_url, "--port", "0", "--log-level", "warning"]  # fmt: skip
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    with open(Path(cfg).parent / "serve.log", "wb") as err:
+        proc, url = spawn_listening(args, err, "serve", 120, env=env)
+    try:
+        with urllib.request.urlopen(url + "/v2/models/tiny", timeout=10) as r:
+            meta = json.loads(r.read())
+        assert meta["name"] == "tiny" and meta["versions"] == ["int8"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     refused = cli(moto_url, "plan", "--config", cfg, "--trace", trace, check=False)
     assert refused.returncode != 0 and "one-model deployment only" in refused.stderr
     cli(moto_url, "teardown", "--config", cfg, "--yes")
