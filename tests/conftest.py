@@ -96,6 +96,19 @@ def built(tmp_path_factory) -> dict[str, Path]:
     return {v: build_artifact("mlp", out, variant=v) for v in ("fp32", "int8")}
 
 
+def tagged_instances(
+    ec2, deployment: str, states: tuple[str, ...] = ("pending", "running")
+) -> list[dict]:
+    """The instances EC2 describes as tagged for `deployment`, in one of `states`."""
+    res = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:hybridserve:deployment", "Values": [deployment]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ]
+    )["Reservations"]
+    return [i for r in res for i in r["Instances"]]
+
+
 def wait_until(
     cond: Callable[[], object], timeout_s: float = 10.0, what: str = "the condition"
 ) -> None:

@@ -21,6 +21,7 @@ pytest.importorskip("torch")  # to build the artifact the deployment ships
 boto3 = pytest.importorskip("boto3")
 from hybridserve.spawn import lines_within  # noqa: E402
 from predictors.artifact_build import build_artifact  # noqa: E402
+from tests.conftest import tagged_instances  # noqa: E402
 from tests.moto_tls import moto_server  # noqa: E402
 from tests.wheel_helpers import offline_wheelhouse  # noqa: E402
 
@@ -79,13 +80,7 @@ def live_instances(url):
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
-    res = ec2.describe_instances(
-        Filters=[
-            {"Name": "tag:hybridserve:deployment", "Values": [DEPLOYMENT]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return [i for r in res for i in r["Instances"]], ec2
+    return tagged_instances(ec2, DEPLOYMENT), ec2
 
 
 def test_deploy_scale_crash_rerun_teardown(moto_url, env, config, aws_faults):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from hybridserve.rollout import Member, roll
-from tests.conftest import wait_until
+from tests.conftest import tagged_instances, wait_until
 
 OD, SPOT = "c5.large/on_demand", "c5.large/spot"
 DEP = "life"
@@ -33,13 +33,7 @@ def fleet_backend(aws, **kw):
 
 
 def instances(aws, states=("pending", "running")):
-    res = aws.ec2.describe_instances(
-        Filters=[
-            {"Name": "tag:hybridserve:deployment", "Values": [DEP]},
-            {"Name": "instance-state-name", "Values": list(states)},
-        ]
-    )["Reservations"]
-    return {i["InstanceId"]: i for r in res for i in r["Instances"]}
+    return {i["InstanceId"]: i for i in tagged_instances(aws.ec2, DEP, tuple(states))}
 
 
 def tags(inst) -> dict[str, str]:

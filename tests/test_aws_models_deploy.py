@@ -287,13 +287,9 @@ def test_controller_run_places_the_models_and_the_servers_load_them(deployed, aw
 
 
 def _live(c: R.Clients) -> list[dict]:
-    res = c.ec2.describe_instances(
-        Filters=[
-            {"Name": "tag:hybridserve:deployment", "Values": [DEP]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return [i for r in res for i in r["Instances"]]
+    from tests.conftest import tagged_instances
+
+    return tagged_instances(c.ec2, DEP)
 
 
 def test_serve_routes_each_model_to_the_shards_that_load_it(deployed, aws, built, tmp_path):

@@ -20,7 +20,9 @@ pytest.importorskip("torch")  # to build the artifacts the deployment ships
 boto3 = pytest.importorskip("boto3")
 from hybridserve.spawn import spawn_listening  # noqa: E402
 from predictors.artifact_build import build_artifact  # noqa: E402
+from tests.conftest import tagged_instances  # noqa: E402
 from tests.moto_tls import moto_server  # noqa: E402
+from tests.test_aws_e2e import cli as e2e_cli  # noqa: E402
 from tests.wheel_helpers import offline_wheelhouse  # noqa: E402
 
 DEP = "models-e2e"
@@ -52,27 +54,19 @@ def config(tmp_path_factory):
     return cfg, trace
 
 
+def env() -> dict[str, str]:
+    """The CLI's environment, read when called: moto_server sets AWS_CA_BUNDLE while it runs."""
+    return {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
 def cli(url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    p = subprocess.run(
-        [sys.executable, "-m", "hybridserve.cli", *args, "--endpoint-url", url],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    if check:
-        assert p.returncode == 0, p.stderr[-3000:]
-    return p
+    return e2e_cli(env(), url, *args, check=check)
 
 
 def live(url: str) -> list[dict]:
     ec2 = boto3.client("ec2", endpoint_url=url, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    res = ec2.describe_instances(
-        Filters=[
-            {"Name": "tag:hybridserve:deployment", "Values": [DEP]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return [i for r in res for i in r["Instances"]]
+    return tagged_instances(ec2, DEP)
 
 
 def test_deploy_control_and_tear_down_several_models(moto_url, config):
@@ -97,9 +91,8 @@ def test_deploy_control_and_tear_down_several_models(moto_url, config):
     # `serve`: the router in front of the deployment answers each model's metadata
     args = [sys.executable, "-m", "hybridserve.cli", "serve", "--config", cfg, "--endpoint-url",
             moto_url, "--port", "0", "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     with open(Path(cfg).parent / "serve.log", "wb") as err:
-        proc, url = spawn_listening(args, err, "serve", 120, env=env)
+        proc, url = spawn_listening(args, err, "serve", 120, env=env())
     try:
         with urllib.request.urlopen(url + "/v2/models/tiny", timeout=10) as r:
             meta = json.loads(r.read())

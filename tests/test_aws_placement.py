@@ -17,7 +17,7 @@ from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe  # noqa: E4
 from hybridserve.aws.placement import Ec2PlacementBackend  # noqa: E402
 from hybridserve.multimodel.packing import Shard  # noqa: E402
 from hybridserve.multimodel.placement import PlacementAction as A  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
+from tests.conftest import tagged_instances, wait_until  # noqa: E402
 from tests.multimodel_helpers import (  # noqa: E402
     loaded,
     model_servers,
@@ -69,13 +69,7 @@ def make(aws, table, servers):
 
 
 def _instances(aws) -> list[dict]:
-    res = aws.ec2.describe_instances(
-        Filters=[
-            {"Name": f"tag:{T.DEPLOYMENT}", "Values": [DEP]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return [i for r in res for i in r["Instances"]]
+    return tagged_instances(aws.ec2, DEP)
 
 
 def _models(inst: dict) -> dict[str, str]:

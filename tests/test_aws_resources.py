@@ -14,6 +14,7 @@ boto3 = pytest.importorskip("boto3")
 from hybridserve.aws import iam as I  # noqa: E402
 from hybridserve.aws import resources as R  # noqa: E402
 from hybridserve.aws import tags as T  # noqa: E402
+from tests.conftest import tagged_instances  # noqa: E402
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
@@ -318,13 +319,8 @@ def _deploy(c, tmp_path, *, pre_existing_bucket=False):
 
 
 def _live_instances(c, deployment=DEP):
-    res = c.ec2.describe_instances(
-        Filters=[
-            {"Name": f"tag:{T.DEPLOYMENT}", "Values": [deployment]},
-            {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
-        ]
-    )["Reservations"]
-    return [i["InstanceId"] for r in res for i in r["Instances"]]
+    states = ("pending", "running", "stopped")
+    return [i["InstanceId"] for i in tagged_instances(c.ec2, deployment, states)]
 
 
 def _assert_nothing_left(c):

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from hybridserve.config_base import ConfigError
-from tests.conftest import Scrape, wait_until
+from tests.conftest import Scrape, tagged_instances, wait_until
 from tests.wheel_helpers import offline_wheelhouse
 
 POOL = "c5.large/on_demand"
@@ -236,13 +236,7 @@ def _post(url: str, body: bytes, timeout_s: float = 20) -> tuple[int, bytes]:
 
 def _tagged(moto_url: str) -> list[dict]:
     ec2 = boto3.client("ec2", endpoint_url=moto_url, region_name="us-east-1")
-    res = ec2.describe_instances(
-        Filters=[
-            {"Name": "tag:hybridserve:deployment", "Values": [DEPLOYMENT]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return [i for r in res for i in r["Instances"]]
+    return tagged_instances(ec2, DEPLOYMENT)
 
 
 def test_aws_stack_serves_converges_and_publishes(stack, moto_url, model_server):
