@@ -5,16 +5,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 
 from hybridserve.config import Scenario
 from hybridserve.policies import POLICIES
 from simulations.bounds import cost_lower_bound
 from simulations.optimum import optimum
+from simulations.processes import process_pool
 from simulations.replay import PolicyResult, run_policy
 from simulations.traces import Trace
 
@@ -90,10 +90,7 @@ def compare(
         return _assemble(trace, sc, names, done)
     # slowest first, so the pool is not left waiting on one long replay at the end
     order = sorted(jobs, key=lambda p: -_COST_RANK.get(p, 0))
-    ctx = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+    with process_pool(n) as pool:
         futs = {pool.submit(_run_one, trace, sc, p, seed, forecaster): p for p in order}
         for f in as_completed(futs):
             done[futs[f]] = f.result()

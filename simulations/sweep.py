@@ -11,16 +11,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from hybridserve.policies import POLICIES
+from simulations.processes import process_pool
 from simulations.traces import Trace
 
 SYNTHETIC = "synthetic"  # a trace name: the embedded synthetic trace (`synthetic:DAYS` sets days)
@@ -273,15 +273,12 @@ def run_serial(cells: Sequence[Cell], on_row: OnRow | None = None) -> list[Row]:
 def run_pool(
     cells: Sequence[Cell], workers: int | None = None, on_row: OnRow | None = None
 ) -> list[Row]:
-    """A local process pool (fork where the platform has it: workers start in milliseconds)."""
+    """A local process pool (`simulations.processes`: forked from a clean fork server)."""
     n = min(len(cells), workers or os.cpu_count() or 1)
     if n <= 1:
         return run_serial(cells, on_row)
-    ctx = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
     rows: list[Row | None] = [None] * len(cells)
-    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+    with process_pool(n) as pool:
         futs = {pool.submit(run_cell, c): i for i, c in enumerate(cells)}
         for f in as_completed(futs):
             i = futs[f]
