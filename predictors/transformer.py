@@ -168,7 +168,11 @@ def load_served(
     return served(OnnxModel(art, intra_op_num_threads=threads), art.path, art.manifest)
 
 
-EXAMPLES = {"text": ("transformers/text_classifier.py", "TextClassifier")}  # --transformer text
+EXAMPLES = {
+    "text": ("transformers/text_classifier.py", "TextClassifier"),
+    "fault": ("transformers/fault_injection.py", "FailSome"),
+    "slow": ("transformers/fault_injection.py", "SlowDown"),
+}  # --transformer NAME
 ARTIFACT_FILE = "transformer.py"
 
 

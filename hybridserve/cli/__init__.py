@@ -23,6 +23,7 @@ def _register() -> None:
     from hybridserve.cli.package import package
     from hybridserve.cli.plan import plan
     from hybridserve.cli.profile import profile
+    from hybridserve.cli.rollout import rollout
     from hybridserve.cli.scale import scale
     from hybridserve.cli.serve import serve
     from hybridserve.cli.simulate import simulate
@@ -34,6 +35,7 @@ def _register() -> None:
     for command in (
         simulate, forecast, package, profile, model_server, serve, bench, family,
         deploy, status, scale, plan, controller, iam_policy, teardown, sweep, simulate_models,
+        rollout,
     ):  # fmt: skip
         main.add_command(command)
 

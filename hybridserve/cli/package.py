@@ -114,8 +114,9 @@ def _lambda_packager() -> Any:
     default=None,
     metavar="FILE:CLASS",
     help="Pre/post-processing packaged with the artifact (a predictors.transformer.Transformer "
-    "subclass), run by the model server and the Lambda handler alike; `text` is the shipped "
-    "example (raw text in, label and score out, for distilbert).",
+    "subclass), run by the model server and the Lambda handler alike. Shipped: `text` (raw "
+    "text in, label and score out, for distilbert); `fault` (20% of requests fail) and `slow` "
+    "(50 ms added), to rehearse a rollback with.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def package(

@@ -58,6 +58,7 @@ from hybridserve.router.models import (
     left,
     nowhere,
 )
+from hybridserve.router.rollouts import Rollouts
 from hybridserve.router.upstream import Upstream, UpstreamError, UpstreamTimeout
 from hybridserve.router.variants import VariantRefused, allowed_variants
 from predictors.prometheus import Exposition
@@ -114,6 +115,7 @@ class Router:
         self._second_count = 0
         self._tasks: list[asyncio.Task] = []
         self._lambda_usd = 0.0
+        self.rollouts = Rollouts(self)
 
     # ------------------------------------------------------------------ models
     @property
@@ -150,6 +152,7 @@ class Router:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.rollouts.close()
         await self.book.close()
         for u in self.ups:
             u.pool.close()
@@ -190,6 +193,10 @@ class Router:
         while True:
             await asyncio.sleep(1.0 - (time.time() % 1.0))
             self.tick(int(time.time()))
+            try:
+                self.rollouts.step(time.monotonic())
+            except Exception:  # a judging failure must not stop routing
+                log.exception("stepping the rollouts failed")
 
     def tick(self, second: int) -> None:
         """Close the seconds before `second`: arrivals counts, spill rate, buffer and tables.
@@ -267,9 +274,10 @@ class Router:
         send: Callable,
         model: ModelState | None = None,
         version: str | None = None,
-    ) -> None:
+    ) -> str:
         """Route one request for `model` (`cfg.model_name`'s when None) and answer it; of a
-        family's model, only to where a variant it allows (`version`, min_accuracy) is loaded."""
+        family's model, only to where a variant it allows (`version`, min_accuracy) is loaded.
+        Returns the route taken (fleet, retry, lambda, rejected)."""
         t0 = time.perf_counter()
         ms = model or self._primary
         sec = int(time.time())
@@ -285,7 +293,7 @@ class Router:
                 except BadRequest as e:  # refused before any instance counts it
                     self.metrics.request("rejected", 400, time.perf_counter() - t0, 0.0, ms.name)
                     await reply_json(send, 400, {"error": str(e)})
-                    return
+                    return "rejected"
                 break
         allowed = None
         if ms.accuracy:
@@ -294,7 +302,7 @@ class Router:
             except VariantRefused as e:
                 self.metrics.request("rejected", e.status, time.perf_counter() - t0, 0.0, ms.name)
                 await reply_json(send, e.status, {"error": e.message})
-                return
+                return "rejected"
         c = ms.pick(self._budget, self._max_queue, allowed)
         if c is None and ms.buffer is None:  # VM-only: queue beyond the SLO, don't drop
             c = ms.pick(math.inf, self._max_queue, allowed)
@@ -320,6 +328,7 @@ class Router:
         # counted before the reply: a client holding its response must find it in the metrics
         self.metrics.request(route, status, time.perf_counter() - t0, self.cfg.slo_ms, ms.name)
         await reply(send, status, payload, extra=out_headers)
+        return route
 
     async def _forward(
         self,
@@ -460,7 +469,8 @@ class Router:
         lambda_usd_s = self.metrics.lambda_usd_rate(self._lambda_usd)
         params = self.buffer.params if self.buffer is not None else None
         buffers = [ms.buffer for ms in self.models.values() if ms.buffer is not None]
-        return self.metrics.families(
+        yield from self.rollouts.families()
+        yield from self.metrics.families(
             ups=self.ups,
             spill_pending=sum(b.pending for b in buffers),
             lambda_in_flight=sum(b.in_flight for b in buffers),

@@ -21,6 +21,7 @@ from hybridserve.router.asgi import (
     reply,
     reply_json,
 )
+from hybridserve.router.rollout_endpoints import rollout_route
 from hybridserve.router.upstream import UpstreamError
 from predictors.prometheus import CONTENT_TYPE
 
@@ -56,6 +57,9 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
         await reply(send, 200, router.render_metrics(), CONTENT_TYPE.encode())
         return
     parts = path.strip("/").split("/")
+    if parts[0] == "rollouts":
+        await rollout_route(router, parts, method, receive, send)
+        return
     if parts == ["v2"] and method == "GET":
         await reply_json(send, 200, SERVER_METADATA)
         return
@@ -74,7 +78,11 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
             upstream = model_path(name, version)
             if tail == ["infer"] and method == "POST":
                 body = await read_body(receive, router.cfg.max_body_bytes)
-                await router.infer(upstream + "/infer", body, headers, send, ms, version)
+                ro = router.rollouts.by_model.get(name)
+                if ro is None:
+                    await router.infer(upstream + "/infer", body, headers, send, ms, version)
+                else:
+                    await router.rollouts.serve(ro, body, headers, send, version)
                 return
         except BodyTooLarge:
             limit = router.cfg.max_body_bytes
