@@ -227,9 +227,12 @@ class LocalStack(RouterStack):
             log_dir=log_dir,
         )
         invoker = None
-        if spill:
+        aj = cfg.async_jobs
+        if aj.enabled and cfg.router.replicas > 1:
+            raise ConfigError("async_jobs: needs router.replicas 1 (one router takes the jobs)")
+        if spill or (aj.enabled and aj.max_lambda > 0):
             self.emulator, self.emulator_url = start_emulator(cfg, art, log_dir)
-            invoker = emulator_invoker(cfg, self.emulator_url)
+            invoker = emulator_invoker(cfg, self.emulator_url) if spill else None
         pool = sc.pools[0]
         if it.initial:
             self.backend.converge({pool.key: min(it.initial, it.max_instances)})
@@ -252,6 +255,14 @@ class LocalStack(RouterStack):
             self.router = Router(rc, self.backend.endpoints, invoker, metadata=metadata,
                                  fleet_usd_per_s=cost, cost_meter=self._cost_meter(sc))  # fmt: skip
             take_counts = self.router.take_counts
+        if aj.enabled:
+            from hybridserve.asyncjobs.local import local_async
+
+            root = (log_dir or cache_dir(cfg)) / "async"
+            url = self.emulator_url
+            factory = None if url is None else functools.partial(emulator_invoker, cfg, url)
+            self.async_ = local_async(cfg, sc, art, name, factory, root)
+            self.router.jobs = self.async_.front
         if cfg.deployment != "fixed":
             policy = cfg.deployment
             controller, _ = build_controller(

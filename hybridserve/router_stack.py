@@ -113,6 +113,7 @@ class RouterStack:
         self.loop_: Any = None
         self.scenario: Scenario | None = None
         self.replicas: Any = None  # a ReplicaSet when router.replicas > 1, instead of `router`
+        self.async_: Any = None  # hybridserve.asyncjobs.local.LocalAsync, when async is on
         self.url: str | None = None
         self._stop = threading.Event()
         self._server: Any = None
@@ -129,7 +130,10 @@ class RouterStack:
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         """Coroutines to run beside the router while it serves (cancelled when it stops)."""
-        return [self.loop_.run()] if self.loop_ is not None else []
+        out = [self.loop_.run()] if self.loop_ is not None else []
+        if self.async_ is not None:
+            out.append(self.async_.runtime.run())
+        return out
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Run the router (uvicorn) and the background tasks until cancelled or signalled."""
@@ -226,3 +230,5 @@ class RouterStack:
             self.replicas.close()
         if self.backend is not None:
             self.backend.close()
+        if self.async_ is not None:
+            self.async_.close()

@@ -119,6 +119,22 @@ class ServedModel(Strict):
         return self
 
 
+class AsyncJobs(Strict):
+    """Asynchronous inference beside the router (hybridserve/asyncjobs): a job queue, workers on
+    an async fleet of their own and on the Lambda emulator, planned against `deadline_s`."""
+
+    enabled: bool = False
+    store_dir: Path | None = None  # inputs, results, records [default: <log_dir|cache>/async]
+    deadline_s: float = Field(600.0, gt=0)  # per job, submit to result
+    max_fleet: int = Field(1, ge=0)  # async instances at most (this machine's cores)
+    max_lambda: int = Field(2, ge=0)  # Lambda workers at most (within lambda.concurrency)
+    per_instance: int = Field(4, ge=1)  # jobs in flight per instance (its batcher's work)
+    visibility_s: float = Field(60.0, gt=0)  # a job a worker took comes back after this
+    max_receives: int = Field(3, ge=1)  # attempts before the dead-letter queue
+    interval_s: float = Field(1.0, gt=0)  # the async plan's control interval
+    notify_file: Path | None = None  # notifications as JSON lines (SNS's stand-in)
+
+
 class ServeConfig(Strict):
     model: str = "distilbert"  # a reference model built in code (no downloads)
     artifact: Path | None = None  # or an artifact directory (`hybridserve package`)
@@ -137,6 +153,7 @@ class ServeConfig(Strict):
     log_dir: Path | None = None
     # several models on one fleet, planned jointly (hybridserve.multi_stack); empty: `model`
     models: list[ServedModel] = []
+    async_jobs: AsyncJobs = AsyncJobs()
 
     @field_validator("models")
     @classmethod

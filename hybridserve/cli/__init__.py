@@ -13,6 +13,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from hybridserve.cli.async_jobs import async_jobs
     from hybridserve.cli.bench import bench
     from hybridserve.cli.controller import controller
     from hybridserve.cli.deploy import deploy
@@ -35,7 +36,7 @@ def _register() -> None:
     for command in (
         simulate, forecast, package, profile, model_server, serve, bench, family,
         deploy, status, scale, plan, controller, iam_policy, teardown, sweep, simulate_models,
-        rollout,
+        rollout, async_jobs,
     ):  # fmt: skip
         main.add_command(command)
 

@@ -116,6 +116,7 @@ class Router:
         self._tasks: list[asyncio.Task] = []
         self._lambda_usd = 0.0
         self.rollouts = Rollouts(self)
+        self.jobs: Any = None  # hybridserve.asyncjobs.front.AsyncFront, when async is on
 
     # ------------------------------------------------------------------ models
     @property

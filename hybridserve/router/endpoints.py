@@ -60,6 +60,12 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
     if parts[0] == "rollouts":
         await rollout_route(router, parts, method, receive, send)
         return
+    if parts[:2] == ["v2", "jobs"] and len(parts) == 3 and method == "GET":
+        if router.jobs is None:
+            await reply_json(send, 404, {"error": "this router takes no async jobs"})
+        else:
+            await router.jobs.status(parts[2], send)
+        return
     if parts == ["v2"] and method == "GET":
         await reply_json(send, 200, SERVER_METADATA)
         return
@@ -76,6 +82,13 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
             tail, version = tail[2:], tail[1]
         try:
             upstream = model_path(name, version)
+            if tail == ["async-infer"] and method == "POST" and version is None:
+                body = await read_body(receive, router.cfg.max_body_bytes)
+                if router.jobs is None:
+                    await reply_json(send, 404, {"error": "this router takes no async jobs"})
+                else:
+                    await router.jobs.submit(name, body, send)
+                return
             if tail == ["infer"] and method == "POST":
                 body = await read_body(receive, router.cfg.max_body_bytes)
                 ro = router.rollouts.by_model.get(name)
