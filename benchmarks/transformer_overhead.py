@@ -47,14 +47,29 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "hybridserve" / "bench"))
     args = ap.parse_args()
+    out = measure(args.requests, Path(args.work))
+    if args.json:
+        print(json.dumps(out))
+        return
+    ids_p, text_p = out["ids_ms"], out["text_ms"]
+    print(f"cpu: {out['cpu']}; distilbert int8, batch 1, sequence 128, 2 threads")
+    print(f"token ids in:  p50 {ids_p['p50']:.2f} ms  p99 {ids_p['p99']:.2f} ms")
+    print(f"text in:       p50 {text_p['p50']:.2f} ms  p99 {text_p['p99']:.2f} ms")
+    print(f"added by the transformer (p50): {out['transformer_added_ms']:.2f} ms")
+    print(
+        f"  its steps alone: tokenize p50 {out['preprocess_ms']['p50']:.3f} ms, "
+        f"softmax and label p50 {out['postprocess_ms']['p50']:.3f} ms"
+    )
 
+
+def measure(requests: int, work: Path) -> dict:
+    """The figures `main` prints (benchmarks/rollouts_async.py reports them too)."""
     from predictors.dataplane import DataPlane
     from predictors.isa import cpu_isa
     from predictors.text import encode
     from predictors.transformer import attach_transformer, load_served, parse_source
     from predictors.v2 import decode_request, encode_request
 
-    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     art = artifact(work)
     texted = work / "distilbert-int8-text"
@@ -74,7 +89,7 @@ def main() -> None:
         for _ in range(5):
             plane.infer_bytes_sync(name, bodies[k][0], bodies[k][1].get(_HL))
     times: dict[str, list[float]] = {"ids": [], "text": []}
-    per_block = max(1, args.requests // BLOCKS)
+    per_block = max(1, requests // BLOCKS)
     for _ in range(BLOCKS):
         for k, plane in planes.items():
             body, headers = bodies[k]
@@ -87,7 +102,7 @@ def main() -> None:
     req = decode_request(*_args(bodies["text"]))
     pre, post = [], []
     logits = bare.predict({"input_ids": ids, "attention_mask": mask})
-    for _ in range(args.requests):
+    for _ in range(requests):
         t0 = time.perf_counter()
         t.preprocess(req.input_arrays())
         t1 = time.perf_counter()
@@ -106,17 +121,7 @@ def main() -> None:
         "preprocess_ms": percentiles(pre),
         "postprocess_ms": percentiles(post),
     }
-    if args.json:
-        print(json.dumps(out))
-        return
-    print(f"cpu: {out['cpu']}; distilbert int8, batch 1, sequence 128, 2 threads")
-    print(f"token ids in:  p50 {ids_p['p50']:.2f} ms  p99 {ids_p['p99']:.2f} ms")
-    print(f"text in:       p50 {text_p['p50']:.2f} ms  p99 {text_p['p99']:.2f} ms")
-    print(f"added by the transformer (p50): {out['transformer_added_ms']:.2f} ms")
-    print(
-        f"  its steps alone: tokenize p50 {out['preprocess_ms']['p50']:.3f} ms, "
-        f"softmax and label p50 {out['postprocess_ms']['p50']:.3f} ms"
-    )
+    return out
 
 
 _HL = "Inference-Header-Content-Length"

@@ -7,13 +7,19 @@ significant but harmless difference (a 1% slower p99 on a huge sample) does not 
 - **errors** (server errors only: a client's 4xx is no version's fault): Fisher's exact test
   that the canary's error rate is greater, and the rates differing by more than
   `error_margin`. It runs from `min_error_requests` canary requests on, so a canary failing
-  outright rolls back within seconds rather than after the full sample;
+  outright rolls back within seconds rather than after the full sample. On a path the stable
+  version has not served (the canary spills to Lambda, the stable does not) the canary's
+  errors are compared with the stable's on every path;
 - **latency** (successful requests): the Mann-Whitney U test that the canary's latencies are
-  stochastically greater, and its p99 above the stable's by more than `latency_margin`. It
-  needs `min_requests` on both versions.
+  stochastically greater, and its p99 above the stable's by more than `latency_margin` (10%)
+  and by more than `latency_margin_ms` (5 ms: the sub-millisecond differences of a small
+  model's batches are significant on a large sample and no client's concern against an SLO of
+  hundreds of ms). It needs `min_requests` on both versions.
 
-A path neither version has reached the minimum on is waited for; the canary is promoted only
-once every path it served has the minimum on both versions and nothing failed.
+A path below the minimum is waited for, unless it carries under `minor_share` of the canary's
+requests (a hybrid fleet spills a few percent to Lambda: at a 5% canary, that path might never
+gather 200 requests); such a path is judged on its errors only. The canary is promoted once
+every other path it served has the minimum on both versions and nothing failed.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class CanaryPolicy(Strict):
     alpha: float = Field(0.01, gt=0, lt=0.5)  # each one-sided test's significance
     error_margin: float = Field(0.01, ge=0, le=1)  # absolute error-rate difference tolerated
     latency_margin: float = Field(0.10, ge=0)  # relative p99 increase tolerated
+    latency_margin_ms: float = Field(5.0, ge=0)  # ... and absolute: below it no client notices
+    minor_share: float = Field(0.1, ge=0, le=1)  # a path under this share: judged on errors only
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,24 @@ def judge(
     is judged on enough requests and none is worse; else wait (saying what for)."""
     failures: list[str] = []
     waiting: list[str] = []
+    minor: list[str] = []
+    total = sum(c.requests for c in canary.values())
+    # a path the stable version has not served (a canary spilling where the stable does not):
+    # its errors are compared with the stable version's on every path
+    pooled = PathSample(
+        sum(x.requests for x in stable.values()), sum(x.errors for x in stable.values())
+    )
     for path, c in sorted(canary.items()):
         if c.requests == 0:
             continue
         s = stable.get(path, PathSample(0, 0))
-        bad = _errors(path, s, c, policy)
+        bad = _errors(path, s if s.requests else pooled, c, policy, s.requests == 0)
         if bad:
             failures.append(bad)
         if min(s.requests, c.requests) < policy.min_requests:
+            if c.requests < policy.minor_share * total:
+                minor.append(f"{path} ({c.requests} of {total} canary requests) on errors only")
+                continue
             waiting.append(
                 f"{path}: {c.requests} canary and {s.requests} stable requests, "
                 f"{policy.min_requests} each needed"
@@ -84,10 +102,13 @@ def judge(
         return Verdict("rollback", tuple(failures))
     if waiting or not any(c.requests for c in canary.values()):
         return Verdict("wait", tuple(waiting) or ("no canary requests yet",))
-    return Verdict("promote", ("every path judged on enough requests, none worse",))
+    why = "every path judged on enough requests, none worse"
+    return Verdict("promote", (why + (f"; {', '.join(minor)}" if minor else ""),))
 
 
-def _errors(path: str, s: PathSample, c: PathSample, p: CanaryPolicy) -> str | None:
+def _errors(
+    path: str, s: PathSample, c: PathSample, p: CanaryPolicy, pooled: bool = False
+) -> str | None:
     if c.requests < p.min_error_requests or s.requests == 0:
         return None
     cr, sr = c.errors / c.requests, s.errors / s.requests
@@ -97,8 +118,9 @@ def _errors(path: str, s: PathSample, c: PathSample, p: CanaryPolicy) -> str | N
     pval = float(fisher_exact(table, alternative="greater").pvalue)
     if pval >= p.alpha:
         return None
+    against = f"{sr:.2%} (the stable version's on every path)" if pooled else f"{sr:.2%}"
     return (
-        f"{path}: error rate {cr:.2%} against {sr:.2%} (Fisher's exact, one-sided "
+        f"{path}: error rate {cr:.2%} against {against} (Fisher's exact, one-sided "
         f"p={pval:.2g} < {p.alpha:g})"
     )
 
@@ -107,7 +129,7 @@ def _latency(path: str, s: PathSample, c: PathSample, p: CanaryPolicy) -> str | 
     if len(c.latency_ms) == 0 or len(s.latency_ms) == 0:
         return None
     cp99, sp99 = (float(np.percentile(x, 99)) for x in (c.latency_ms, s.latency_ms))
-    if cp99 <= sp99 * (1.0 + p.latency_margin):
+    if cp99 <= sp99 * (1.0 + p.latency_margin) or cp99 - sp99 <= p.latency_margin_ms:
         return None
     pval = float(mannwhitneyu(c.latency_ms, s.latency_ms, alternative="greater").pvalue)
     if pval >= p.alpha:

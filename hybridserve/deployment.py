@@ -96,6 +96,16 @@ class Ec2Settings(Strict):
         return v
 
 
+class AsyncSettings(Strict):
+    """Asynchronous inference on AWS (hybridserve/aws/async_resources.py): a jobs queue, its
+    dead-letter queue and a notification topic, made by `deploy`, removed by `teardown`."""
+
+    enabled: bool = False
+    visibility_s: int = Field(300, ge=0, le=43200)  # a received job comes back after this
+    max_receives: int = Field(3, ge=1, le=1000)  # receives before the dead-letter queue
+    retention_s: int = Field(4 * 86400, ge=60, le=14 * 86400)  # a job waits at most this
+
+
 class RouterFleetSettings(Strict):
     """Router replicas behind a Network Load Balancer, made by `deploy` (aws/routers.py): an
     Auto Scaling group of `replicas` instances, each running `hybridserve serve` on `port`; the
@@ -242,6 +252,7 @@ class DeploymentConfig(Strict):
     fleet: dict[str, int] = Field(default_factory=dict)  # initial target, pool -> count
     budget_usd_per_hour: float | None = Field(None, gt=0)  # the fleet's, at list prices
     router: RouterFleetSettings = RouterFleetSettings()  # replicas behind an NLB; 0: none
+    async_jobs: AsyncSettings = AsyncSettings()
 
     @model_validator(mode="after")
     def _one_source(self) -> DeploymentConfig:

@@ -167,6 +167,8 @@ class RouterStack:
         finally:
             for t in tasks:
                 t.cancel()
+            # let them finish their cleanup (an async runtime closes its Lambda client)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _listening(self, port: int, ready: asyncio.Event | None) -> None:
         r = self.router_options

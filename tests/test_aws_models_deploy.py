@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -139,6 +140,43 @@ def test_a_second_deploy_changes_nothing_and_teardown_removes_every_model(deploy
     index = f"{BUCKET}/{DEP}/artifact/repository.yaml"
     assert index in removed["objects"] and removed["buckets"] == [BUCKET]
     assert aws.s3.list_buckets()["Buckets"] == []
+
+
+def test_async_jobs_deploy_their_queues_and_topic_and_teardown_removes_them(
+    aws, built, monkeypatch
+):
+    """`async_jobs.enabled`: deploy makes the jobs queue, its dead-letter queue and the topic,
+    status shows their depths, the runtime policy grants exactly them, teardown removes them."""
+    from hybridserve.aws.async_queue import S3Store, SqsQueue
+    from hybridserve.aws.deploy import deploy, runtime_policy, status
+    from hybridserve.aws.iam import least_privilege_problems
+    from hybridserve.aws.shared import service_client
+
+    cache, _, links = offline_wheelhouse()
+    monkeypatch.setenv("HYBRIDSERVE_CACHE_DIR", str(cache))
+    cfg = _cfg(built, links, fleet={}, async_jobs={"enabled": True, "max_receives": 2})
+    out = deploy(cfg, aws, log=lambda *_: None)
+    a = out["async"]
+    sqs = service_client(aws, "sqs")
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=a["queue_url"], AttributeNames=["RedrivePolicy"])[
+            "Attributes"
+        ]["RedrivePolicy"]
+    )
+    assert (redrive["deadLetterTargetArn"], int(redrive["maxReceiveCount"])) == (a["dlq_arn"], 2)
+    SqsQueue(sqs, a["queue_url"], a["dlq_url"], 2).send('{"id": "x"}')
+    st = status(cfg, aws)["async"]
+    assert (st["queue"]["visible"], st["dead_letter"]["visible"]) == (1, 0)
+    doc = runtime_policy(cfg, aws)
+    arns = {r for stmt in doc["Statement"] for r in np.atleast_1d(stmt.get("Resource", []))}
+    assert {a["queue_arn"], a["dlq_arn"], a["topic_arn"]} <= arns
+    assert f"arn:aws:s3:::{BUCKET}/{DEP}/async/*" in arns and not least_privilege_problems(doc)
+    assert S3Store(aws.s3, BUCKET, f"{DEP}/async").uri("results/x.json") == (
+        f"s3://{BUCKET}/{DEP}/async/results/x.json"
+    )
+    removed = R.teardown(aws, DEP, region=REGION, wait_s=5, settle_s=0)
+    assert sum("async" in x for x in removed["notices"]) == 3  # two queues and the topic
+    assert sqs.list_queues().get("QueueUrls", []) == []
 
 
 def test_serve_controller_and_plan_refuse_a_multi_model_deployment(deployed, aws):
@@ -295,14 +333,17 @@ def _live(c: R.Clients) -> list[dict]:
 def test_serve_routes_each_model_to_the_shards_that_load_it(deployed, aws, built, tmp_path):
     """`serve` of a multi-model deployment: the router's metadata is each model's, a step of
     the joint plan places the busy model on a shard, the router sends it there once loaded;
-    a router that does not hold the lease plans nothing."""
+    `hybridserve rollout` starts and rolls back a release on it; a router that does not hold
+    the lease plans nothing."""
     import time
 
     import numpy as np
+    from click.testing import CliRunner
 
     from hybridserve.aws.ec2_backend import http_ready_probe
     from hybridserve.aws.lease import Lease
     from hybridserve.aws.multi_serving import MultiAwsStack
+    from hybridserve.cli import main
     from hybridserve.serve_config import RouterOptions
     from tests.conftest import wait_until
     from tests.multimodel_helpers import model_servers, server_for
@@ -340,6 +381,15 @@ def test_serve_routes_each_model_to_the_shards_that_load_it(deployed, aws, built
             )
             assert infer(url, "small") == 200
             assert all("tiny" not in (e.models or ()) for e in stack.backend.endpoints())
+            # a rollout through the CLI, against this router: small's traffic shadowed to tiny
+            r = CliRunner().invoke(
+                main, ["rollout", "start", "--url", url, "--model", "small", "--version", "int8",
+                       "--served-as", "tiny", "--shadow", "10%"],
+            )  # fmt: skip
+            assert r.exit_code == 0 and json.loads(r.output)["phase"] == "shadow", r.output
+            assert infer(url, "small") == 200  # the stable version still answers
+            r = CliRunner().invoke(main, ["rollout", "rollback", "--url", url, "--model", "small"])
+            assert r.exit_code == 0 and json.loads(r.output)["phase"] == "rolled_back", r.output
             # another router holds the lease: this one's loop plans nothing
             other = Lease(aws.s3, cfg, 600.0, holder="r2")
             loop.lease.release()

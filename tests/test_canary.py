@@ -31,6 +31,34 @@ def test_same_behaviour_is_promoted_once_every_path_has_enough_requests():
     assert done.decision == "promote", done.reasons
 
 
+def test_a_path_with_a_small_share_of_the_canary_is_judged_on_errors_only():
+    rng = np.random.default_rng(1)
+    stable = {"fleet": sample(rng, 3000), "lambda": sample(rng, 100)}
+    v = judge(stable, {"fleet": sample(rng, 600), "lambda": sample(rng, 30)}, P)  # 4.8%
+    assert v.decision == "promote" and "lambda (30 of 630 canary requests)" in v.reasons[0]
+    bad = PathSample(30, 10, rng.gamma(8.0, 5.0, 20))  # a third of its Lambda requests fail
+    v = judge(stable, {"fleet": sample(rng, 600), "lambda": bad}, P)
+    assert v.decision == "rollback" and v.reasons[0].startswith("lambda: error rate")
+
+
+def test_errors_on_a_path_the_stable_never_served_are_judged_against_its_other_paths():
+    rng = np.random.default_rng(2)
+    stable = {"fleet": sample(rng, 500, err=0.0)}
+    bad = PathSample(25, 6, rng.gamma(8.0, 5.0, 19))  # the canary spilled, and fails there
+    v = judge(stable, {"fleet": sample(rng, 10), "lambda": bad}, P)
+    assert v.decision == "rollback" and "(the stable version's on every path)" in v.reasons[0]
+
+
+def test_a_sub_millisecond_p99_difference_is_no_regression():
+    rng = np.random.default_rng(3)
+    stable = {"fleet": PathSample(3000, 0, rng.gamma(8.0, 0.75, 3000))}  # p99 near 11 ms
+    canary = {"fleet": PathSample(3000, 0, rng.gamma(8.0, 0.75, 3000) * 1.15)}  # 15% slower
+    v = judge(stable, canary, P)
+    assert v.decision == "promote", v.reasons
+    slow = {"fleet": PathSample(3000, 0, rng.gamma(8.0, 0.75, 3000) + 50.0)}  # +50 ms
+    assert judge(stable, slow, P).decision == "rollback"
+
+
 def test_a_failing_canary_rolls_back_before_its_full_sample():
     rng = np.random.default_rng(1)
     stable = {"fleet": sample(rng, 2000)}

@@ -15,7 +15,12 @@ from hybridserve.asyncjobs.queue import LocalQueue
 from hybridserve.asyncjobs.runtime import AsyncRuntime
 from hybridserve.asyncjobs.store import LocalStore
 from hybridserve.asyncjobs.worker import FileNotifier
-from hybridserve.config import Scenario, lambda_service_s, lambda_usd_per_request
+from hybridserve.config import (
+    Scenario,
+    lambda_cold_start_s,
+    lambda_service_s,
+    lambda_usd_per_request,
+)
 from hybridserve.pricing import lambda_invoke_usd
 from hybridserve.serve_config import ServeConfig
 
@@ -75,7 +80,12 @@ def local_async(
         max_lambda=min(a.max_lambda, cfg.lambda_.concurrency),
     )
     launch_s = it.launch_delay_s + 1.0  # and the process's own start (about a second here)
-    prices = AsyncPrices(pool.price_usd_s, launch_s, lambda_usd_per_request(sc, lambda_job_s))
+    prices = AsyncPrices(
+        pool.price_usd_s,
+        launch_s,
+        lambda_usd_per_request(sc, lambda_job_s),
+        lambda_cold_start_s(sc),
+    )
     runtime = AsyncRuntime(
         queue,
         store,

@@ -40,6 +40,7 @@ class AsyncView:
     fleet_launching: int  # async instances booting
     job_s: float  # one job's share of a fleet instance's time (1 / its throughput)
     lambda_job_s: float  # one job's duration on a Lambda worker
+    boot_left_s: float = 0.0  # the booting instances' time until ready (their mean)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class AsyncPrices:
     fleet_usd_s: float  # one async instance
     launch_s: float  # its launch delay
     lambda_usd_job: float  # one job on Lambda: GB-s of `lambda_job_s` and the request
+    lambda_cold_s: float = 0.0  # a new Lambda worker's cold start
 
 
 @dataclass(frozen=True)
@@ -67,18 +69,23 @@ def plan(v: AsyncView, p: AsyncPrices, policy: AsyncPolicy) -> AsyncPlan:
     lambda_ok = v.lambda_job_s <= policy.lambda_limit_s
     best: AsyncPlan | None = None
     fallback: AsyncPlan | None = None
+    # jobs one Lambda worker finishes in time (jobs do not split; a new worker starts cold)
+    per_worker = math.floor(max(slack - p.lambda_cold_s, 0.0) / v.lambda_job_s + 1e-9)
     for n in range(policy.max_fleet + 1):
         ready = min(n, v.fleet_ready)
-        new = n - ready  # launching ones count as new: their boot is not over
-        cap = ready * slack + new * max(0.0, slack - p.launch_s)
+        booting = min(n - ready, v.fleet_launching)
+        new = n - ready - booting  # launched now: their boot is billed, and waited for
+        cap = (
+            ready * slack
+            + booting * max(0.0, slack - v.boot_left_s)
+            + new * max(0.0, slack - p.launch_s)
+        )
         fleet_work = min(work, cap)
         rest = math.ceil((work - fleet_work) / v.job_s - 1e-9) if v.job_s > 0 else 0
-        lam = 0
-        if rest:
-            lam = math.ceil(rest * v.lambda_job_s / max(slack, v.lambda_job_s)) if lambda_ok else 0
+        lam = math.ceil(rest / max(per_worker, 1)) if rest and lambda_ok else 0
         fleet_s = n * max(policy.min_bill_s, fleet_work / n) + new * p.launch_s if n else 0.0
         cost = fleet_s * p.fleet_usd_s + rest * p.lambda_usd_job
-        ok = (rest == 0 or lambda_ok) and lam <= policy.max_lambda
+        ok = (rest == 0 or (lambda_ok and per_worker > 0)) and lam <= policy.max_lambda
         if ok and (best is None or cost < best.cost_usd - 1e-12):
             why = (
                 f"{jobs} jobs ({work:.0f} s of fleet work) due in {slack:.0f} s: "

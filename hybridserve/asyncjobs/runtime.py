@@ -92,9 +92,12 @@ class AsyncRuntime:
     def view(self) -> AsyncView:
         visible, in_flight, age = self.queue.depth()
         st = self.backend.observe().get(self.pool) if self.backend is not None else None
+        pending = st.pending_ready_in_s if st is not None else ()
         ready = st.ready if st is not None else 0
-        launching = len(st.pending_ready_in_s) if st is not None else 0
-        return AsyncView(visible, in_flight, age, ready, launching, self.job_s, self.lambda_job_s)
+        boot = sum(pending) / len(pending) if pending else 0.0
+        return AsyncView(
+            visible, in_flight, age, ready, len(pending), self.job_s, self.lambda_job_s, boot
+        )
 
     def step(self) -> AsyncPlan:
         """Plan once and converge (the fleet by its backend, the workers here)."""

@@ -7,6 +7,7 @@ controller killed mid-reconcile converges on its next run without duplicates.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -18,6 +19,12 @@ from botocore.exceptions import ClientError
 from hybridserve.aws import resources as R
 from hybridserve.aws import tags as T
 from hybridserve.aws import wheelhouse as W
+from hybridserve.aws.async_resources import (
+    async_policy_statements,
+    async_status,
+    ensure_async,
+    queue_name,
+)
 from hybridserve.aws.ec2 import COMMAND_SETTLE_S, Ec2Fleet
 from hybridserve.aws.ec2_backend import AwsBackend, http_ready_probe
 from hybridserve.aws.function_code import lambda_code
@@ -125,6 +132,11 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
             ),
             f"fleet {dict(cfg.fleet) or '(none)'}",
             router_plan(cfg),
+            *(
+                [f"async: queue {queue_name(cfg.name)} with dead-letter queue, topic"]
+                if cfg.async_jobs.enabled
+                else []
+            ),
         ]
         for line in plan:
             log(f"would ensure: {line}")
@@ -170,6 +182,12 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
     from hybridserve.aws.spot import ensure_notice_queue
 
     ensure_notice_queue(service_client(c, "sqs"), service_client(c, "events"), cfg.name)
+    jobs = None
+    if cfg.async_jobs.enabled:
+        a = cfg.async_jobs
+        jobs = ensure_async(c, cfg.name, visibility_s=a.visibility_s,
+                            max_receives=a.max_receives, retention_s=a.retention_s)  # fmt: skip
+        log(f"async: queue {jobs.queue_url}, topic {jobs.topic_arn}")
     actions = scale(cfg, c, dict(cfg.fleet))
     log(f"fleet: {len(actions)} actions")
     at = {} if cfg.router.replicas == 0 else {"vpc": _vpc(cfg, c.ec2), "image": _image(cfg, c.ec2)}
@@ -180,6 +198,7 @@ def deploy(cfg: DeploymentConfig, c: R.Clients, *, dry_run: bool = False, log=pr
         "roles": roles,
         "actions": [a.kind for a in actions],
         "routers": routers,
+        **({"async": dataclasses.asdict(jobs)} if jobs is not None else {}),
     }
 
 
@@ -204,6 +223,7 @@ def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
         if i.live:
             pools[i.pool] = pools.get(i.pool, 0) + 1
     routers = router_status(cfg, c)
+    jobs = async_status(c, cfg.name) if cfg.async_jobs.enabled else None
     return {
         "deployment": cfg.name,
         "instances": [{"id": i.instance_id, "pool": i.pool, "state": i.state} for i in insts],
@@ -211,6 +231,7 @@ def status(cfg: DeploymentConfig, c: R.Clients) -> dict:
         "function": next(iter(functions.values())),
         **({"functions": functions} if cfg.models else {}),  # model -> its function
         **({"routers": routers} if routers is not None else {}),
+        **({"async": jobs} if jobs is not None else {}),
     }
 
 
@@ -399,7 +420,7 @@ def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
         if not R.is_missing(e) and "NotFound" not in R.error_code(e):
             raise
         template_id = "*"  # not deployed yet: any template (deploy first to narrow it)
-    return iam.runtime_policy(
+    doc = iam.runtime_policy(
         deployment=cfg.name,
         region=cfg.region,
         account=account_id(c),
@@ -413,3 +434,8 @@ def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
         arrivals_prefix=cfg.key("arrivals/"),
         place_models=bool(cfg.models),
     )
+    if cfg.async_jobs.enabled:  # the router submits jobs; its async workers run them
+        doc["Statement"] += async_policy_statements(
+            cfg.name, cfg.region, account_id(c), cfg.bucket, (cfg.prefix or cfg.name).strip("/")
+        )
+    return doc

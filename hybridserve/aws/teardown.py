@@ -82,6 +82,12 @@ def _teardown_notices(c: Clients, deployment: str) -> list[str]:
     return teardown_notice_queue(service_client(c, "sqs"), service_client(c, "events"), deployment)
 
 
+def _teardown_async(c: Clients, deployment: str) -> list[str]:
+    from hybridserve.aws.async_resources import teardown_async
+
+    return teardown_async((service_client(c, "sqs"), service_client(c, "sns")), deployment)
+
+
 def _role_filter(role: str | None) -> list[dict[str, Any]]:
     return [] if role is None else [{"Name": f"tag:{T.ROLE}", "Values": [role]}]
 
@@ -353,11 +359,12 @@ def teardown(
 
     Order: the router fleet (`teardown_routers`: its group, listeners, load balancer, target
     group, template, security group, profile and role) -> instances (terminated, waited for)
-    -> launch templates -> the spot notice rule and queue -> Lambda function (its provisioned
-    concurrency released first; versions and alias with it) -> security groups -> instance
-    profile -> roles (inline and attached policies first) -> the deployment's S3 objects ->
-    buckets it created. Instances are looked for until a look `settle_s` after the last finds
-    none (describe lags launches; see `_teardown_instances`).
+    -> launch templates -> the spot notice rule and queue, and the async job queues and topic
+    (both listed under `notices`) -> Lambda function (its provisioned concurrency released
+    first; versions and alias with it) -> security groups -> instance profile -> roles (inline
+    and attached policies first) -> the deployment's S3 objects -> buckets it created.
+    Instances are looked for until a look `settle_s` after the last finds none (describe lags
+    launches; see `_teardown_instances`).
     Buckets are found by tag (`hybridserve:created-by` / `hybridserve:adopted-by:<deployment>`)
     among the account's buckets, plus `buckets` given explicitly. A bucket not created by the
     deployment keeps everything but the deployment's tagged objects. Safe to run twice.
@@ -368,7 +375,7 @@ def teardown(
         out[kind] += removed
     out["instances"] = _teardown_instances(c.ec2, deployment, wait_s, settle_s)
     out["launch_templates"] += _teardown_templates(c.ec2, deployment)
-    out["notices"] = _teardown_notices(c, deployment)
+    out["notices"] = _teardown_notices(c, deployment) + _teardown_async(c, deployment)
     out["functions"] = _teardown_functions(c.lam, deployment)
     out["security_groups"] += _teardown_security_groups(c.ec2, deployment, wait_s)
     profiles, roles = _teardown_iam(c.iam, deployment)

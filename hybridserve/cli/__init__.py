@@ -28,6 +28,7 @@ def _register() -> None:
     from hybridserve.cli.scale import scale
     from hybridserve.cli.serve import serve
     from hybridserve.cli.simulate import simulate
+    from hybridserve.cli.simulate_async import simulate_async
     from hybridserve.cli.simulate_models import simulate_models
     from hybridserve.cli.status import status
     from hybridserve.cli.sweep import sweep
@@ -36,7 +37,7 @@ def _register() -> None:
     for command in (
         simulate, forecast, package, profile, model_server, serve, bench, family,
         deploy, status, scale, plan, controller, iam_policy, teardown, sweep, simulate_models,
-        rollout, async_jobs,
+        rollout, async_jobs, simulate_async,
     ):  # fmt: skip
         main.add_command(command)
 

@@ -180,7 +180,15 @@ class Rollouts:
         for name, what in ((spec.model, "model"), (spec.served_as, "served_as")):
             if name not in models:
                 served = ", ".join(repr(n) for n in self.router.served())
-                raise LookupError(f"{what}: unknown model {name!r}; this router serves {served}")
+                hint = (
+                    f" (serve the new version as a model of the deployment: a `models:` entry "
+                    f"named {name!r})"
+                    if what == "served_as"
+                    else ""
+                )
+                raise LookupError(
+                    f"{what}: unknown model {name!r}; this router serves {served}{hint}"
+                )
         old = self.by_model.get(spec.model)
         if old is not None and not old.state.done:
             raise ValueError(
