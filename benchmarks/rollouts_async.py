@@ -21,9 +21,11 @@ Usage: python benchmarks/rollouts_async.py [--json] [--rps 40] [--jobs 1000] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
+import shutil
 import sys
 import threading
 import time
@@ -106,7 +108,8 @@ def release(stack, rps: float, seconds: float, spec: dict) -> dict:
 def rollouts(work: Path, rps: float) -> tuple[dict, dict]:
     stack = rollout_stack(work)
     stack.prepare()
-    stack.start_background()
+    with contextlib.redirect_stdout(sys.stderr):  # `--json` prints one object on stdout
+        stack.start_background()
     try:
         good = release(
             stack, rps, 120,
@@ -135,6 +138,8 @@ def async_burst(work: Path, jobs: int, model: str, deadline_s: float) -> dict:
     from hybridserve.pricing import ec2_usd
     from hybridserve.serve import load_serve_config
 
+    store = work / "async-store"
+    shutil.rmtree(store, ignore_errors=True)  # a fresh store: every result is this run's
     cfg = load_serve_config(
         None,
         model=model,
@@ -145,7 +150,7 @@ def async_burst(work: Path, jobs: int, model: str, deadline_s: float) -> dict:
             "instances.launch_delay_s": 5,
             "lambda.concurrency": 2,
             "async_jobs.enabled": True,
-            "async_jobs.store_dir": str(work / "async-store"),
+            "async_jobs.store_dir": str(store),
             "async_jobs.deadline_s": deadline_s,
             "async_jobs.max_fleet": 1,
             "async_jobs.max_lambda": 2,
@@ -154,7 +159,8 @@ def async_burst(work: Path, jobs: int, model: str, deadline_s: float) -> dict:
     )
     stack = LocalStack(cfg)
     stack.prepare()
-    stack.start_background()
+    with contextlib.redirect_stdout(sys.stderr):
+        stack.start_background()
     a = stack.async_
     try:
         body = build_payload(stack.router.metadata, seed=0)
@@ -175,7 +181,7 @@ def async_burst(work: Path, jobs: int, model: str, deadline_s: float) -> dict:
         while time.time() < idle_until and (a.runtime.workers() or a.backend.observe().totals()):
             time.sleep(0.5)
         idle_workers = a.runtime.workers() + sum(a.backend.observe().totals().values())
-        completed = len(list((work / "async-store" / "results").glob("*.json")))
+        completed = len(list((store / "results").glob("*.json")))
         pool = stack.scenario.pools[0]
         lives = lifetimes_from_events(a.backend.events())
         end = a.backend.now()

@@ -104,6 +104,8 @@ class AsyncSettings(Strict):
     visibility_s: int = Field(300, ge=0, le=43200)  # a received job comes back after this
     max_receives: int = Field(3, ge=1, le=1000)  # receives before the dead-letter queue
     retention_s: int = Field(4 * 86400, ge=60, le=14 * 86400)  # a job waits at most this
+    deadline_s: float = Field(600.0, gt=0)  # per job, submit to result: what the plan meets
+    max_lambda: int = Field(10, ge=0)  # Lambda workers the router host runs at most
 
 
 class RouterFleetSettings(Strict):

@@ -185,3 +185,15 @@ def test_jobs_over_lambdas_15_minutes_run_only_on_the_fleet():
     )  # nowhere to run: every worker allowed, and it says so
     assert (stuck.fleet, stuck.lambda_workers, stuck.meets_deadline) == (0, 0, False)
     assert "run only on the fleet" in stuck.reason
+
+
+def test_the_example_configs_load():
+    from pathlib import Path
+
+    from hybridserve.serve import load_serve_config
+
+    ex = Path(__file__).resolve().parents[1] / "examples"
+    a = load_serve_config(ex / "serve-async.yaml").async_jobs
+    assert a.enabled and a.deadline_s == 120 and a.max_fleet == 1
+    names = [m.name for m in load_serve_config(ex / "serve-rollout.yaml").models]
+    assert names == ["alpha", "alpha-v2", "alpha-v3"]

@@ -118,7 +118,7 @@ def stack(tmp_path_factory):
 def cli(*args: str, code: int = 0) -> str:
     r = CliRunner().invoke(main, ["async", *args])
     assert r.exit_code == code, r.output
-    return r.output
+    return r.stdout if code == 0 else r.output
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:

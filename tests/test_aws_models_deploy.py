@@ -386,10 +386,10 @@ def test_serve_routes_each_model_to_the_shards_that_load_it(deployed, aws, built
                 main, ["rollout", "start", "--url", url, "--model", "small", "--version", "int8",
                        "--served-as", "tiny", "--shadow", "10%"],
             )  # fmt: skip
-            assert r.exit_code == 0 and json.loads(r.output)["phase"] == "shadow", r.output
+            assert r.exit_code == 0 and json.loads(r.stdout)["phase"] == "shadow", r.output
             assert infer(url, "small") == 200  # the stable version still answers
             r = CliRunner().invoke(main, ["rollout", "rollback", "--url", url, "--model", "small"])
-            assert r.exit_code == 0 and json.loads(r.output)["phase"] == "rolled_back", r.output
+            assert r.exit_code == 0 and json.loads(r.stdout)["phase"] == "rolled_back", r.output
             # another router holds the lease: this one's loop plans nothing
             other = Lease(aws.s3, cfg, 600.0, holder="r2")
             loop.lease.release()

@@ -115,6 +115,13 @@ def test_a_shard_launches_loads_evicts_and_retires_as_the_plan_says(make, aws, t
     wait_until(lambda: loaded(url) == {"beta": "int8"}, SETTLE_S, "alpha evicted")
     assert _models(_instances(aws)[0]) == {"beta": "int8"}
     assert (b.loads, b.evictions) == (2, 1)
+    # the event is recorded once the unload call's answer is read, just after the server has
+    # unloaded: waited for, not raced
+    wait_until(
+        lambda: ("evict", "alpha") in [(e.kind, e.model) for e in b.model_events()],
+        SETTLE_S,
+        "the eviction recorded",
+    )
     kinds = [(e.kind, e.model) for e in b.model_events()]
     assert ("load", "alpha") in kinds and ("load", "beta") in kinds and ("evict", "alpha") in kinds
 

@@ -183,6 +183,8 @@ def deployment_yaml(artifact, tmp_path_factory):
         "scenario: scenario.yaml\n"
         f"ec2: {{readiness: state, wheel: '{wheel}', find_links: '{links}'}}\n"
         f"lambda: {{package: {pkg}, reserved_concurrency: 4, timeout_s: 5}}\n"
+        # the router takes async jobs into SQS and S3; no Lambda worker (moto runs none)
+        "async_jobs: {enabled: true, max_lambda: 0}\n"
     )
     return d / "deploy.yaml"
 
@@ -313,6 +315,31 @@ def test_aws_stack_serves_converges_and_publishes(stack, moto_url, model_server)
     status, body = _post(infer, payload)
     assert status == 200 and json.loads(body)["model_name"] == "mlp"
     assert stack.router.metrics.responses.get(("fleet", 200)) == 1
+
+
+def test_async_jobs_go_through_the_aws_router_into_sqs_and_s3(stack, moto_url):
+    """`hybridserve async` against an AWS-mode router: the job's input and record land under
+    the deployment's async prefix, its message in the deployed queue, and status follows it."""
+    from click.testing import CliRunner
+
+    from hybridserve.cli import main
+
+    req = json.dumps({"inputs": [], "parameters": {"job_id": "aws-1"}}).encode()
+    code, body = _post(f"{stack.url}/v2/models/mlp/async-infer", req)
+    doc = json.loads(body)
+    assert code == 202 and doc["output_uri"] == (
+        f"s3://hybridserve-serving-test/{DEPLOYMENT}/async/results/aws-1.json"
+    )
+    r = CliRunner().invoke(main, ["async", "status", "--url", stack.url, "aws-1"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "pending", r.output
+    r = CliRunner().invoke(main, ["async", "status", "--url", stack.url, "nope"])
+    assert r.exit_code == 2 and "HTTP 404: unknown job id 'nope'" in r.output
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="hybridserve-serving-test",
+                                                  Prefix=f"{DEPLOYMENT}/async/")["Contents"]}  # fmt: skip
+    assert keys == {f"{DEPLOYMENT}/async/inputs/aws-1.json", f"{DEPLOYMENT}/async/jobs/aws-1.json"}
+    assert stack.async_.front.queue.depth()[0] == 1
+    assert stack.async_.runtime.last.lambda_workers == 0  # max_lambda 0: nothing runs it here
 
 
 def test_serve_refuses_a_deployment_that_is_not_deployed(deployment, moto_url):

@@ -62,7 +62,7 @@ def stack(tmp_path_factory):
 def cli(*args: str) -> dict:
     r = CliRunner().invoke(main, ["rollout", *args])
     assert r.exit_code == 0, r.output
-    return json.loads(r.output)
+    return json.loads(r.stdout)
 
 
 def cli_error(*args: str) -> str:

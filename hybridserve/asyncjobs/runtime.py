@@ -99,9 +99,10 @@ class AsyncRuntime:
             visible, in_flight, age, ready, len(pending), self.job_s, self.lambda_job_s, boot
         )
 
-    def step(self) -> AsyncPlan:
-        """Plan once and converge (the fleet by its backend, the workers here)."""
-        v = self.view()
+    def step(self, v: AsyncView | None = None) -> AsyncPlan:
+        """Plan once on `v` (observed now when None) and converge (the fleet by its backend,
+        the workers here)."""
+        v = self.view() if v is None else v
         try:
             p = plan(v, self.prices, self.policy)
         except Exception:  # a planner that fails keeps the last plan: never stops the loop
@@ -173,7 +174,7 @@ class AsyncRuntime:
         try:
             while True:
                 try:
-                    self.step()
+                    self.step(await asyncio.to_thread(self.view))  # SQS: a network call
                 except Exception:  # a backend hiccup must not stop the loop
                     log.exception("async control step failed")
                 await asyncio.sleep(self.interval_s)
@@ -197,7 +198,7 @@ class AsyncRuntime:
     async def _work(self, infer: Any, wanted: Callable[[], bool], kind: str) -> None:
         """Receive and run jobs while this worker is wanted and there is work."""
         while wanted():
-            msgs = self.queue.receive(1, self.visibility_s)
+            msgs = await asyncio.to_thread(self.queue.receive, 1, self.visibility_s)
             if not msgs:
                 if kind == "lambda":
                     return  # an idle Lambda worker is no worker: the plan starts one again

@@ -14,6 +14,7 @@ with a message it received.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -30,6 +31,9 @@ log = logging.getLogger("hybridserve.async")
 # (model, V2 request bytes) -> (HTTP status, response bytes)
 Infer = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]
 Outcome = Literal["completed", "duplicate", "poison", "failed", "retry"]
+# queue and store calls leave the event loop: on AWS each is a network call, and the loop is
+# the router's
+io = asyncio.to_thread
 
 
 class Notifier(Protocol):
@@ -59,12 +63,12 @@ async def run_job(
         job = json.loads(msg.body)
         job_id, model, input_key = job["id"], job["model"], job["input_key"]
     except (ValueError, KeyError, TypeError) as e:
-        queue.dead_letter(msg, f"malformed job message: {type(e).__name__}: {e}")
+        await io(queue.dead_letter, msg, f"malformed job message: {type(e).__name__}: {e}")
         return "poison"
-    if store.size(result_key(job_id)) is not None:
-        queue.delete(msg.receipt)
+    if await io(store.size, result_key(job_id)) is not None:
+        await io(queue.delete, msg.receipt)
         return "duplicate"
-    data = store.get(input_key)
+    data = await io(store.get, input_key)
     if data is None:
         return _fail(
             msg, queue, store, job, 400, f"input {job.get('input_uri')}: no such object", notifier
@@ -75,13 +79,14 @@ async def run_job(
     except Exception as e:  # noqa: BLE001 - a worker's failure is the job's retry, not its end
         code, payload = 503, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
     if code != 200:
-        return _fail(msg, queue, store, job, code, _error_of(payload), notifier)
-    wrote = store.put_if_absent(result_key(job_id), payload)
-    queue.delete(msg.receipt)
+        return await _fail(msg, queue, store, job, code, _error_of(payload), notifier)
+    wrote = await io(store.put_if_absent, result_key(job_id), payload)
+    await io(queue.delete, msg.receipt)
     if wrote:
         event(log, "async.completed", job=job_id, seconds=round(time.perf_counter() - t0, 4))
         if notifier is not None and job.get("notify"):
-            notifier.publish({"id": job_id, "status": "completed", "output_uri": job["output_uri"]})
+            doc = {"id": job_id, "status": "completed", "output_uri": job["output_uri"]}
+            await io(notifier.publish, doc)
     return "completed" if wrote else "duplicate"
 
 
@@ -92,7 +97,7 @@ def _error_of(payload: bytes) -> str:
         return payload[:200].decode("utf-8", "replace")
 
 
-def _fail(
+async def _fail(
     msg: Message,
     queue: JobQueue,
     store: ObjectStore,
@@ -106,9 +111,9 @@ def _fail(
         event(log, "async.retry", level=logging.WARNING, job=job["id"], error=error)
         return "retry"  # visible again after the timeout
     why = f"HTTP {code}: {error}" if poison else f"failed {msg.receives} times; last: {error}"
-    store.put(failure_key(job["id"]), json.dumps({"error": why}).encode())
-    queue.dead_letter(msg, why)
+    await io(store.put, failure_key(job["id"]), json.dumps({"error": why}).encode())
+    await io(queue.dead_letter, msg, why)
     event(log, "async.dead_letter", level=logging.WARNING, job=job["id"], error=why)
     if notifier is not None and job.get("notify"):
-        notifier.publish({"id": job["id"], "status": "failed", "error": why})
+        await io(notifier.publish, {"id": job["id"], "status": "failed", "error": why})
     return "poison" if poison else "failed"

@@ -264,6 +264,13 @@ class AwsStack(RouterStack):
             fleet_usd_per_s=fleet_usd_per_s(self.backend.fleet_totals, sc),
             cost_meter=self._cost_meter(sc),
         )
+        if cfg.async_jobs.enabled:  # the router takes async jobs; Lambda workers run them
+            from hybridserve.aws.async_serving import aws_async
+
+            n = max(1, cfg.async_jobs.max_lambda)
+            factory = functools.partial(spill_invoker, cfg, function, self.endpoint_url, n)
+            self.async_ = aws_async(cfg, c, sc, name, factory)
+            self.router.jobs = self.async_.front
         cw = self.cloudwatch = service_client(c, "cloudwatch")
         from hybridserve.aws.lease import Lease, lease_ttl_s
         from hybridserve.aws.state import load_state, save_state, state_url
