@@ -78,7 +78,7 @@ def rollout_stack(work: Path):
 
 def release(stack, rps: float, seconds: float, spec: dict) -> dict:
     """Load at `rps` for `seconds`, start `spec` after 5 s, follow it to its end."""
-    from hybridserve.cli.rollout import call
+    from hybridserve.cli.common import call
     from hybridserve.loadgen import bench_sync, build_payload, poisson_schedule
 
     body = build_payload(stack.router.models["alpha"].metadata, seed=0)

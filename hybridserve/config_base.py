@@ -4,11 +4,14 @@ merger. The scenario (config.py), the serve config and the deployment config bui
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -79,6 +82,40 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{source}: field {loc}: {e['msg']}{got_s}")
     return "\n".join(lines)
+
+
+class Provenance(Strict):
+    """Where a data file's figures come from: its region, the date they are as of (an ISO
+    date) and its source, said in words."""
+
+    region: str
+    date: str
+    source: str = Field(min_length=20)
+
+    @field_validator("date")
+    @classmethod
+    def _date(cls, v: str) -> str:
+        try:
+            dt.date.fromisoformat(v)
+        except ValueError:
+            raise ValueError("an ISO date, e.g. 2026-12-06") from None
+        return v
+
+
+def load_data_model(cls: type[M], name: str, path: str | Path | None = None) -> M:
+    """A pydantic model from the built-in data file `name` (hybridserve/data/) or from `path`;
+    ConfigError naming the file and the field."""
+    from importlib import resources
+
+    if path is None:
+        source = f"hybridserve/data/{name}"
+        text = resources.files("hybridserve.data").joinpath(name).read_text()
+    else:
+        source, text = str(path), Path(path).read_text()
+    try:
+        return cls.model_validate(load_yaml(text))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -7,16 +7,14 @@ the line and the column like every trace loader of the project, can be read on i
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field
 
-from hybridserve.config_base import ConfigError, Strict, format_validation_error, load_yaml
+from hybridserve.config_base import Provenance, Strict, load_data_model
 from simulations.trace_csv import (
     _check_span,
     _columns,
@@ -175,25 +173,13 @@ class PerJob(Strict):
     worker: RequestCounts  # every job a worker completes
 
 
-class AsyncRequestPrices(Strict):
+class AsyncRequestPrices(Provenance):
     """SQS and S3 request prices with the date and source they come from."""
 
-    region: str
-    date: str
-    source: str = Field(min_length=20)
     sqs_usd_per_request: float = Field(ge=0)
     s3_put_usd_per_request: float = Field(ge=0)
     s3_get_usd_per_request: float = Field(ge=0)
     requests_per_job: PerJob
-
-    @field_validator("date")
-    @classmethod
-    def _date(cls, v: str) -> str:
-        try:
-            dt.date.fromisoformat(v)
-        except ValueError:
-            raise ValueError("an ISO date, e.g. 2026-12-06") from None
-        return v
 
     def usd(self, c: RequestCounts) -> float:
         return (
@@ -213,12 +199,4 @@ class AsyncRequestPrices(Strict):
 
 def load_request_prices(path: str | Path | None = None) -> AsyncRequestPrices:
     """The built-in price file, or `path`; errors name the file and the field."""
-    if path is None:
-        source = f"hybridserve/data/{PRICES_FILE}"
-        text = resources.files("hybridserve.data").joinpath(PRICES_FILE).read_text()
-    else:
-        source, text = str(path), Path(path).read_text()
-    try:
-        return AsyncRequestPrices.model_validate(load_yaml(text))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return load_data_model(AsyncRequestPrices, PRICES_FILE, path)

@@ -16,15 +16,14 @@ come from `hybridserve/data/alternatives-us-east-1.yaml`, with their date, sourc
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from hybridserve.config import ConfigError, Scenario, Strict, format_validation_error, load_yaml
+from hybridserve.config import ConfigError, Scenario, Strict, format_validation_error
+from hybridserve.config_base import Provenance, load_data_model
 from hybridserve.pricing import ec2_billed_s
 from simulations.replay import PolicyResult, run_policy
 from simulations.traces import Trace
@@ -64,25 +63,13 @@ class ServerlessPrices(Strict):
         return sorted(v)
 
 
-class Alternatives(Strict):
+class Alternatives(Provenance):
     """The alternatives' prices, with the date and source they come from."""
 
-    region: str
-    date: str
-    source: str = Field(min_length=20)
     payload_in_bytes: int = Field(ge=0)
     payload_out_bytes: int = Field(ge=0)
     sagemaker_realtime: RealtimePrices
     sagemaker_serverless: ServerlessPrices
-
-    @field_validator("date")
-    @classmethod
-    def _date(cls, v: str) -> str:
-        try:
-            dt.date.fromisoformat(v)
-        except ValueError:
-            raise ValueError("an ISO date, e.g. 2026-12-04") from None
-        return v
 
     @property
     def data_gb_per_request(self) -> float:
@@ -91,15 +78,7 @@ class Alternatives(Strict):
 
 def load_alternatives(path: str | Path | None = None) -> Alternatives:
     """The built-in price file, or `path`; errors name the file and the field."""
-    if path is None:
-        source = f"hybridserve/data/{DATA_FILE}"
-        text = resources.files("hybridserve.data").joinpath(DATA_FILE).read_text()
-    else:
-        source, text = str(path), Path(path).read_text()
-    try:
-        return Alternatives.model_validate(load_yaml(text))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return load_data_model(Alternatives, DATA_FILE, path)
 
 
 @dataclass

@@ -441,8 +441,10 @@ def test_two_routers_one_controller_on_everyones_arrivals_and_a_takeover(deploym
         assert all(x.kind != "launch" for x in d.actions)
         assert b.loop_.step() is None and b.loop_.stats["passive_steps"] == 1
         # a stepped on both routers' arrivals (2 + 1 req/s), each second once; the interval
-        # may end a few seconds past the ones given, which then count zero
-        assert 2.5 < d.inputs.observed_rate <= 3.0
+        # may end a few seconds past the ones given, which then count zero, and the module's
+        # other router (the `stack` fixture, still sharing) may add its last few requests:
+        # counting a router twice would give 4 or more
+        assert 2.5 < d.inputs.observed_rate <= 3.2
         keys = s3.list_objects_v2(Bucket=deployment.bucket, Prefix=arrivals_prefix(deployment))
         assert sorted(o["Key"].rsplit("/", 1)[1] for o in keys["Contents"]) >= [
             "router-a.json",

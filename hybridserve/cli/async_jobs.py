@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from hybridserve.cli.common import UserError
-from hybridserve.cli.rollout import KEY, URL, call
+from hybridserve.cli.common import KEY, URL, UserError, call
 
 
 @click.group(name="async")

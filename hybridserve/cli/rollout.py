@@ -4,23 +4,12 @@ a running router (`serve`, local or on AWS), by its rollout API (router/rollout_
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
 
-from hybridserve.cli.common import UserError
+from hybridserve.cli.common import KEY, URL, UserError, call
 
-URL = click.option(
-    "--url", required=True, help="The router's base URL, e.g. http://127.0.0.1:8080."
-)
-KEY = click.option(
-    "--api-key",
-    envvar="HYBRIDSERVE_API_KEY",
-    default=None,
-    help="Sent as 'Authorization: Bearer KEY' (env HYBRIDSERVE_API_KEY).",
-)
 MODEL = click.option("--model", required=True, help="The model name clients send.")
 
 
@@ -131,23 +120,3 @@ def promote(url: str, api_key: str | None, model: str) -> None:
 def rollback(url: str, api_key: str | None, model: str) -> None:
     """Send every request back to the stable version now."""
     print(json.dumps(call(url, api_key, "POST", f"/rollouts/{model}/rollback"), indent=2))
-
-
-def call(url: str, api_key: str | None, method: str, path: str, doc: Any = None) -> Any:
-    """One request to the router's rollout API; UserError with the router's message."""
-    data = None if doc is None else json.dumps(doc).encode()
-    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method)
-    req.add_header("content-type", "application/json")
-    if api_key:
-        req.add_header("authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        try:
-            msg = json.loads(e.read()).get("error", "")
-        except ValueError:
-            msg = ""
-        raise UserError(f"{method} {path}: HTTP {e.code}: {msg}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise UserError(f"cannot reach the router at {url}: {e}") from None
