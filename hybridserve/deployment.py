@@ -291,9 +291,14 @@ class DeploymentConfig(Strict):
         """The S3 prefix of one model's artifact in a multi-model deployment."""
         return f"{self.artifact_prefix}/{model}"
 
+    @property
+    def prefix_root(self) -> str:
+        """The deployment's S3 prefix (its name when unset), without slashes at its ends."""
+        return (self.prefix or self.name).strip("/")
+
     def key(self, name: str) -> str:
-        """The S3 key of `name` under the deployment's prefix (its name when unset)."""
-        return f"{(self.prefix or self.name).strip('/')}/{name}"
+        """The S3 key of `name` under the deployment's prefix."""
+        return f"{self.prefix_root}/{name}"
 
     @property
     def artifact_prefix(self) -> str:

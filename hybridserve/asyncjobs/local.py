@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridserve.asyncjobs.front import AsyncFront
+from hybridserve.asyncjobs.lambda_job import LambdaJob
 from hybridserve.asyncjobs.plan import AsyncPolicy, AsyncPrices
 from hybridserve.asyncjobs.queue import LocalQueue
 from hybridserve.asyncjobs.runtime import AsyncRuntime
@@ -17,11 +18,7 @@ from hybridserve.asyncjobs.store import LocalStore
 from hybridserve.asyncjobs.worker import FileNotifier
 from hybridserve.config import (
     Scenario,
-    lambda_cold_start_s,
-    lambda_service_s,
-    lambda_usd_per_request,
 )
-from hybridserve.pricing import lambda_invoke_usd
 from hybridserve.serve_config import ServeConfig
 
 
@@ -49,7 +46,7 @@ def local_async(
     """`invoker_factory`: a new invoker of the emulator's function (None: no Lambda workers)."""
     from hybridserve.backends.local import LocalBackend
 
-    a, it, lam = cfg.async_jobs, cfg.instances, sc.lambda_
+    a, it = cfg.async_jobs, cfg.instances
     queue = LocalQueue(max_receives=a.max_receives)
     store = LocalStore(a.store_dir or store_root)
     pool = sc.pools[0]
@@ -67,25 +64,14 @@ def local_async(
             log_dir=None if cfg.log_dir is None else cfg.log_dir / "async-fleet",
         )
     factory = invoker_factory if a.max_lambda > 0 else None
-    lambda_job_s = lambda_service_s(sc, 1)
-    memory_mb, pr = lam.memory_mb, sc.lambda_pricing
-
-    def lambda_usd(res: Any) -> float:
-        ms = res.billed_ms if res.billed_ms is not None else lambda_job_s * 1000.0
-        return lambda_invoke_usd(ms, memory_mb, pr.usd_per_gb_s, pr.usd_per_request)
-
+    lj = LambdaJob.of(sc)
     policy = AsyncPolicy(
         deadline_s=a.deadline_s,
         max_fleet=a.max_fleet,
         max_lambda=min(a.max_lambda, cfg.lambda_.concurrency),
     )
     launch_s = it.launch_delay_s + 1.0  # and the process's own start (about a second here)
-    prices = AsyncPrices(
-        pool.price_usd_s,
-        launch_s,
-        lambda_usd_per_request(sc, lambda_job_s),
-        lambda_cold_start_s(sc),
-    )
+    prices = AsyncPrices(pool.price_usd_s, launch_s, lj.usd, lj.cold_s)
     runtime = AsyncRuntime(
         queue,
         store,
@@ -96,8 +82,8 @@ def local_async(
         policy=policy,
         prices=prices,
         job_s=1.0 / pool.capacity_rps,
-        lambda_job_s=lambda_job_s,
-        lambda_usd=lambda_usd,
+        lambda_job_s=lj.seconds,
+        lambda_usd=lj.billed_usd,
         interval_s=a.interval_s,
         per_instance=a.per_instance,
         visibility_s=a.visibility_s,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybridserve.asyncjobs.front import AsyncFront
+from hybridserve.asyncjobs.lambda_job import LambdaJob
 from hybridserve.asyncjobs.plan import AsyncPolicy, AsyncPrices
 from hybridserve.asyncjobs.runtime import AsyncRuntime
 from hybridserve.aws.async_queue import S3Store, SnsNotifier, SqsQueue
@@ -20,13 +21,9 @@ from hybridserve.aws.async_resources import async_prefix, dlq_name, queue_name, 
 from hybridserve.aws.shared import Clients, account_id, service_client
 from hybridserve.config import (
     Scenario,
-    lambda_cold_start_s,
-    lambda_service_s,
-    lambda_usd_per_request,
 )
 from hybridserve.config_base import ConfigError
 from hybridserve.deployment import DeploymentConfig
-from hybridserve.pricing import lambda_invoke_usd
 
 
 @dataclass
@@ -60,15 +57,9 @@ def aws_async(
                 f"async_jobs.enabled: queue {name} not found; run `hybridserve deploy` first"
             ) from None
     queue = SqsQueue(sqs, urls[queue_name(cfg.name)], urls[dlq_name(cfg.name)], a.max_receives)
-    store = S3Store(c.s3, cfg.bucket, async_prefix((cfg.prefix or cfg.name).strip("/")))
+    store = S3Store(c.s3, cfg.bucket, async_prefix(cfg.prefix_root))
     topic = f"arn:aws:sns:{cfg.region}:{account_id(c)}:{topic_name(cfg.name)}"
-    lambda_job_s = lambda_service_s(sc, 1)
-    memory_mb, pr = sc.lambda_.memory_mb, sc.lambda_pricing
-
-    def lambda_usd(res: Any) -> float:
-        ms = res.billed_ms if res.billed_ms is not None else lambda_job_s * 1000.0
-        return lambda_invoke_usd(ms, memory_mb, pr.usd_per_gb_s, pr.usd_per_request)
-
+    lj = LambdaJob.of(sc)
     runtime = AsyncRuntime(
         queue,
         store,
@@ -77,12 +68,10 @@ def aws_async(
         pool="",
         invoker_factory=invoker_factory if a.max_lambda > 0 else None,
         policy=AsyncPolicy(deadline_s=a.deadline_s, max_fleet=0, max_lambda=a.max_lambda),
-        prices=AsyncPrices(
-            0.0, 0.0, lambda_usd_per_request(sc, lambda_job_s), lambda_cold_start_s(sc)
-        ),
-        job_s=lambda_job_s,
-        lambda_job_s=lambda_job_s,
-        lambda_usd=lambda_usd,
+        prices=AsyncPrices(0.0, 0.0, lj.usd, lj.cold_s),
+        job_s=lj.seconds,
+        lambda_job_s=lj.seconds,
+        lambda_usd=lj.billed_usd,
         visibility_s=float(a.visibility_s),
         notifier=SnsNotifier(service_client(c, "sns"), topic),
     )

@@ -436,6 +436,6 @@ def runtime_policy(cfg: DeploymentConfig, c: R.Clients) -> dict:
     )
     if cfg.async_jobs.enabled:  # the router submits jobs; its async workers run them
         doc["Statement"] += async_policy_statements(
-            cfg.name, cfg.region, account_id(c), cfg.bucket, (cfg.prefix or cfg.name).strip("/")
+            cfg.name, cfg.region, account_id(c), cfg.bucket, cfg.prefix_root
         )
     return doc

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from hybridserve.router.models import ModelState
 
 
+NO_JOBS = {"error": "this router takes no async jobs"}
+
+
 async def dispatch(router: Router, scope: dict, receive: Callable, send: Callable) -> None:
     kind = scope["type"]
     if kind == "lifespan":
@@ -62,7 +65,7 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
         return
     if parts[:2] == ["v2", "jobs"] and len(parts) == 3 and method == "GET":
         if router.jobs is None:
-            await reply_json(send, 404, {"error": "this router takes no async jobs"})
+            await reply_json(send, 404, NO_JOBS)
         else:
             await router.jobs.status(parts[2], send)
         return
@@ -85,7 +88,7 @@ async def dispatch(router: Router, scope: dict, receive: Callable, send: Callabl
             if tail == ["async-infer"] and method == "POST" and version is None:
                 body = await read_body(receive, router.cfg.max_body_bytes)
                 if router.jobs is None:
-                    await reply_json(send, 404, {"error": "this router takes no async jobs"})
+                    await reply_json(send, 404, NO_JOBS)
                 else:
                     await router.jobs.submit(name, body, send)
                 return

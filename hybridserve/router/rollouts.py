@@ -44,7 +44,7 @@ from hybridserve.release import (
 )
 from hybridserve.release import status as release_status
 from hybridserve.router.asgi import model_path
-from hybridserve.router.split import bucket
+from hybridserve.router.split import choose
 
 if TYPE_CHECKING:
     from hybridserve.router.app import Router
@@ -143,8 +143,8 @@ class Rollout:
             return self.answering()
         if w >= 1.0:
             return self.canary
-        x = bucket(key) if key is not None else random.random()
-        return self.canary if x < w else self.stable  # the canary owns [0, w): sticky as w grows
+        # the canary's slice first: a key keeps its version as the weight grows
+        return choose(((self.canary, w), (self.stable, 1.0 - w)), key)
 
     def status(self, now: float) -> dict:
         doc = release_status(self.state, now)
