@@ -19,12 +19,12 @@ from simulations.trace_csv import (
     _check_span,
     _columns,
     _find_column,
-    _is_number,
     _open_csv,
     _parse_times,
+    checked_numbers,
     decode_text,
 )
-from simulations.trace_errors import shown, trace_error
+from simulations.trace_errors import trace_error
 from simulations.traces import _read_bytes
 
 PRICES_FILE = "async-prices-us-east-1.yaml"
@@ -62,23 +62,15 @@ def _numbers(
     values: list[str], lines, label: str, column: str, expected: str, *, positive: bool
 ) -> np.ndarray:
     """A numeric column: finite, and > 0 (`positive`) or >= 0 and whole (bytes)."""
-    where = f"column {column!r}:"
-    try:
-        x = np.array(values, dtype=np.float64)
-    except ValueError:
-        i = next((i for i, v in enumerate(values) if not _is_number(v)), 0)
-        raise trace_error(
-            label, f"{where} {shown(values[i])} is not a number", expected, line=lines[i]
-        ) from None
-    good = np.isfinite(x) & ((x > 0) if positive else ((x >= 0) & (x == np.floor(x))))
-    if not positive:
-        good &= x <= MAX_PAYLOAD_BYTES
-    if not good.all():
-        i = int(np.argmin(good))
-        raise trace_error(
-            label, f"{where} {shown(values[i])} is out of range", expected, line=lines[i]
-        )
-    return x
+
+    def good(x: np.ndarray) -> np.ndarray:
+        if positive:
+            return np.isfinite(x) & (x > 0)
+        return np.isfinite(x) & (x >= 0) & (x == np.floor(x)) & (x <= MAX_PAYLOAD_BYTES)
+
+    return checked_numbers(
+        values, lines, label, expected, f"column {column!r}:", good, "is out of range"
+    )
 
 
 def read_jobs(path: str | os.PathLike[str]) -> JobsTrace:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -273,21 +273,39 @@ def load_requests(text: str, label: str, timestamp_column: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _period_counts(values: list[str], lines: Sequence[int], label: str, column: str) -> np.ndarray:
-    """Non-negative whole counts ('12' or '12.0'); anything else is reported with its line."""
-    expected = f"non-negative integer request counts in column {column!r}"
+def checked_numbers(
+    values: list[str],
+    lines: Sequence[int],
+    label: str,
+    expected: str,
+    what: str,
+    good: Callable[[np.ndarray], np.ndarray],
+    bad: str,
+) -> np.ndarray:
+    """A column's values as floats, vectorised; the first that is not a number, or fails
+    `good`, is a TraceError naming its line: "`what` VALUE is not a number" or "... `bad`"."""
     try:
         numbers = np.array(values, dtype=np.float64)
     except ValueError:
         i = next((i for i, value in enumerate(values) if not _is_number(value)), 0)
         raise trace_error(
-            label, f"count {shown(values[i])} is not a number", expected, line=lines[i]
+            label, f"{what} {shown(values[i])} is not a number", expected, line=lines[i]
         ) from None
-    good = np.isfinite(numbers) & (numbers >= 0) & (numbers == np.floor(numbers))
-    if not good.all():
-        i = int(np.argmin(good))
-        problem = f"count {shown(values[i])} is not a non-negative integer"
-        raise trace_error(label, problem, expected, line=lines[i])
+    ok = good(numbers)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise trace_error(label, f"{what} {shown(values[i])} {bad}", expected, line=lines[i])
+    return numbers
+
+
+def _period_counts(values: list[str], lines: Sequence[int], label: str, column: str) -> np.ndarray:
+    """Non-negative whole counts ('12' or '12.0'); anything else is reported with its line."""
+    expected = f"non-negative integer request counts in column {column!r}"
+    numbers = checked_numbers(
+        values, lines, label, expected, "count",
+        lambda x: np.isfinite(x) & (x >= 0) & (x == np.floor(x)),
+        "is not a non-negative integer",
+    )  # fmt: skip
     if (numbers >= 2**53).any():  # floats stop being exact; far past the per-second bound too
         i = int(np.argmax(numbers >= 2**53))
         problem = f"count {shown(values[i])} is too large"
